@@ -1,0 +1,1 @@
+"""Thin Typer commands: the only place that prints or exits."""

@@ -1,0 +1,41 @@
+"""The `ssd` command: one Typer app, each subcommand in its own module."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from ssdcli import __version__
+from ssdcli.cli import priors as priors_cmd
+
+app = typer.Typer(
+    name="ssd",
+    help="SSD: Single Shot MultiBox Detector, the whole lifecycle in one tool.",
+    no_args_is_help=True,
+    rich_markup_mode="rich",
+    pretty_exceptions_enable=False,
+)
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        typer.echo(f"ssd {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version_callback, is_eager=True, help="Print the version and exit."),
+    ] = False,
+) -> None:
+    """SSD: Single Shot MultiBox Detector (Liu et al., ECCV 2016), the whole lifecycle in one tool."""
+
+
+app.command("priors", help=priors_cmd.HELP, epilog=priors_cmd.EPILOG)(priors_cmd.priors)
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,59 @@
+"""Box regression targets: SSD paper sec. 2.2, eq. 2, with Caffe's ``CENTER_SIZE`` variances.
+
+For a box ``g`` and its default box ``d`` (both cxcywh, same units)::
+
+    delta_cx = (g_cx - d_cx) / (v_c * d_w)      delta_w = log(g_w / d_w) / v_s
+    delta_cy = (g_cy - d_cy) / (v_c * d_h)      delta_h = log(g_h / d_h) / v_s
+
+with variances ``(v_c, v_s) = (0.1, 0.2)``. :func:`encode` and :func:`decode` are an inverse pair:
+``decode(encode(g, d), d) == g`` up to float rounding, for every box of positive size.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from ssdcli.priors import VARIANCES
+
+# exp() of a size delta larger than this overflows float16/float32 to inf; a box 1e4x its prior
+# is meaningless anyway (Detectron's BBOX_XFORM_CLIP is log(1000 / 16) for the same reason).
+MAX_LOG_SIZE_DELTA = math.log(1000.0 / 16.0)
+
+
+def encode(boxes_cxcywh: Tensor, priors_cxcywh: Tensor, variances: tuple[float, float] = VARIANCES) -> Tensor:
+    """Regression targets of boxes relative to their default boxes.
+
+    Args:
+        boxes_cxcywh: Tensor[..., P, 4], the box matched to each default box, cxcywh, with
+            ``w, h > 0`` (a zero size gives ``-inf``; data readers drop such boxes).
+        priors_cxcywh: Tensor[P, 4], default boxes, cxcywh, same units as ``boxes_cxcywh``.
+        variances: ``(centre, size)`` variances.
+
+    Returns:
+        Tensor[..., P, 4]: deltas ``(dcx, dcy, dw, dh)``, unitless.
+    """
+    v_centre, v_size = variances
+    centre = (boxes_cxcywh[..., :2] - priors_cxcywh[:, :2]) / (v_centre * priors_cxcywh[:, 2:])
+    size = torch.log(boxes_cxcywh[..., 2:] / priors_cxcywh[:, 2:]) / v_size
+    return torch.cat((centre, size), dim=-1)
+
+
+def decode(deltas: Tensor, priors_cxcywh: Tensor, variances: tuple[float, float] = VARIANCES) -> Tensor:
+    """Boxes from regression deltas: the inverse of :func:`encode`.
+
+    Args:
+        deltas: Tensor[..., P, 4], ``(dcx, dcy, dw, dh)`` as produced by the network.
+        priors_cxcywh: Tensor[P, 4], default boxes, cxcywh.
+        variances: ``(centre, size)`` variances.
+
+    Returns:
+        Tensor[..., P, 4]: boxes, cxcywh, in the units of ``priors_cxcywh``. Size deltas are
+        clamped at ``MAX_LOG_SIZE_DELTA / v_size`` so an untrained network cannot produce inf.
+    """
+    v_centre, v_size = variances
+    centre = priors_cxcywh[:, :2] + deltas[..., :2] * v_centre * priors_cxcywh[:, 2:]
+    size = priors_cxcywh[:, 2:] * torch.exp((deltas[..., 2:] * v_size).clamp(max=MAX_LOG_SIZE_DELTA))
+    return torch.cat((centre, size), dim=-1)

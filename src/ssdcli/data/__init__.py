@@ -1,0 +1,1 @@
+"""Datasets: VOC / COCO readers, the problems they find, augmentation and batching."""
