@@ -1,0 +1,106 @@
+"""Reading image files: pixels as RGB uint8, or only the size from the header.
+
+Pillow, not OpenCV, because of how each reports a damaged file:
+
+- a truncated JPEG: ``cv2.imread`` prints "Premature end of JPEG file" on stderr and returns an
+  image whose missing rows are grey, so the damage goes unnoticed; Pillow's ``load()`` raises
+  ``OSError("image file is truncated ...")`` (as long as ``ImageFile.LOAD_TRUNCATED_IMAGES`` is
+  off, which we check).
+- ``cv2.imread`` returns ``None`` with no reason for every other failure; Pillow says why.
+- ``cv2.imread`` rotates by the EXIF orientation tag, but VOC / COCO boxes are drawn on the
+  stored pixel grid; Pillow leaves the pixels as stored (as does ``torchvision.io.decode_image``
+  by default).
+- Pillow's ``Image.open`` parses only the header, so :func:`read_image_size` checks thousands of
+  files quickly without decoding them.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageFile, UnidentifiedImageError
+
+from ssdcli.errors import DataError
+
+# Modes holding one 16- or 32-bit integer channel; Pillow's convert("RGB") would clip them at 255
+# instead of scaling, turning most 16-bit images white.
+_WIDE_INTEGER_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+
+
+def _open(path: Path) -> Image.Image:
+    """Open ``path`` (header only) or raise :class:`DataError` naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: image file not found")
+    try:
+        with warnings.catch_warnings():
+            # A huge image is reported as an error below, not as a warning on stderr.
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            return Image.open(path)
+    except UnidentifiedImageError:
+        raise DataError(f"{path}: not an image file Pillow can read (unknown or damaged format)") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise DataError(f"{path}: image too large to read safely ({exc})") from None
+    except OSError as exc:
+        raise DataError(f"{path}: cannot open image ({exc})") from None
+
+
+def read_image_size(path: Path) -> tuple[int, int]:
+    """``(width, height)`` in pixels, from the file header only (no decoding).
+
+    Raises:
+        DataError: the file is missing or not a readable image. A file truncated after its
+            header passes here; :func:`read_image_rgb` finds that.
+    """
+    with _open(path) as image:
+        width, height = image.size
+    if width <= 0 or height <= 0:
+        raise DataError(f"{path}: image header says {width}x{height} pixels")
+    return int(width), int(height)
+
+
+def _to_rgb(image: Image.Image) -> np.ndarray:
+    """Any Pillow mode -> uint8[H, W, 3] RGB."""
+    mode = image.mode
+    if mode in _WIDE_INTEGER_MODES:
+        grey = np.asarray(image).astype(np.int64)  # (H, W)
+        if mode == "I" and grey.max(initial=0) <= 255:
+            grey8 = grey.clip(0, 255).astype(np.uint8)  # a 32-bit container of 8-bit values
+        else:
+            grey8 = (grey.clip(0, 65535) >> 8).astype(np.uint8)  # 16-bit range -> 8-bit
+        return np.repeat(grey8[:, :, None], 3, axis=2)  # (H, W, 3)
+    if mode == "F":
+        grey8 = np.asarray(image).clip(0, 255).astype(np.uint8)  # (H, W)
+        return np.repeat(grey8[:, :, None], 3, axis=2)  # (H, W, 3)
+    if mode == "P" and "transparency" in image.info:
+        # Pillow warns when a palette image with transparency goes straight to RGB.
+        image = image.convert("RGBA")
+    if image.mode != "RGB":
+        # RGBA / LA / PA: alpha is dropped (as cv2.imread does); L, 1, P, CMYK, YCbCr: converted.
+        image = image.convert("RGB")
+    return np.asarray(image, dtype=np.uint8).copy()  # (H, W, 3), writable
+
+
+def read_image_rgb(path: Path) -> np.ndarray:
+    """Decode an image file to ``uint8[H, W, 3]`` RGB.
+
+    Greyscale, RGBA, palette, CMYK and 16-bit images are converted; EXIF orientation is not
+    applied (annotations refer to the stored pixels).
+
+    Raises:
+        DataError: naming the file, when it is missing, not an image, or truncated / corrupt.
+    """
+    if ImageFile.LOAD_TRUNCATED_IMAGES:
+        # Someone switched Pillow to pad truncated files silently; we would miss damaged images.
+        raise DataError(
+            "PIL.ImageFile.LOAD_TRUNCATED_IMAGES is set, so truncated images cannot be detected; unset it"
+        )
+    with _open(path) as image:
+        try:
+            image.load()
+            return _to_rgb(image)
+        except (OSError, SyntaxError, ValueError) as exc:
+            # Pillow raises OSError for truncated data, SyntaxError / ValueError for broken chunks.
+            raise DataError(f"{path}: image is truncated or corrupt ({exc})") from None
