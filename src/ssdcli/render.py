@@ -30,26 +30,27 @@ def draw_priors(spec: PriorSpec, panel_size: int = 360) -> np.ndarray:
     margin = 30
     panels = []
     for index, layer in enumerate(spec.layers):
-        canvas = np.full((panel_size + margin, panel_size, 3), 255, np.uint8)
+        canvas = np.full((panel_size, panel_size, 3), 255, np.uint8)
         scale = panel_size / spec.image_size
-        cv2.rectangle(canvas, (0, margin), (panel_size - 1, panel_size + margin - 1), (0, 0, 0), 1)
         f = layer.feature_map
         centres = [(j + spec.offset) * layer.step * scale for j in range(f)]
         if f <= 40:
             for cy in centres:
                 for cx in centres:
-                    cv2.circle(canvas, (int(round(cx)), int(round(cy)) + margin), 1, (160, 160, 160), -1)
+                    cv2.circle(canvas, (int(round(cx)), int(round(cy))), 1, (160, 160, 160), -1)
         picks = {(f // 2, f // 2), (0, 0), (f - 1, f - 1)}
-        for pick_index, (i, j) in enumerate(sorted(picks)):
+        for i, j in sorted(picks):
             cx, cy = centres[j], centres[i]
             for box_index, (w, h) in enumerate(layer_box_sizes(layer)):
                 colour = class_colour(box_index + 1)
-                x1, y1 = int(round(cx - w * scale / 2)), int(round(cy - h * scale / 2)) + margin
-                x2, y2 = int(round(cx + w * scale / 2)), int(round(cy + h * scale / 2)) + margin
+                x1, y1 = int(round(cx - w * scale / 2)), int(round(cy - h * scale / 2))
+                x2, y2 = int(round(cx + w * scale / 2)), int(round(cy + h * scale / 2))
                 cv2.rectangle(canvas, (x1, y1), (x2, y2), colour, 1, cv2.LINE_AA)
         title = f"layer {index}: {f}x{f}, step {layer.step:g}, {layer.boxes_per_location} boxes/loc"
-        cv2.putText(canvas, title, (6, 20), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 1, cv2.LINE_AA)
-        panels.append(canvas)
+        cv2.rectangle(canvas, (0, 0), (panel_size - 1, panel_size - 1), (0, 0, 0), 1)
+        title_bar = np.full((margin, panel_size, 3), 255, np.uint8)
+        cv2.putText(title_bar, title, (6, 20), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 1, cv2.LINE_AA)
+        panels.append(np.concatenate([title_bar, canvas], axis=0))
     columns = min(4, len(panels))
     rows = -(-len(panels) // columns)
     blank = np.full_like(panels[0], 255)

@@ -1,0 +1,95 @@
+import pytest
+import torch
+from torchvision.ops import nms
+
+from ssdcli.boxes import cxcywh_to_xyxy
+from ssdcli.codec import decode
+from ssdcli.postprocess import postprocess, postprocess_flat
+from ssdcli.priors import generate_priors, ssd300_spec
+
+
+def reference_postprocess(logits, deltas, priors, thr=0.01, iou=0.45, top_k=400, keep=200):
+    """Caffe DetectionOutput, one image and one class at a time with torchvision.ops.nms."""
+    results = []
+    scores_all = torch.softmax(logits, -1)
+    for b in range(logits.shape[0]):
+        boxes_all = cxcywh_to_xyxy(decode(deltas[b], priors)).clamp(0, 1)
+        dets = []
+        for c in range(1, logits.shape[2]):
+            s = scores_all[b, :, c]
+            idx = torch.nonzero(s > thr).flatten()
+            idx = idx[s[idx].argsort(descending=True)][:top_k]
+            kept = nms(boxes_all[idx], s[idx], iou)
+            dets += [(s[i].item(), c, i.item()) for i in idx[kept]]
+        dets.sort(key=lambda d: -d[0])
+        results.append(dets[:keep])
+    return results
+
+
+def realistic_outputs(seed, batch=2, classes=4):
+    """Logits where a few priors are confident for a class and their neighbours less so."""
+    priors = generate_priors(ssd300_spec())
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.randn(batch, priors.shape[0], classes + 1, generator=g) * 1.5
+    logits[..., 0] += 3.0  # mostly background, as a trained model
+    hot = torch.randint(0, priors.shape[0], (batch, 40), generator=g)
+    for b in range(batch):
+        logits[b, hot[b], torch.randint(1, classes + 1, (40,), generator=g)] += 8.0
+    deltas = torch.randn(batch, priors.shape[0], 4, generator=g) * 0.5
+    return logits, deltas, priors
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_keep_sets_equal_per_class_torchvision_nms(seed):
+    logits, deltas, priors = realistic_outputs(seed)
+    got = postprocess(logits, deltas, priors)
+    expected = reference_postprocess(logits, deltas, priors)
+    for dets, ref in zip(got, expected):
+        assert len(dets.scores) == len(ref)
+        assert dets.scores.tolist() == pytest.approx([r[0] for r in ref], abs=1e-6)
+        assert sorted(zip(dets.labels.tolist(), [round(s, 5) for s in dets.scores.tolist()])) == sorted(
+            (r[1], round(r[0], 5)) for r in ref
+        )
+
+
+def test_top_k_and_max_detections_are_applied():
+    logits, deltas, priors = realistic_outputs(2)
+    got = postprocess(logits, deltas, priors, score_threshold=0.0, max_detections=50, top_k_candidates=30)
+    expected = reference_postprocess(logits, deltas, priors, thr=0.0, keep=50, top_k=30)
+    for dets, ref in zip(got, expected):
+        assert len(dets.scores) == len(ref) == 50
+        assert dets.scores.tolist() == pytest.approx([r[0] for r in ref], abs=1e-6)
+        assert (dets.scores[:-1] >= dets.scores[1:]).all()
+
+
+def test_nothing_above_threshold_gives_empty_detections():
+    priors = generate_priors(ssd300_spec())
+    logits = torch.zeros(3, priors.shape[0], 6)
+    logits[..., 0] = 20.0  # certain background everywhere
+    out = postprocess(logits, torch.zeros(3, priors.shape[0], 4), priors, image_sizes=[(640, 480)] * 3)
+    assert len(out) == 3
+    for dets in out:
+        assert dets.boxes_xyxy.shape == (0, 4) and dets.scores.shape == (0,) and dets.labels.shape == (0,)
+
+
+def test_boxes_are_scaled_to_each_image_and_stay_inside():
+    priors = generate_priors(ssd300_spec())
+    logits = torch.zeros(2, priors.shape[0], 3)
+    logits[..., 0] = 10.0
+    logits[:, 8728, 2] = 30.0  # the big centred box of the last layer, class 2
+    out = postprocess(logits, torch.zeros(2, priors.shape[0], 4), priors, image_sizes=[(640, 480), (100, 200)])
+    # prior 8728 is (0.5, 0.5, 0.88, 0.88): x from 0.06 to 0.94
+    assert out[0].labels.tolist() == [2]
+    assert out[0].boxes_xyxy[0].tolist() == pytest.approx([0.06 * 640, 0.06 * 480, 0.94 * 640, 0.94 * 480], abs=1e-3)
+    assert out[1].boxes_xyxy[0].tolist() == pytest.approx([6.0, 12.0, 94.0, 188.0], abs=1e-3)
+    # prior 8731 (0.622 x 1.245) sticks out vertically: clipped to the image
+    logits[:, 8731, 1] = 40.0
+    out = postprocess(logits, torch.zeros(2, priors.shape[0], 4), priors, image_sizes=[(640, 480), (100, 200)])
+    assert out[0].boxes_xyxy[:, 3].max().item() <= 480 and out[0].boxes_xyxy.min().item() >= 0
+
+
+def test_flat_form_groups_by_image():
+    logits, deltas, priors = realistic_outputs(3, batch=3)
+    flat = postprocess_flat(logits, deltas, priors)
+    assert (flat.batch_index[:-1] <= flat.batch_index[1:]).all()
+    assert flat.labels.min() >= 1 and flat.boxes_xyxy_norm.min() >= 0 and flat.boxes_xyxy_norm.max() <= 1
