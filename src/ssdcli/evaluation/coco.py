@@ -1,0 +1,137 @@
+"""COCO box metrics through pycocotools' ``COCOeval`` (iouType ``bbox``), for COCO and VOC data.
+
+COCO data is scored against its own annotation json when it is given (its ids, its ``area``
+field, which is the segmentation area and decides small / medium / large, and its crowd
+regions), so the numbers equal pycocotools run directly on that json. Otherwise, and for
+VOC-style data, the ground truth is built in memory from the records:
+
+- images get ids ``1..N`` in record order (VOC file stems are strings, pycocotools wants ints);
+- categories are the 1-based class indices, so a detection's ``category_id`` is used as it is;
+- each box becomes ``bbox = [x, y, w, h]`` with ``area = w * h``;
+- a VOC ``difficult`` box becomes ``iscrowd = 1``. pycocotools treats crowd boxes as "ignore"
+  regions: a detection that matches no regular box but overlaps a crowd box by
+  intersection / detection area above the threshold is ignored, neither a true nor a false
+  positive, and crowd boxes never count as missed. That is the VOC rule for difficult objects,
+  with the overlap measured against the detection instead of the union.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from dataclasses import dataclass
+
+import numpy as np
+
+from ssdcli.data.records import DetectionDataset
+
+# COCOeval.summarize() stats, in its order.
+STAT_NAMES = ("ap", "ap50", "ap75", "aps", "apm", "apl", "ar1", "ar10", "ar100", "ars", "arm", "arl")
+
+
+@dataclass(frozen=True)
+class CocoMetrics:
+    """pycocotools' summary and per-class AP.
+
+    Attributes:
+        stats: ``STAT_NAMES`` -> value in [0, 1], or ``None`` where pycocotools has no ground truth
+            to score (its -1), e.g. ``aps`` without small objects.
+        per_class_ap: AP@[.5:.95] of each class (index ``k - 1`` for label ``k``), ``None`` for a
+            class without (non-crowd) ground truth.
+    """
+
+    stats: dict[str, float | None]
+    per_class_ap: list[float | None]
+
+
+def coco_ground_truth(dataset: DetectionDataset) -> dict:
+    """The records as a COCO instances dict (see the module docstring for the conventions).
+
+    COCO data keeps its image and category ids; VOC-style data gets image ids ``1..N`` in record
+    order and category ids ``1..C``.
+    """
+    coco_data = dataset.format == "coco" and dataset.category_ids is not None
+    category_ids = list(dataset.category_ids) if coco_data else list(range(1, dataset.num_classes + 1))
+    images, annotations = [], []
+    for index, record in enumerate(dataset.records):
+        image_id = record.image_id if coco_data else index + 1
+        images.append({"id": image_id, "width": record.width, "height": record.height, "file_name": record.image_path.name})
+        boxes = record.boxes_xyxy_px.astype(np.float64)
+        widths, heights = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
+        ignore = np.asarray(record.difficult, bool) | np.asarray(record.iscrowd, bool)
+        for j in range(record.num_boxes):
+            annotations.append(
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": image_id,
+                    "category_id": category_ids[int(record.labels[j]) - 1],
+                    "bbox": [float(boxes[j, 0]), float(boxes[j, 1]), float(widths[j]), float(heights[j])],
+                    "area": float(widths[j] * heights[j]),
+                    "iscrowd": int(ignore[j]),
+                }
+            )
+    categories = [{"id": cat_id, "name": name} for cat_id, name in zip(category_ids, dataset.classes)]
+    return {"images": images, "annotations": annotations, "categories": categories}
+
+
+def coco_results(dataset: DetectionDataset, detections: list[dict]) -> list[dict]:
+    """Detections (checked by :func:`~ssdcli.evaluation.detections.parse_detections`) with the
+    image ids :func:`coco_ground_truth` uses; new dicts, the input is not modified."""
+    if dataset.format == "coco":
+        return [dict(d) for d in detections]
+    image_id_of = {record.image_id: index + 1 for index, record in enumerate(dataset.records)}
+    return [{**d, "image_id": image_id_of[d["image_id"]]} for d in detections]
+
+
+def _coco_from_dict(data: dict):
+    from pycocotools.coco import COCO
+
+    coco = COCO()
+    coco.dataset = data
+    coco.createIndex()
+    return coco
+
+
+def evaluate_coco(dataset: DetectionDataset, detections: list[dict], ground_truth: dict | None = None) -> CocoMetrics:
+    """Score detections with pycocotools ``COCOeval`` (bbox, its default parameters).
+
+    Args:
+        dataset: the ground truth; its records choose the images scored.
+        detections: COCO results dicts, checked against ``dataset``.
+        ground_truth: for COCO data, the annotation json as loaded (its own ``area`` and crowd
+            regions); ``None`` builds it from the records (:func:`coco_ground_truth`).
+
+    pycocotools prints its progress; that output is captured and dropped here.
+    """
+    from pycocotools.cocoeval import COCOeval
+
+    if ground_truth is None:
+        ground_truth = coco_ground_truth(dataset)
+    results = coco_results(dataset, detections)
+    image_ids = [record.image_id for record in dataset.records] if dataset.format == "coco" else None
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco_gt = _coco_from_dict(ground_truth)
+        if results:
+            coco_dt = coco_gt.loadRes(results)
+        else:
+            # loadRes cannot take an empty list (it looks at anns[0]); an empty result set scores 0
+            coco_dt = _coco_from_dict({**ground_truth, "annotations": []})
+        evaluator = COCOeval(coco_gt, coco_dt, iouType="bbox")
+        if image_ids is not None:
+            evaluator.params.imgIds = sorted(image_ids)
+        evaluator.evaluate()
+        evaluator.accumulate()
+        evaluator.summarize()
+
+    stats = {name: (float(value) if value >= 0 else None) for name, value in zip(STAT_NAMES, evaluator.stats)}
+    # precision: [T iou thresholds, R recall points, K categories, A area ranges, M max dets];
+    # area "all", 100 detections, as summarize() does for AP; -1 marks "no ground truth".
+    precision = evaluator.eval["precision"][:, :, :, 0, -1]  # (T, R, K)
+    column_of = {cat_id: k for k, cat_id in enumerate(evaluator.params.catIds)}
+    category_ids = dataset.category_ids if dataset.format == "coco" else range(1, dataset.num_classes + 1)
+    per_class: list[float | None] = []
+    for cat_id in category_ids:
+        values = precision[:, :, column_of[cat_id]] if cat_id in column_of else np.zeros(0)
+        values = values[values > -1]
+        per_class.append(float(values.mean()) if values.size else None)
+    return CocoMetrics(stats=stats, per_class_ap=per_class)

@@ -1,0 +1,148 @@
+"""Detections to score: the COCO results format of SPEC "ssd eval", read and checked.
+
+On disk and in memory a detection is one dict ``{"image_id", "category_id", "bbox": [x, y, w, h],
+"score"}`` in original-image pixels (``xywh``, the COCO boundary). For VOC-style data ``image_id``
+is the image's file stem (a string) and ``category_id`` the 1-based class index; for COCO data
+both are the json's own ids. :func:`parse_detections` turns such a list into a
+:class:`DetectionTable` of arrays, with boxes converted once to continuous ``xyxy`` pixels.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from numbers import Real
+from pathlib import Path
+
+import numpy as np
+
+from ssdcli.data.records import DetectionDataset
+from ssdcli.errors import UserError
+
+REQUIRED_KEYS = ("image_id", "category_id", "bbox", "score")
+
+
+@dataclass(frozen=True)
+class DetectionTable:
+    """Detections as parallel arrays, rows in the order they were given.
+
+    Attributes:
+        image_index: int64[D], index into ``dataset.records``.
+        labels: int64[D], 1-based class index into ``dataset.classes``.
+        boxes_xyxy_px: float64[D, 4], continuous 0-based pixels (``x + w``, ``y + h``), so IoU
+            with the records' ground truth is the PASCAL devkit's "+1" IoU.
+        scores: float64[D].
+    """
+
+    image_index: np.ndarray
+    labels: np.ndarray
+    boxes_xyxy_px: np.ndarray
+    scores: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.scores.shape[0])
+
+
+def _id_hint(dataset: DetectionDataset) -> str:
+    if dataset.format == "voc":
+        return (
+            "for VOC-style data image_id is the image file stem as a string (e.g. \"000005\") and "
+            f"category_id the 1-based class index (1..{dataset.num_classes}, see `ssd data check`)"
+        )
+    return "for COCO data image_id and category_id are the annotation json's own ids"
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, Real) and not isinstance(value, bool) and math.isfinite(float(value))
+
+
+def parse_detections(entries: object, dataset: DetectionDataset, source: str = "detections") -> DetectionTable:
+    """Check a list of COCO-results dicts against ``dataset`` and convert it to arrays.
+
+    Args:
+        entries: the parsed json: a list of ``{"image_id", "category_id", "bbox": [x, y, w, h],
+            "score"}``, ``bbox`` in original-image pixels (``xywh``), ``w, h >= 0``.
+        dataset: the ground truth the ids refer to.
+        source: the file name (or a description) used in error messages.
+
+    Raises:
+        UserError: naming ``source``, the entry index and what to do, for anything that is not
+            such a list, an unknown image or category id, a bbox that is not four finite numbers
+            or has a negative size, or a score that is not a finite number.
+    """
+    if not isinstance(entries, list):
+        raise UserError(
+            f"{source}: expected a json list of detections ({{\"image_id\", \"category_id\", \"bbox\", "
+            f"\"score\"}}), found a json {type(entries).__name__}; write the COCO results format"
+        )
+    image_index_of = {record.image_id: index for index, record in enumerate(dataset.records)}
+    if dataset.format == "coco":
+        if dataset.category_ids is None:
+            raise UserError(f"{dataset.root}: COCO dataset without category ids; read it with ssdcli's reader")
+        label_of = {cat_id: k + 1 for k, cat_id in enumerate(dataset.category_ids)}
+    else:
+        label_of = {k: k for k in range(1, dataset.num_classes + 1)}
+
+    count = len(entries)
+    image_index = np.empty(count, np.int64)
+    labels = np.empty(count, np.int64)
+    boxes_xywh = np.empty((count, 4), np.float64)
+    scores = np.empty(count, np.float64)
+    for i, entry in enumerate(entries):
+        where = f"{source}: detection {i}"
+        if not isinstance(entry, dict):
+            raise UserError(f"{where} is a json {type(entry).__name__}, not an object with {', '.join(REQUIRED_KEYS)}")
+        missing = [key for key in REQUIRED_KEYS if key not in entry]
+        if missing:
+            raise UserError(f"{where} lacks {', '.join(missing)}; every detection needs {', '.join(REQUIRED_KEYS)}")
+        image_id, category_id, bbox, score = (entry[key] for key in REQUIRED_KEYS)
+        # bool is an int in Python, and True == 1 would silently match image or class 1.
+        index = None if isinstance(image_id, bool) or not isinstance(image_id, (str, int)) else image_index_of.get(image_id)
+        if index is None:
+            raise UserError(f"{where}: image_id {image_id!r} is not an image of {dataset.root}; {_id_hint(dataset)}")
+        label = None if isinstance(category_id, bool) or not isinstance(category_id, int) else label_of.get(category_id)
+        if label is None:
+            raise UserError(f"{where}: category_id {category_id!r} is not a class of {dataset.root}; {_id_hint(dataset)}")
+        if not isinstance(bbox, list) or len(bbox) != 4 or not all(_is_number(v) for v in bbox):
+            raise UserError(f"{where}: bbox {bbox!r} is not four finite numbers [x, y, w, h] in pixels")
+        if bbox[2] < 0 or bbox[3] < 0:
+            raise UserError(f"{where}: bbox {bbox!r} has a negative width or height; bbox is [x, y, w, h], not corners")
+        if not _is_number(score):
+            raise UserError(f"{where}: score {score!r} is not a finite number")
+        image_index[i], labels[i], boxes_xywh[i], scores[i] = index, label, bbox, score
+
+    # xywh -> xyxy: the one conversion at the COCO boundary.
+    boxes_xyxy = np.concatenate([boxes_xywh[:, :2], boxes_xywh[:, :2] + boxes_xywh[:, 2:]], axis=1)  # (D, 4)
+    return DetectionTable(image_index=image_index, labels=labels, boxes_xyxy_px=boxes_xyxy, scores=scores)
+
+
+def load_detections(path: Path, dataset: DetectionDataset) -> list[dict]:
+    """Read and check a COCO-results json file of detections for ``dataset``.
+
+    Returns:
+        The list of detection dicts, as stored (checked by :func:`parse_detections`).
+
+    Raises:
+        UserError: the file is missing, not json, or not valid detections for ``dataset``; the
+            message names the file and, for a bad entry, its index.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: detections file not found; pass the COCO results json written by `ssd detect --coco-json`")
+    try:
+        entries = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path}: not a json file ({exc}); expected a list of COCO results detections") from None
+    parse_detections(entries, dataset, source=str(path))
+    return entries
+
+
+def save_detections(path: Path, detections: list[dict]) -> None:
+    """Write detections as a COCO-results json list (the format :func:`load_detections` reads)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.write_text(json.dumps(detections) + "\n", encoding="utf-8")
+    except OSError as exc:
+        raise UserError(f"{path}: cannot write the detections there ({exc.strerror})") from None
