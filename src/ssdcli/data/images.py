@@ -29,6 +29,14 @@ from ssdcli.errors import DataError
 _WIDE_INTEGER_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 
 
+def _require_truncation_errors() -> None:
+    if ImageFile.LOAD_TRUNCATED_IMAGES:
+        # Someone switched Pillow to pad truncated files silently; we would miss damaged images.
+        raise DataError(
+            "PIL.ImageFile.LOAD_TRUNCATED_IMAGES is set, so truncated images cannot be detected; unset it"
+        )
+
+
 def _open(path: Path) -> Image.Image:
     """Open ``path`` (header only) or raise :class:`DataError` naming it."""
     path = Path(path)
@@ -92,15 +100,31 @@ def read_image_rgb(path: Path) -> np.ndarray:
     Raises:
         DataError: naming the file, when it is missing, not an image, or truncated / corrupt.
     """
-    if ImageFile.LOAD_TRUNCATED_IMAGES:
-        # Someone switched Pillow to pad truncated files silently; we would miss damaged images.
-        raise DataError(
-            "PIL.ImageFile.LOAD_TRUNCATED_IMAGES is set, so truncated images cannot be detected; unset it"
-        )
+    _require_truncation_errors()
     with _open(path) as image:
         try:
             image.load()
             return _to_rgb(image)
         except (OSError, SyntaxError, ValueError) as exc:
             # Pillow raises OSError for truncated data, SyntaxError / ValueError for broken chunks.
+            raise DataError(f"{path}: image is truncated or corrupt ({exc})") from None
+
+
+def verify_image(path: Path) -> None:
+    """Decode the whole file to find truncation or corruption, without keeping the pixels.
+
+    JPEGs are decoded in Pillow's draft mode at 1/8 scale: libjpeg still reads every
+    entropy-coded byte (so a truncated file still fails) but skips most of the inverse DCT,
+    several times faster than a full decode.
+
+    Raises:
+        DataError: naming the file, as :func:`read_image_rgb` does.
+    """
+    _require_truncation_errors()
+    with _open(path) as image:
+        try:
+            if image.format == "JPEG":
+                image.draft("RGB", (max(1, image.width // 8), max(1, image.height // 8)))
+            image.load()
+        except (OSError, SyntaxError, ValueError) as exc:
             raise DataError(f"{path}: image is truncated or corrupt ({exc})") from None

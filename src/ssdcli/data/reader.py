@@ -1,0 +1,254 @@
+"""One entry point for every dataset layout: :func:`load_dataset` finds out which it is.
+
+Layouts read (first match wins):
+
+1. a COCO instances ``.json`` file;
+2. a VOCdevkit: ``VOC2007/``, ``VOC2012/``, ... each with ``Annotations/`` and ``JPEGImages/``;
+3. one VOC folder: ``Annotations/`` + ``JPEGImages/`` (``ImageSets/Main/*.txt`` optional);
+4. a COCO folder: ``annotations/instances_*.json`` (or ``*.json``) next to the image folder(s);
+5. a folder with a single child of layout 2 or 3 (``bccd/BCCD/``, ``.../VOCdevkit/``);
+6. a plain folder of ``.xml`` files and images, together or in sibling folders
+   (``raccoon/annotations`` + ``raccoon/images``).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Literal
+
+from ssdcli.data.coco import read_coco
+from ssdcli.data.records import DetectionDataset
+from ssdcli.data.voc import IMAGE_SUFFIXES, ProgressFn, VocItem, read_voc
+from ssdcli.errors import DataError, UserError
+
+EXPECTED = (
+    "expected a VOCdevkit (VOC2007/, VOC2012/), a folder with Annotations/ and JPEGImages/, "
+    "a folder of images with Pascal VOC .xml files, or a COCO instances .json "
+    "(annotations/instances_*.json)"
+)
+
+_YEAR_DIR = re.compile(r"VOC(\d{4})")
+# A devkit split token: "07", "2007", "VOC2007", optionally followed by -, _, : or / and a split
+# name ("2007-test", "07_trainval", "VOC2012/val"); or a split name alone ("trainval").
+_SPLIT_TOKEN = re.compile(r"^(?:(?:VOC)?(\d{2}|\d{4}))?(?:[-_:/]?([A-Za-z][\w-]*))?$", re.IGNORECASE)
+
+
+def load_classes_file(path: Path) -> list[str]:
+    """Class names, one per line, in label order (blank lines ignored).
+
+    Raises:
+        DataError: the file is missing, empty, names a class twice, or names a background class
+            (label 0 is background already).
+    """
+    path = Path(path)
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        raise DataError(f"{path}: classes file not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"{path}: cannot read classes file ({exc})") from None
+    names = [line.strip() for line in lines if line.strip()]
+    if not names:
+        raise DataError(f"{path}: classes file is empty; write one class name per line")
+    duplicates = sorted({name for name in names if names.count(name) > 1})
+    if duplicates:
+        raise DataError(f"{path}: class names listed more than once: {', '.join(duplicates)}")
+    if "__background__" in names:
+        raise DataError(f"{path}: remove '__background__'; label 0 is the background class already")
+    return names
+
+
+def load_dataset(
+    path: Path,
+    split: str | None = None,
+    classes: list[str] | None = None,
+    check_images: bool = True,
+    progress: ProgressFn | None = None,
+    *,
+    verify_pixels: bool = False,
+    unknown_classes: Literal["warning", "error"] = "warning",
+) -> DetectionDataset:
+    """Read a VOC or COCO dataset, detecting its layout (see the module docstring).
+
+    Args:
+        path: a dataset folder or a COCO instances json.
+        split: VOC: an ``ImageSets/Main`` name (``train``, ``val``, ``trainval``, ``test``), in a
+            devkit optionally per year and joined with ``+``: ``07+12`` (= ``2007-trainval+2012-
+            trainval``), ``2007-test``. COCO: picks ``instances_<split>*.json`` (``val`` ->
+            ``instances_val2017.json``). None: every annotation of a VOC folder; for COCO the only
+            json, or the train json.
+        classes: class list to use (a ``--classes`` file); objects of other classes are dropped
+            with a problem of severity ``unknown_classes``. None: SPEC.md default order.
+        check_images: read every image header (true sizes, missing / unreadable files).
+        progress: called as ``progress(done, total)`` while reading.
+        verify_pixels: also decode every image to find truncated ones (``ssd data check``).
+        unknown_classes: ``warning`` when ``classes`` lists what to keep (the ``--classes``
+            case), ``error`` when the data must match it (e.g. a model's classes).
+
+    Returns:
+        The dataset. What could not be read is skipped and listed in ``problems``: an ``error``
+        means the data needs fixing before training (``ssd data check`` exits 1), a ``warning``
+        that the reader fixed or skipped something and training can go on.
+
+    Raises:
+        DataError: the path is missing, holds no dataset we read, or ``split`` names no split.
+    """
+    path = Path(path)
+    options = dict(classes=classes, unknown_classes=unknown_classes, check_images=check_images,
+                   verify_pixels=verify_pixels, progress=progress)
+    if not path.exists():
+        raise DataError(f"{path}: no such file or folder")
+    if path.is_file():
+        if path.suffix.lower() != ".json":
+            raise DataError(f"{path}: not a dataset; give a dataset folder or a COCO instances .json ({EXPECTED})")
+        return read_coco(path, **options)  # type: ignore[arg-type]
+
+    folder = _resolve_folder(path)
+    year_dirs = _year_dirs(folder)
+    if year_dirs:
+        return read_voc(path, _devkit_items(folder, year_dirs, split), **options)  # type: ignore[arg-type]
+    if (folder / "Annotations").is_dir():
+        return read_voc(path, _voc_folder_items(folder, split), **options)  # type: ignore[arg-type]
+    jsons = _coco_jsons(folder)
+    if jsons:
+        dataset = read_coco(_pick_json(folder, jsons, split), **options)  # type: ignore[arg-type]
+        dataset.root = path
+        return dataset
+    xml_dirs = [d for d in [folder, *_subdirs(folder)] if any(d.glob("*.xml"))]
+    if xml_dirs:
+        if split is not None:
+            raise UserError(f"--split {split}: {folder} has no ImageSets/Main/*.txt split files; "
+                            "leave --split out to read every annotation")
+        return read_voc(path, _plain_items(folder, xml_dirs), **options)  # type: ignore[arg-type]
+    raise DataError(_nothing_found(folder))
+
+
+def _subdirs(folder: Path) -> list[Path]:
+    return sorted(d for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
+
+
+def _year_dirs(folder: Path) -> list[Path]:
+    return [d for d in _subdirs(folder) if _YEAR_DIR.fullmatch(d.name) and (d / "Annotations").is_dir()]
+
+
+def _resolve_folder(path: Path) -> Path:
+    """``path``, or its one child that is a VOC folder or devkit (``bccd/`` -> ``bccd/BCCD``)."""
+    if _year_dirs(path) or (path / "Annotations").is_dir() or _coco_jsons(path):
+        return path
+    children = [d for d in _subdirs(path) if (d / "Annotations").is_dir() or _year_dirs(d)]
+    if len(children) > 1:
+        names = ", ".join(d.name for d in children)
+        raise DataError(f"{path} holds several datasets ({names}); name the one to read")
+    return children[0] if children else path
+
+
+def _split_ids(year_dir: Path, name: str) -> list[str]:
+    split_file = year_dir / "ImageSets" / "Main" / f"{name}.txt"
+    if not split_file.is_file():
+        main = year_dir / "ImageSets" / "Main"
+        available = sorted(p.stem for p in main.glob("*.txt") if "_" not in p.stem) if main.is_dir() else []
+        hint = f"available: {', '.join(available)}" if available else "this folder has no split files"
+        raise DataError(f"split '{name}': {split_file} not found ({hint})")
+    # Each line starts with the image id; class files (aeroplane_train.txt) add a flag after it.
+    return [line.split()[0] for line in split_file.read_text().splitlines() if line.strip()]
+
+
+def _items_for_ids(year_dir: Path, ids: list[str]) -> list[VocItem]:
+    image_dirs = (year_dir / "JPEGImages", year_dir / "Annotations")
+    return [VocItem(year_dir / "Annotations" / f"{image_id}.xml", image_dirs) for image_id in ids]
+
+
+def _voc_folder_items(folder: Path, split: str | None, year: str | None = None) -> list[VocItem]:
+    if split is None:
+        xml_files = sorted((folder / "Annotations").glob("*.xml"))
+        return [VocItem(x, (folder / "JPEGImages", folder / "Annotations")) for x in xml_files]
+    items = []
+    for token in split.split("+"):
+        token_year, name = _parse_split_token(token, split)
+        if token_year is not None and year is not None and token_year != year:
+            continue
+        if token_year is not None and year is None and not folder.name.endswith(token_year):
+            raise UserError(f"--split {split}: {folder} is not VOC{token_year}; give the VOCdevkit folder "
+                            "to combine years")
+        items += _items_for_ids(folder, _split_ids(folder, name or "trainval"))
+    return items
+
+
+def _devkit_items(folder: Path, year_dirs: list[Path], split: str | None) -> list[VocItem]:
+    if split is None:
+        return [item for d in year_dirs for item in _voc_folder_items(d, None)]
+    by_year = {_YEAR_DIR.fullmatch(d.name).group(1): d for d in year_dirs}  # type: ignore[union-attr]
+    items = []
+    for token in split.split("+"):
+        year, name = _parse_split_token(token, split)
+        targets = list(by_year.values()) if year is None else [by_year.get(year)]
+        if targets == [None]:
+            raise DataError(f"--split {split}: {folder} has no VOC{year}/ (found {', '.join(d.name for d in year_dirs)})")
+        for year_dir in targets:
+            items += _items_for_ids(year_dir, _split_ids(year_dir, name or "trainval"))  # type: ignore[arg-type]
+    return items
+
+
+def _parse_split_token(token: str, split: str) -> tuple[str | None, str | None]:
+    """``"07"`` -> ("2007", None); ``"2012-val"`` -> ("2012", "val"); ``"test"`` -> (None, "test")."""
+    match = _SPLIT_TOKEN.fullmatch(token.strip())
+    if not token.strip() or match is None:
+        raise UserError(f"--split {split}: cannot read '{token}'; use e.g. trainval, test, 07+12 or 2007-test")
+    year, name = match.groups()
+    if year is not None and len(year) == 2:
+        year = "20" + year  # VOC years are 2005..2012
+    return year, name
+
+
+def _coco_jsons(folder: Path) -> list[Path]:
+    jsons = sorted((folder / "annotations").glob("*.json")) + sorted(folder.glob("*.json"))
+    instances = [j for j in jsons if j.name.startswith("instances")]
+    return instances or jsons
+
+
+def _pick_json(folder: Path, jsons: list[Path], split: str | None) -> Path:
+    names = ", ".join(j.name for j in jsons)
+    if split is None:
+        if len(jsons) == 1:
+            return jsons[0]
+        train = [j for j in jsons if "train" in j.stem]
+        if len(train) == 1:
+            return train[0]
+        raise UserError(f"{folder} has several annotation files ({names}); choose one with --split")
+    chosen = [j for j in jsons if j.stem.removeprefix("instances_").startswith(split)]
+    if len(chosen) != 1:
+        raise UserError(f"--split {split}: matches {len(chosen)} of the annotation files in {folder} ({names}); "
+                        "name exactly one")
+    return chosen[0]
+
+
+def _plain_items(folder: Path, xml_dirs: list[Path]) -> list[VocItem]:
+    """Each XML's image may lie beside it, in a sibling folder (images/ first), or in ``folder``."""
+    siblings = sorted(_subdirs(folder), key=lambda d: d.name.lower() not in ("images", "jpegimages", "imgs"))
+    items = []
+    for xml_dir in xml_dirs:
+        image_dirs = tuple(dict.fromkeys([xml_dir, *siblings, folder]))
+        items += [VocItem(x, image_dirs) for x in sorted(xml_dir.glob("*.xml"))]
+    return items
+
+
+def _nothing_found(folder: Path) -> str:
+    """The "empty folder" message, naming what was found instead where that helps."""
+    images, texts = 0, []
+    for visited, (current, _, files) in enumerate(os.walk(folder)):
+        images += sum(Path(f).suffix.lower() in IMAGE_SUFFIXES for f in files)
+        texts += [Path(current, f) for f in files if f.endswith(".txt") and f not in ("README.txt", "LICENSE.txt")]
+        if visited > 200:  # a bounded look, for the message only
+            break
+    if texts:
+        nested = [t for t in texts if t.parent != folder]  # notes at the top are rarely annotations
+        example = (nested or texts)[0].relative_to(folder)
+        return (f"no Pascal VOC or COCO annotations in {folder}: found .txt annotation files (e.g. {example}); "
+                "YOLO / Cartucho-style text annotations are not read, convert them to Pascal VOC .xml or "
+                f"COCO json ({EXPECTED})")
+    if images:
+        return f"{folder} has {images} images but no annotations; {EXPECTED}"
+    return f"no images/annotations found in {folder}; {EXPECTED}"
+
