@@ -13,9 +13,9 @@ import numpy as np
 
 from ssdcli.data.records import DetectionDataset, Problem
 
-# A box may poke out of the image by this much (float rounding in COCO json, 0- vs 1-based slips
-# in annotation tools) before clipping it is worth a warning.
-CLIP_TOLERANCE_PX = 0.5
+# A box may poke out of the image by this much before clipping it is worth a warning: float
+# rounding in COCO json, and tools that write 0-based corners into VOC's 1-based XML (xmin = 0).
+CLIP_TOLERANCE_PX = 1.0
 
 # COCO's object-size bins (cocoapi cocoeval.py, areaRng): small < 32^2 <= medium < 96^2 <= large.
 SMALL_AREA_PX = 32**2
