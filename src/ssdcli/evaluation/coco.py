@@ -118,7 +118,10 @@ def evaluate_coco(dataset: DetectionDataset, detections: list[dict], ground_trut
             coco_dt = _coco_from_dict({**ground_truth, "annotations": []})
         evaluator = COCOeval(coco_gt, coco_dt, iouType="bbox")
         if image_ids is not None:
+            # The json may hold more images and categories than the dataset read from it (a
+            # split, a --classes subset): score only those.
             evaluator.params.imgIds = sorted(image_ids)
+            evaluator.params.catIds = sorted(set(dataset.category_ids) & set(coco_gt.getCatIds()))
         evaluator.evaluate()
         evaluator.accumulate()
         evaluator.summarize()

@@ -114,11 +114,12 @@ def precision_recall(
     non-difficult box with IoU > 0.5 is a true positive exactly when it is the first detection,
     in score order, whose best box is that box; later ones are duplicates (false positives).
     """
-    gt_labels = np.concatenate([r.labels for r in records]) if records else np.zeros(0, np.int64)
-    gt_difficult = np.concatenate([r.difficult for r in records]).astype(bool) if records else np.zeros(0, bool)
+    gt_labels = np.concatenate([np.zeros(0, np.int64)] + [r.labels for r in records])
+    gt_difficult = np.concatenate([np.zeros(0, bool)] + [np.asarray(r.difficult, bool) for r in records])
     best_iou, best_gt = best_gt_per_detection(records, detections)
-    hit = best_iou > IOU_THRESHOLD  # devkit: ovmax > ovthresh
-    on_difficult = hit & gt_difficult[np.maximum(best_gt, 0)]
+    hit = best_iou > IOU_THRESHOLD  # devkit: ovmax > ovthresh; False where best_gt is -1
+    on_difficult = np.zeros_like(hit)
+    on_difficult[hit] = gt_difficult[best_gt[hit]]
 
     # One stable sort by score, then a stable sort by class: each class's detections end up
     # contiguous, by score descending, ties in the order given.
