@@ -222,10 +222,33 @@ def ssd512_spec() -> PriorSpec:
     )
 
 
+def ssdlite320_spec() -> PriorSpec:
+    """SSDLite320 (MobileNetV3-Large, torchvision ``ssdlite320_mobilenet_v3_large``): 3234 boxes.
+
+    Scales spread linearly from 0.2 to 0.95 of the input as torchvision's ``DefaultBoxGenerator``
+    (``min_ratio=0.2, max_ratio=0.95``, extra scale 1.0), in this module's box layout: min sizes
+    64, 112, 160, 208, 256, 304; max sizes 112, 160, 208, 256, 304, 320; aspect ratios [2, 3] on
+    every layer; centres at cell centres (step = 320 / feature map).
+    """
+    image_size, feature_maps = 320, (20, 10, 5, 3, 2, 1)
+    percents = [20 + 15 * k for k in range(len(feature_maps))] + [100]  # 0.2 .. 0.95, then 1.0
+    sizes = [image_size * p / 100.0 for p in percents]
+    return _spec(
+        "ssdlite320",
+        image_size,
+        feature_maps=feature_maps,
+        steps=tuple(image_size / f for f in feature_maps),
+        min_sizes=sizes[:-1],
+        max_sizes=sizes[1:],
+        aspect_ratios=((2, 3),) * len(feature_maps),
+    )
+
+
 PRESETS = {
     "ssd300": ssd300_spec,
     "ssd300_coco": ssd300_coco_spec,
     "ssd512": ssd512_spec,
+    "ssdlite320": ssdlite320_spec,
 }
 """Preset name -> function returning its :class:`PriorSpec`."""
 

@@ -1,0 +1,99 @@
+"""SSD networks: build one by arch name, rebuild one from a checkpoint's plain settings.
+
+``ARCHS`` is the one place that maps an architecture name to its builder. Every model is an
+:class:`~ssdcli.models.ssd.SSD` with the same contract: ``model(images)`` ->
+``(cls_logits Tensor[N, P, K + 1], box_deltas Tensor[N, P, 4])`` in the order of
+``priors_for_model(model)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from torch import Tensor
+
+from ssdcli.models.mobilenet import ssdlite320
+from ssdcli.models.ssd import SSD
+from ssdcli.models.vgg import ssd300, ssd512
+from ssdcli.models.vgg_weights import load_vgg16_backbone, resolve_backbone_weights
+from ssdcli.priors import PRESETS, PriorSpec, generate_priors
+
+ARCHS: dict[str, Callable[..., SSD]] = {
+    "ssd300": ssd300,
+    "ssd512": ssd512,
+    "ssdlite320": ssdlite320,
+}
+"""Arch name -> ``builder(num_classes, prior_spec, **options) -> SSD``. The default prior preset
+of an arch has the same name in :data:`ssdcli.priors.PRESETS`."""
+
+ARCH_OPTIONS: dict[str, tuple[str, ...]] = {"ssd300": (), "ssd512": (), "ssdlite320": ("width_mult",)}
+"""Build options each arch accepts (stored in :attr:`SSD.options` and in checkpoints)."""
+
+__all__ = [
+    "ARCHS",
+    "SSD",
+    "build_from_settings",
+    "build_model",
+    "load_vgg16_backbone",
+    "model_settings",
+    "priors_for_model",
+    "resolve_backbone_weights",
+]
+
+
+def build_model(arch: str, num_classes: int, prior_spec: PriorSpec | None = None, **options: float) -> SSD:
+    """A freshly initialised SSD.
+
+    Args:
+        arch: a key of :data:`ARCHS`.
+        num_classes: object classes, background excluded.
+        prior_spec: default boxes; the arch's preset when ``None``. Its feature maps must match
+            the network's (checked).
+        options: arch-specific options, e.g. ``width_mult=0.5`` for ``ssdlite320``.
+
+    Raises:
+        ValueError: unknown arch or option, or a prior spec that does not fit the network.
+    """
+    if arch not in ARCHS:
+        raise ValueError(f"unknown arch {arch!r}; choose one of {', '.join(ARCHS)}")
+    unknown = sorted(set(options) - set(ARCH_OPTIONS[arch]))
+    if unknown:
+        allowed = ", ".join(ARCH_OPTIONS[arch]) or "none"
+        raise ValueError(f"{arch} does not take option(s) {', '.join(unknown)} (accepted: {allowed})")
+    spec = prior_spec if prior_spec is not None else PRESETS[arch]()
+    return ARCHS[arch](num_classes, spec, **options)
+
+
+def priors_for_model(model: SSD) -> Tensor:
+    """The model's default boxes, ``Tensor[P, 4]`` cxcywh normalised, row ``i`` = output row ``i``."""
+    return generate_priors(model.prior_spec)
+
+
+def model_settings(model: SSD) -> dict:
+    """Plain settings (str / int / float / list / dict) that :func:`build_from_settings` rebuilds
+    the same architecture from; stored in checkpoints and export metadata."""
+    return {
+        "arch": model.arch,
+        "num_classes": model.num_classes,
+        "options": dict(model.options),
+        "prior_spec": model.prior_spec.to_dict(),
+        "image_size": model.image_size,
+        "mean": list(model.mean),
+        "std": list(model.std),
+    }
+
+
+def build_from_settings(settings: dict) -> SSD:
+    """Rebuild the architecture described by :func:`model_settings` (weights not loaded).
+
+    Raises:
+        ValueError: missing or malformed settings, or settings no network can satisfy.
+    """
+    try:
+        arch = str(settings["arch"])
+        num_classes = int(settings["num_classes"])
+        options = {str(k): float(v) for k, v in dict(settings.get("options", {})).items()}
+        spec = PriorSpec.from_dict(settings["prior_spec"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"malformed model settings: {exc!r}") from exc
+    return build_model(arch, num_classes, prior_spec=spec, **options)
