@@ -1,0 +1,185 @@
+"""`ssd eval`: score detections against a dataset with VOC07, VOC all-point and COCO AP."""
+
+from __future__ import annotations
+
+import json
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.progress import Progress
+from rich.table import Table
+
+from ssdcli.cli.common import err, error_boundary, out
+from ssdcli.data.records import DetectionDataset
+from ssdcli.errors import UserError
+from ssdcli.evaluation import EvalResult, Metric, evaluate, load_detections, save_detections
+
+HELP = "Score detections against a dataset's ground truth: VOC07 11-point, VOC all-point and COCO AP."
+EPILOG = """\
+[bold]Examples[/]
+
+  ssd eval --detections dets.json --data VOCdevkit/VOC2007 --split test
+  ssd eval --detections dets.json --data coco/annotations/instances_val2017.json --metric coco
+  ssd eval --detections dets.json --data my_voc_folder --json metrics.json --plot-dir pr_curves
+
+[bold]Detections[/] are COCO results json: a list of {"image_id", "category_id", "bbox": [x, y, w, h],
+"score"} in original-image pixels. For VOC-style data image_id is the image file stem (a string)
+and category_id the 1-based class index (the list `ssd data check` prints); for COCO data both
+are the json's own ids.
+
+[bold]Metrics[/]: voc07 = PASCAL VOC2007 11-point AP at IoU > 0.5, voc12 = all-point AP (area under
+the interpolated precision-recall curve), both per the PASCAL devkit with "difficult" objects
+ignored; coco = pycocotools COCOeval bbox (difficult VOC boxes become crowd "ignore" regions).
+"""
+
+
+class MetricChoice(str, Enum):
+    voc07 = "voc07"
+    voc12 = "voc12"
+    coco = "coco"
+    all = "all"
+
+
+def metrics_for(choice: MetricChoice) -> list[Metric]:
+    """``all`` -> the three metrics; anything else -> that one."""
+    return list(Metric) if choice is MetricChoice.all else [Metric(choice.value)]
+
+
+def _percent(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.2f}"
+
+
+def result_tables(result: EvalResult) -> list[Table]:
+    """A per-class table (AP in %) and a summary table of the computed metrics."""
+    has_voc07 = result.voc07_map is not None or any(c.voc07_ap is not None for c in result.classes)
+    has_voc12 = result.voc12_map is not None or any(c.voc12_ap is not None for c in result.classes)
+    has_coco = result.coco is not None
+    per_class = Table(title="AP per class (%)")
+    per_class.add_column("class")
+    per_class.add_column("gt", justify="right")
+    per_class.add_column("detections", justify="right")
+    columns = [("VOC07", "voc07_ap", has_voc07), ("VOC12", "voc12_ap", has_voc12), ("COCO", "coco_ap", has_coco)]
+    for title, _, shown in columns:
+        if shown:
+            per_class.add_column(title, justify="right")
+    for c in result.classes:
+        values = [_percent(getattr(c, key)) for _, key, shown in columns if shown]
+        per_class.add_row(c.name, str(c.num_gt), str(c.num_detections), *values)
+
+    summary = Table(title=f"Summary: {result.num_images} images, {result.num_detections} detections")
+    summary.add_column("metric")
+    summary.add_column("value (%)", justify="right")
+    if has_voc07:
+        summary.add_row("VOC07 mAP (11-point, IoU 0.5)", _percent(result.voc07_map))
+    if has_voc12:
+        summary.add_row("VOC12 mAP (all-point, IoU 0.5)", _percent(result.voc12_map))
+    if result.coco is not None:
+        labels = {
+            "ap": "COCO AP @[.5:.95]", "ap50": "COCO AP50", "ap75": "COCO AP75",
+            "aps": "COCO AP small", "apm": "COCO AP medium", "apl": "COCO AP large",
+            "ar1": "COCO AR @1", "ar10": "COCO AR @10", "ar100": "COCO AR @100",
+        }
+        for key, label in labels.items():
+            summary.add_row(label, _percent(result.coco[key]))
+    return [per_class, summary]
+
+
+def _read_dataset(data: Path, split: Optional[str], classes_file: Optional[Path]) -> DetectionDataset:
+    """The ground truth, read as `ssd train` / `ssd data check` read it."""
+    from ssdcli.data.reader import load_classes_file, load_dataset
+
+    classes = load_classes_file(classes_file) if classes_file is not None else None
+    with Progress(console=err, transient=True) as bar:
+        task = bar.add_task(f"reading {data}", total=None)
+        dataset = load_dataset(
+            data, split=split, classes=classes, progress=lambda done, total: bar.update(task, completed=done, total=total)
+        )
+    if not dataset.records:
+        raise UserError(f"{data}: no images with annotations found; run `ssd data check {data}` to see why")
+    if dataset.problems:
+        err.print(
+            f"[yellow]warning:[/] {len(dataset.problems)} problem(s) while reading {data}; "
+            f"images that could not be read are left out. Run `ssd data check {data}` for the list.",
+            highlight=False,
+        )
+    return dataset
+
+
+def _coco_ground_truth(dataset: DetectionDataset) -> dict | None:
+    """COCO data: the annotation json itself, so COCO numbers use its areas and crowd regions."""
+    if dataset.format != "coco" or dataset.root.suffix.lower() != ".json":
+        return None
+    from ssdcli.data.coco import load_coco_json
+
+    return load_coco_json(dataset.root)
+
+
+def score_and_report(
+    dataset: DetectionDataset,
+    detections: list[dict],
+    metric: MetricChoice,
+    json_file: Optional[Path] = None,
+    plot_dir: Optional[Path] = None,
+    save_detections_file: Optional[Path] = None,
+) -> EvalResult:
+    """Score ``detections`` (already checked against ``dataset``), print the tables and write
+    the requested files. The scoring half of `ssd eval`, whatever produced the detections."""
+    if save_detections_file is not None:
+        save_detections(save_detections_file, detections)
+        err.print(f"wrote {len(detections)} detections to {save_detections_file}", highlight=False)
+    wanted = metrics_for(metric)
+    coco_gt = _coco_ground_truth(dataset) if Metric.coco in wanted else None
+    result = evaluate(dataset, detections, wanted, coco_ground_truth=coco_gt)
+    for table in result_tables(result):
+        out.print(table)
+    if json_file is not None:
+        json_file.parent.mkdir(parents=True, exist_ok=True)
+        json_file.write_text(json.dumps(result.to_json(), indent=2) + "\n", encoding="utf-8")
+        err.print(f"wrote {json_file}", highlight=False)
+    if plot_dir is not None:
+        if result.classes and result.classes[0].curve is None:
+            raise UserError("--plot-dir draws the VOC precision-recall curves; use --metric voc07, voc12 or all")
+        from ssdcli.evaluation.plots import write_pr_curves
+
+        curves = [
+            (c.name, c.curve, f"{c.name}: AP VOC07 {_percent(c.voc07_ap)}%  VOC12 {_percent(c.voc12_ap)}%")
+            for c in result.classes
+            if c.curve is not None
+        ]
+        written = write_pr_curves(plot_dir, curves)
+        err.print(f"wrote {len(written)} precision-recall curves to {plot_dir}", highlight=False)
+    return result
+
+
+@error_boundary
+def eval_command(
+    detections: Annotated[
+        Path, typer.Option("--detections", help="COCO results json of detections to score (see below).")
+    ],
+    data: Annotated[
+        Path, typer.Option("--data", help="The ground truth: a VOC folder / VOCdevkit or a COCO instances json.")
+    ],
+    split: Annotated[
+        Optional[str], typer.Option(help="Which split of the dataset (e.g. test, val2017); the reader's default when omitted.")
+    ] = None,
+    classes: Annotated[
+        Optional[Path], typer.Option("--classes", help="Class names, one per line, overriding the dataset's class list.")
+    ] = None,
+    metric: Annotated[
+        MetricChoice, typer.Option(help="voc07, voc12, coco, or all three from the same detections.")
+    ] = MetricChoice.all,
+    json_file: Annotated[
+        Optional[Path], typer.Option("--json", help="Write the metrics as json (fractions in [0, 1]) to this file.")
+    ] = None,
+    plot_dir: Annotated[
+        Optional[Path], typer.Option("--plot-dir", help="Write a precision-recall curve (PNG) per class into this folder.")
+    ] = None,
+    save_detections_file: Annotated[
+        Optional[Path], typer.Option("--save-detections", help="Write the detections that were scored to this json file.")
+    ] = None,
+) -> None:
+    dataset = _read_dataset(data, split, classes)
+    scored = load_detections(detections, dataset)
+    score_and_report(dataset, scored, metric, json_file, plot_dir, save_detections_file)
