@@ -425,7 +425,7 @@ def test_coco128_equals_pycocotools_run_directly(shared_data, capsys):
     direct = pycocotools_direct(json_path, detections)
 
     dataset = load_dataset(json_path, check_images=False)
-    result = evaluate(dataset, detections, ["coco"], coco_ground_truth=load_coco_json(json_path))
+    result = evaluate(dataset, detections, ["coco"], coco_ground_truth=load_coco_json(json_path), coco_backend="pycocotools")
     assert capsys.readouterr().out == ""  # pycocotools' prints are swallowed
     names = ("ap", "ap50", "ap75", "aps", "apm", "apl", "ar1", "ar10", "ar100", "ars", "arm", "arl")
     for name, value in zip(names, direct.stats):
@@ -442,6 +442,35 @@ def test_coco128_equals_pycocotools_run_directly(shared_data, capsys):
 
     # Without the json, the ground truth built from the records (box areas instead of
     # segmentation areas) gives the same numbers where area plays no part.
-    rebuilt = evaluate(dataset, detections, ["coco"])
+    rebuilt = evaluate(dataset, detections, ["coco"], coco_backend="pycocotools")
     for name in ("ap", "ap50", "ap75", "ar1", "ar10", "ar100"):
         assert rebuilt.coco[name] == pytest.approx(result.coco[name], abs=1e-6), name
+
+
+@pytest.mark.parametrize("case", ["coco128", "hand", "no detections"])
+def test_faster_coco_eval_gives_the_same_numbers(shared_data, case, capsys):
+    pytest.importorskip("faster_coco_eval")
+    from ssdcli.data.coco import load_coco_json
+    from ssdcli.data.reader import load_dataset
+
+    if case == "coco128":
+        json_path = shared_data / "coco128" / "annotations" / "instances_val2017.json"
+        dataset, gt = load_dataset(json_path, check_images=False), load_coco_json(json_path)
+        detections = coco128_detections(gt, seed=1)
+    else:
+        dataset, gt = hand_dataset(), None
+        detections = hand_detections() if case == "hand" else []
+    slow = evaluate(dataset, detections, ["coco"], coco_ground_truth=gt, coco_backend="pycocotools")
+    fast = evaluate(dataset, detections, ["coco"], coco_ground_truth=gt, coco_backend="faster_coco_eval")
+    assert capsys.readouterr().out == ""
+    assert fast.coco == pytest.approx(slow.coco, abs=1e-12)
+    assert [c.coco_ap for c in fast.classes] == pytest.approx([c.coco_ap for c in slow.classes], abs=1e-12)
+
+
+def test_asking_for_a_missing_backend_is_a_user_error(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "faster_coco_eval", None)  # makes the import fail
+    with pytest.raises(UserError, match="faster_coco_eval is not installed"):
+        evaluate(hand_dataset(), hand_detections(), ["coco"], coco_backend="faster_coco_eval")
+    assert evaluate(hand_dataset(), hand_detections(), ["coco"]).coco["ap"] > 0  # auto: pycocotools

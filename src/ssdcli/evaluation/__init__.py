@@ -21,7 +21,7 @@ from enum import Enum
 import numpy as np
 
 from ssdcli.data.records import DetectionDataset
-from ssdcli.evaluation.coco import CocoMetrics, evaluate_coco
+from ssdcli.evaluation.coco import Backend, CocoMetrics, evaluate_coco
 from ssdcli.evaluation.detections import DetectionTable, load_detections, parse_detections, save_detections
 from ssdcli.evaluation.voc import (
     PrecisionRecall,
@@ -123,6 +123,7 @@ def evaluate(
     detections: list[dict],
     metrics: Iterable[Metric | str] = (Metric.voc07, Metric.voc12, Metric.coco),
     coco_ground_truth: dict | None = None,
+    coco_backend: Backend = "auto",
 ) -> EvalResult:
     """Score detections against a dataset's ground truth.
 
@@ -135,6 +136,8 @@ def evaluate(
         coco_ground_truth: COCO data only: the annotation json as loaded, so that COCO numbers
             use its own areas and crowd regions (equal to pycocotools run on that file); ``None``
             builds the COCO ground truth from the records.
+        coco_backend: ``pycocotools``, ``faster_coco_eval`` (same numbers, faster), or ``auto``:
+            faster_coco_eval when it is installed.
 
     Raises:
         UserError: a detection does not fit the dataset (see :func:`parse_detections`).
@@ -161,7 +164,7 @@ def evaluate(
 
     coco: CocoMetrics | None = None
     if Metric.coco in wanted:
-        coco = evaluate_coco(dataset, detections, coco_ground_truth)
+        coco = evaluate_coco(dataset, detections, coco_ground_truth, coco_backend)
 
     detections_per_class = np.bincount(table.labels, minlength=num_classes + 1)[1:]
     classes = [

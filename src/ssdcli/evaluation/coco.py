@@ -1,5 +1,8 @@
 """COCO box metrics through pycocotools' ``COCOeval`` (iouType ``bbox``), for COCO and VOC data.
 
+When the optional ``faster-coco-eval`` package is installed it is used instead (same API, same
+algorithm in C++, same numbers: the tests compare the two).
+
 COCO data is scored against its own annotation json when it is given (its ids, its ``area``
 field, which is the segmentation area and decides small / medium / large, and its crowd
 regions), so the numbers equal pycocotools run directly on that json. Otherwise, and for
@@ -20,10 +23,14 @@ from __future__ import annotations
 import contextlib
 import io
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 
 from ssdcli.data.records import DetectionDataset
+from ssdcli.errors import UserError
+
+Backend = Literal["auto", "pycocotools", "faster_coco_eval"]
 
 # COCOeval.summarize() stats, in its order.
 STAT_NAMES = ("ap", "ap50", "ap75", "aps", "apm", "apl", "ar1", "ar10", "ar100", "ars", "arm", "arl")
@@ -83,40 +90,74 @@ def coco_results(dataset: DetectionDataset, detections: list[dict]) -> list[dict
     return [{**d, "image_id": image_id_of[d["image_id"]]} for d in detections]
 
 
-def _coco_from_dict(data: dict):
-    from pycocotools.coco import COCO
+def coco_backend(name: Backend = "auto") -> Backend:
+    """The COCO implementation to use: ``faster_coco_eval`` (a C++ port of the same algorithm,
+    several times faster on large sets, same numbers; tested against pycocotools when it is
+    installed) when ``auto`` finds it installed, else ``pycocotools``.
 
-    coco = COCO()
+    Raises:
+        UserError: ``faster_coco_eval`` was asked for and is not installed.
+    """
+    if name in ("auto", "faster_coco_eval"):
+        try:
+            import faster_coco_eval  # noqa: F401
+        except ImportError:
+            if name == "faster_coco_eval":
+                raise UserError("faster_coco_eval is not installed; `pip install faster-coco-eval` or use pycocotools") from None
+        else:
+            return "faster_coco_eval"
+    return "pycocotools"
+
+
+def _coco_classes(backend: Backend):
+    """``(COCO, COCOeval)`` of a backend; both share pycocotools' API."""
+    if backend == "faster_coco_eval":
+        from faster_coco_eval import COCO, COCOeval_faster
+
+        return COCO, COCOeval_faster
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    return COCO, COCOeval
+
+
+def _coco_from_dict(coco_class, data: dict):
+    coco = coco_class()
     coco.dataset = data
     coco.createIndex()
     return coco
 
 
-def evaluate_coco(dataset: DetectionDataset, detections: list[dict], ground_truth: dict | None = None) -> CocoMetrics:
-    """Score detections with pycocotools ``COCOeval`` (bbox, its default parameters).
+def evaluate_coco(
+    dataset: DetectionDataset,
+    detections: list[dict],
+    ground_truth: dict | None = None,
+    backend: Backend = "auto",
+) -> CocoMetrics:
+    """Score detections with pycocotools' ``COCOeval`` (bbox, its default parameters).
 
     Args:
         dataset: the ground truth; its records choose the images scored.
         detections: COCO results dicts, checked against ``dataset``.
         ground_truth: for COCO data, the annotation json as loaded (its own ``area`` and crowd
             regions); ``None`` builds it from the records (:func:`coco_ground_truth`).
+        backend: ``pycocotools``, ``faster_coco_eval`` or ``auto`` (:func:`coco_backend`).
 
     pycocotools prints its progress; that output is captured and dropped here.
     """
-    from pycocotools.cocoeval import COCOeval
-
+    coco_class, eval_class = _coco_classes(coco_backend(backend))
     if ground_truth is None:
         ground_truth = coco_ground_truth(dataset)
     results = coco_results(dataset, detections)
     image_ids = [record.image_id for record in dataset.records] if dataset.format == "coco" else None
     with contextlib.redirect_stdout(io.StringIO()):
-        coco_gt = _coco_from_dict(ground_truth)
+        coco_gt = _coco_from_dict(coco_class, ground_truth)
         if results:
             coco_dt = coco_gt.loadRes(results)
         else:
             # loadRes cannot take an empty list (it looks at anns[0]); an empty result set scores 0
-            coco_dt = _coco_from_dict({**ground_truth, "annotations": []})
-        evaluator = COCOeval(coco_gt, coco_dt, iouType="bbox")
+            coco_dt = _coco_from_dict(coco_class, {**ground_truth, "annotations": []})
+        evaluator = eval_class(coco_gt, coco_dt, iouType="bbox")
         if image_ids is not None:
             # The json may hold more images and categories than the dataset read from it (a
             # split, a --classes subset): score only those.
