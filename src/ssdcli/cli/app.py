@@ -8,6 +8,7 @@ import typer
 
 from ssdcli import __version__
 from ssdcli.cli import priors as priors_cmd
+from ssdcli.cli import train as train_cmd
 
 app = typer.Typer(
     name="ssd",
@@ -35,6 +36,7 @@ def _root(
 
 
 app.command("priors", help=priors_cmd.HELP, epilog=priors_cmd.EPILOG)(priors_cmd.priors)
+app.command("train", help=train_cmd.HELP, epilog=train_cmd.EPILOG)(train_cmd.train)
 
 
 def main() -> None:
