@@ -1,0 +1,477 @@
+"""Checkpoints: plain dicts written atomically and read back with ``torch.load(weights_only=True)``.
+
+A checkpoint is untrusted input (SPEC "Checkpoints"): a full ``pickle`` load of a downloaded
+``last.pt`` can run arbitrary code, so this module only ever loads with ``weights_only=True``,
+which rebuilds tensors, numbers, strings, lists, tuples and dicts and refuses any other class or
+callable *before* calling it. There is no fallback to ``weights_only=False``.
+
+Layout (``format_version`` 1)::
+
+    format            "ssdcli-checkpoint"
+    format_version    1
+    model             state dict: name -> Tensor
+    arch, num_classes, class_names, image_size, mean, std
+    priors            PriorSpec.to_dict()
+    config, metrics   plain dicts (optional)
+    # last.pt only, all or none of them:
+    optimizer, scheduler, scaler    torch state dicts
+    epoch, iteration                ints
+    rng               capture_rng_state()
+
+Writing is atomic (temp file in the same folder, flush + fsync, ``os.replace``, fsync of the
+folder), so a crash or SIGKILL at any moment leaves the previous file or the new one, never a
+partial one.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import pickle
+import random
+import secrets
+import warnings
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from ssdcli.errors import CheckpointError
+from ssdcli.priors import PriorSpec
+
+FORMAT = "ssdcli-checkpoint"
+FORMAT_VERSION = 1
+
+MODEL_KEYS: tuple[str, ...] = (
+    "format",
+    "format_version",
+    "model",
+    "arch",
+    "num_classes",
+    "class_names",
+    "image_size",
+    "mean",
+    "std",
+    "priors",
+)
+"""Keys every checkpoint holds: enough to rebuild the network and use it."""
+
+TRAINING_KEYS: tuple[str, ...] = ("optimizer", "scheduler", "scaler", "epoch", "iteration", "rng")
+"""Keys ``last.pt`` adds so ``--resume`` continues exactly; present all together or not at all."""
+
+_PLAIN_SCALARS = (type(None), bool, int, float, str, bytes)
+# Dict subclasses the weights_only unpickler rebuilds (torch/_weights_only_unpickler.py
+# _get_allowed_globals): module state dicts are OrderedDicts (with ``_metadata``), MultiStepLR
+# keeps its milestones in a Counter.
+_PLAIN_DICTS = (dict, collections.OrderedDict, collections.Counter)
+_PLAIN_SEQUENCES = (list, tuple)
+_PLAIN_TENSORS = (Tensor, nn.Parameter)
+
+_ZIP_MAGIC = b"PK\x03\x04"  # torch.save's default (zip) format
+_PICKLE_PROTO = 0x80  # first byte of a protocol >= 2 pickle: torch's legacy format, or raw pickle
+
+
+class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
+    """The checkpoint file does not exist (a :class:`CheckpointError` the CLI reports as a user
+    error, and a ``FileNotFoundError`` for callers that test for that)."""
+
+
+# --------------------------------------------------------------------------------------------
+# Plain values
+# --------------------------------------------------------------------------------------------
+
+
+def to_plain(value: Any) -> Any:
+    """A copy of ``value`` that :func:`save_checkpoint` accepts: numpy arrays become tensors,
+    numpy scalars Python numbers, tuples lists and mappings dicts, recursively. Anything else is
+    returned unchanged (and rejected by :func:`save_checkpoint` if it is not plain)."""
+    if isinstance(value, np.ndarray):
+        return torch.from_numpy(np.array(value))  # np.array copies: the tensor owns its memory
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, Mapping):
+        return {key: to_plain(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_plain(item) for item in value]
+    return value
+
+
+def _walk(value: Any, path: str) -> Iterator[tuple[str, Any]]:
+    """Every leaf under ``value`` with its key path (``optimizer.state.0.momentum_buffer``,
+    ``rng.cuda[1]``); raises ``TypeError`` at the first value weights_only loading would refuse."""
+    if type(value) in _PLAIN_DICTS:
+        for key, item in value.items():
+            if type(key) not in (str, int, bool, float, type(None)):
+                raise TypeError(f"checkpoint key {path}: dict key {key!r} is a {type(key).__name__}, not str/int")
+            yield from _walk(item, f"{path}.{key}" if path else str(key))
+    elif type(value) in _PLAIN_SEQUENCES:
+        for i, item in enumerate(value):
+            yield from _walk(item, f"{path}[{i}]")
+    elif type(value) in _PLAIN_SCALARS or type(value) in _PLAIN_TENSORS:
+        yield path, value
+    else:
+        raise TypeError(
+            f"checkpoint key {path or '<root>'}: a {type(value).__module__}.{type(value).__qualname__} "
+            "cannot be stored; checkpoints hold only tensors, numbers, strings, bools, None, lists and "
+            "dicts (convert it first, e.g. with ssdcli.checkpoint.to_plain, str() or .tolist())"
+        )
+
+
+def check_plain(payload: Mapping[str, Any]) -> None:
+    """Raise ``TypeError`` naming the key path of the first value that is not plain."""
+    for _ in _walk(payload, ""):
+        pass
+
+
+def _first_non_finite(value: Any, path: str) -> str | None:
+    """Key path of the first floating tensor holding NaN or inf under ``value``, or ``None``."""
+    for leaf_path, leaf in _walk(value, path):
+        if isinstance(leaf, Tensor) and (leaf.is_floating_point() or leaf.is_complex()):
+            if not bool(torch.isfinite(leaf.detach()).all()):
+                return leaf_path
+    return None
+
+
+def _field_problems(payload: Mapping[str, Any]) -> list[str]:
+    """What is missing or malformed in a checkpoint dict (empty when it is well formed)."""
+    problems = []
+    missing = [key for key in MODEL_KEYS if key not in payload]
+    if missing:
+        problems.append(f"missing {', '.join(missing)}")
+    present_training = [key for key in TRAINING_KEYS if key in payload]
+    if present_training and len(present_training) != len(TRAINING_KEYS):
+        absent = [key for key in TRAINING_KEYS if key not in payload]
+        problems.append(f"training state incomplete: has {', '.join(present_training)} but not {', '.join(absent)}")
+    model = payload.get("model")
+    if "model" in payload and not (
+        isinstance(model, Mapping) and all(isinstance(k, str) and isinstance(v, Tensor) for k, v in model.items())
+    ):
+        problems.append("'model' is not a state dict (names -> tensors)")
+    expected_types: dict[str, tuple[type, ...]] = {
+        "arch": (str,),
+        "num_classes": (int,),
+        "image_size": (int,),
+        "priors": (dict,),
+        "config": (dict,),
+        "metrics": (dict,),
+        "epoch": (int,),
+        "iteration": (int,),
+        "rng": (dict,),
+    }
+    for key, types in expected_types.items():
+        if key in payload and (not isinstance(payload[key], types) or isinstance(payload[key], bool)):
+            problems.append(f"{key!r} is a {type(payload[key]).__name__}, expected {types[0].__name__}")
+    names = payload.get("class_names")
+    if "class_names" in payload and not (isinstance(names, list) and all(isinstance(n, str) for n in names)):
+        problems.append("'class_names' is not a list of strings")
+    for key in ("mean", "std"):
+        values = payload.get(key)
+        if key in payload and not (
+            isinstance(values, (list, tuple))
+            and values
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+        ):
+            problems.append(f"{key!r} is not a list of numbers")
+    if isinstance(payload.get("priors"), dict):
+        try:
+            PriorSpec.from_dict(payload["priors"])
+        except ValueError as exc:
+            problems.append(f"'priors' {exc}")
+    return problems
+
+
+# --------------------------------------------------------------------------------------------
+# Saving
+# --------------------------------------------------------------------------------------------
+
+
+def save_checkpoint(path: str | os.PathLike[str], payload: Mapping[str, Any]) -> None:
+    """Write ``payload`` to ``path`` atomically, in a form ``torch.load(weights_only=True)`` reads.
+
+    ``format`` / ``format_version`` are filled in when absent. The write goes to a hidden temp file
+    in the same folder, is flushed and fsync'ed, then ``os.replace``'d onto ``path`` (atomic on
+    POSIX and Windows) and the folder is fsync'ed so the rename itself survives a power cut. Any
+    failure (including KeyboardInterrupt) removes the temp file and leaves an existing ``path``
+    untouched; only SIGKILL or a power cut can leave a stale ``.<name>.*.tmp`` behind, never a
+    partial ``path``.
+
+    Args:
+        path: target file (``last.pt``, ``best.pt``); its folder must exist.
+        payload: the checkpoint dict (module docstring). Tuples and ``OrderedDict`` / ``Counter``
+            (as in torch's own state dicts) are accepted: the weights_only loader rebuilds them.
+
+    Raises:
+        TypeError: a value that is not plain, naming its key path (e.g. ``metrics.ap``).
+        ValueError: missing or malformed keys, or a NaN / inf in the model weights or optimizer
+            state (a non-finite checkpoint is never written).
+        OSError: the file cannot be written (folder missing, disk full, ...).
+    """
+    payload = {"format": FORMAT, "format_version": FORMAT_VERSION, **payload}
+    check_plain(payload)
+    if payload["format"] != FORMAT or payload["format_version"] != FORMAT_VERSION:
+        raise ValueError(
+            f"checkpoint format must be {FORMAT!r} version {FORMAT_VERSION}, "
+            f"got {payload['format']!r} version {payload['format_version']!r}"
+        )
+    problems = _field_problems(payload)
+    if problems:
+        raise ValueError(f"checkpoint for {os.fspath(path)} is malformed: {'; '.join(problems)}")
+    for key in ("model", "optimizer"):
+        if key in payload:
+            bad = _first_non_finite(payload[key], key)
+            if bad is not None:
+                raise ValueError(f"refusing to write {os.fspath(path)}: {bad} holds NaN or inf values")
+    _atomic_torch_save(Path(path), payload)
+
+
+def _atomic_torch_save(path: Path, payload: dict[str, Any]) -> None:
+    """``torch.save`` to a temp file next to ``path``, fsync, rename onto ``path``, fsync folder."""
+    folder = path.parent
+    tmp = folder / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+    # os.open with 0o666 lets the umask decide the mode, as for any file the user creates
+    # (tempfile.mkstemp would force 0o600 onto every checkpoint).
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+    try:
+        with os.fdopen(fd, "wb") as file:
+            torch.save(payload, file)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_folder(folder)
+
+
+def _fsync_folder(folder: Path) -> None:
+    """Make a rename in ``folder`` durable (POSIX: fsync the directory). Windows cannot open a
+    directory for fsync; its ``MoveFileEx`` replace is already durable enough there."""
+    if os.name == "nt":
+        return
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+# --------------------------------------------------------------------------------------------
+# Loading
+# --------------------------------------------------------------------------------------------
+
+
+def load_checkpoint(
+    path: str | os.PathLike[str], map_location: str | torch.device = "cpu", *, for_resume: bool = False
+) -> dict[str, Any]:
+    """Read a checkpoint written by :func:`save_checkpoint`, never executing anything in it.
+
+    Args:
+        path: the ``.pt`` file.
+        map_location: where tensors go (``torch.load``'s argument).
+        for_resume: also require the training state (optimizer, scheduler, scaler, epoch,
+            iteration, rng) that ``last.pt`` holds and ``best.pt`` does not.
+
+    Returns:
+        The checkpoint dict (module docstring).
+
+    Raises:
+        CheckpointNotFoundError: ``path`` does not exist.
+        CheckpointError: ``path`` is not a file, not a PyTorch file (text, truncated, corrupt),
+            holds pickled classes or code (refused unexecuted), is a plain dict that is not an
+            ssdcli checkpoint (e.g. a bare state dict), is from a newer format version, or lacks
+            keys. The message names the file and says what to do.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointNotFoundError(f"{path}: checkpoint not found; check the path (e.g. runs/train/last.pt)")
+    if not path.is_file():
+        raise CheckpointError(f"{path}: is not a file; give the checkpoint file itself (e.g. {path / 'last.pt'})")
+    obj = _safe_torch_load(path, map_location)
+    _check_loaded(path, obj, for_resume)
+    return obj
+
+
+def _safe_torch_load(path: Path, map_location: str | torch.device) -> Any:
+    """``torch.load(weights_only=True)`` with every failure turned into a :class:`CheckpointError`."""
+    try:
+        with path.open("rb") as file:
+            head = file.read(4)
+    except OSError as exc:
+        raise CheckpointError(f"{path}: cannot be read ({exc.strerror or exc})") from exc
+    not_torch = (
+        f"{path}: not an ssdcli checkpoint: the file is not a PyTorch checkpoint "
+        "(it may be truncated, still being written, or another kind of file); nothing in it was loaded"
+    )
+    if not head:
+        raise CheckpointError(f"{path}: not an ssdcli checkpoint: the file is empty")
+    if head != _ZIP_MAGIC and head[0] != _PICKLE_PROTO:
+        raise CheckpointError(not_torch)
+    try:
+        # torch warns about unusual pickle protocols before refusing them; the refusal is the news.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        detail = next((line.strip() for line in str(exc).splitlines() if "nsupported" in line), "").rstrip(".")
+        if not detail:
+            raise CheckpointError(f"{not_torch} ({_first_line(exc)})") from exc
+        raise CheckpointError(
+            f"{path}: refused: not an ssdcli checkpoint, and unsafe: only an unrestricted pickle "
+            f"load, which can run code, would read it ({detail}). A checkpoint is untrusted input, "
+            "so it is only loaded with weights_only=True and nothing in it was executed. Use a "
+            "checkpoint written by `ssd train`."
+        ) from exc
+    # Any other failure while the restricted unpickler or the zip reader parse untrusted bytes
+    # means "corrupt": a truncated zip raises RuntimeError or OSError (EINVAL), a cut-off pickle
+    # EOFError or struct.error, a bad legacy header KeyError, and crafted bytes may raise anything
+    # else. No user code can run under weights_only, so nothing but the parse can have failed.
+    except Exception as exc:
+        raise CheckpointError(f"{not_torch} ({type(exc).__name__}: {_first_line(exc)})") from exc
+
+
+def _first_line(exc: BaseException) -> str:
+    """The first sentence of an exception's message (torch's run to a paragraph)."""
+    text = str(exc).strip()
+    return text.splitlines()[0].split(". ")[0].rstrip(".") if text else type(exc).__name__
+
+
+def _looks_like_state_dict(obj: Mapping[Any, Any]) -> bool:
+    return bool(obj) and all(isinstance(k, str) and isinstance(v, Tensor) for k, v in obj.items())
+
+
+def _check_loaded(path: Path, obj: Any, for_resume: bool) -> None:
+    """Raise :class:`CheckpointError` unless ``obj`` is a well-formed ssdcli checkpoint dict."""
+    if not isinstance(obj, dict):
+        raise CheckpointError(
+            f"{path}: not an ssdcli checkpoint: it holds a {type(obj).__name__}, not a checkpoint dict"
+        )
+    if "format" not in obj:
+        if _looks_like_state_dict(obj):
+            example = next(iter(obj))
+            raise CheckpointError(
+                f"{path}: looks like a bare state dict ({len(obj)} tensors, e.g. {example!r}), not an "
+                "ssdcli checkpoint; use a last.pt / best.pt written by `ssd train`, or pass backbone "
+                "weights with `ssd train --backbone-weights FILE`"
+            )
+        keys = ", ".join(repr(k) for k in list(obj)[:8])
+        raise CheckpointError(
+            f"{path}: not an ssdcli checkpoint (no 'format' key; it has {keys or 'no keys'}); "
+            "use a last.pt / best.pt written by `ssd train`"
+        )
+    if obj["format"] != FORMAT:
+        raise CheckpointError(f"{path}: not an ssdcli checkpoint (format {obj['format']!r}, expected {FORMAT!r})")
+    version = obj.get("format_version")
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise CheckpointError(f"{path}: malformed ssdcli checkpoint: 'format_version' is {version!r}")
+    if version > FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path}: written by a newer ssdcli (checkpoint format {version}; this version reads up to "
+            f"{FORMAT_VERSION}); upgrade ssdcli to load it"
+        )
+    problems = _field_problems(obj)
+    if for_resume:
+        missing = [key for key in TRAINING_KEYS if key not in obj]
+        if len(missing) == len(TRAINING_KEYS):
+            raise CheckpointError(
+                f"{path}: holds model weights only, no training state to resume from "
+                "(best.pt never does); resume from the run's last.pt"
+            )
+    if problems:
+        raise CheckpointError(f"{path}: malformed ssdcli checkpoint: {'; '.join(problems)}")
+
+
+# --------------------------------------------------------------------------------------------
+# Random number generators
+# --------------------------------------------------------------------------------------------
+
+
+def python_rng_to_plain(state: tuple) -> dict[str, Any]:
+    """``random.getstate()`` -> ``{"version", "internal": int64 Tensor[625], "gauss_next"}``.
+
+    The Mersenne Twister words are < 2**32 and so fit int64 exactly; the tensor is far smaller
+    and faster to pickle than a 625-int list."""
+    version, internal, gauss_next = state
+    return {"version": int(version), "internal": torch.tensor(internal, dtype=torch.int64), "gauss_next": gauss_next}
+
+
+def python_rng_from_plain(plain: Mapping[str, Any]) -> tuple:
+    """Inverse of :func:`python_rng_to_plain`: a tuple ``random.setstate`` accepts."""
+    internal = plain["internal"]
+    words = internal.tolist() if isinstance(internal, Tensor) else list(internal)
+    gauss_next = plain["gauss_next"]
+    return (int(plain["version"]), tuple(int(w) for w in words), None if gauss_next is None else float(gauss_next))
+
+
+def numpy_rng_to_plain(state: tuple) -> dict[str, Any]:
+    """``np.random.get_state()`` (legacy tuple: name, uint32[624] keys, pos, has_gauss,
+    cached_gaussian) -> a dict with the keys as an int64 ``Tensor[624]``."""
+    name, keys, pos, has_gauss, cached_gaussian = state
+    return {
+        "bit_generator": str(name),
+        "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
+        "pos": int(pos),
+        "has_gauss": int(has_gauss),
+        "cached_gaussian": float(cached_gaussian),
+    }
+
+
+def numpy_rng_from_plain(plain: Mapping[str, Any]) -> tuple:
+    """Inverse of :func:`numpy_rng_to_plain`: a tuple ``np.random.set_state`` accepts."""
+    keys = plain["keys"]
+    keys = keys.numpy() if isinstance(keys, Tensor) else np.asarray(keys)
+    return (
+        str(plain["bit_generator"]),
+        keys.astype(np.uint32),
+        int(plain["pos"]),
+        int(plain["has_gauss"]),
+        float(plain["cached_gaussian"]),
+    )
+
+
+def capture_rng_state() -> dict[str, Any]:
+    """Every global RNG a training run draws from, as plain values for a checkpoint.
+
+    Returns:
+        ``{"python": ..., "numpy": ..., "torch": uint8 Tensor (CPU generator),
+        "cuda": [uint8 Tensor per device]}``; ``cuda`` is an empty list unless CUDA has been
+        initialised (a CPU run on a GPU machine has not drawn from it, and reading it would
+        initialise CUDA for nothing).
+    """
+    cuda = []
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        cuda = [s.cpu() for s in torch.cuda.get_rng_state_all()]
+    return {
+        "python": python_rng_to_plain(random.getstate()),
+        "numpy": numpy_rng_to_plain(np.random.get_state()),
+        "torch": torch.get_rng_state(),
+        "cuda": cuda,
+    }
+
+
+def restore_rng_state(state: Mapping[str, Any]) -> None:
+    """Put back the RNG states of :func:`capture_rng_state`; later draws repeat exactly.
+
+    CUDA states are restored for the devices both the saved run and this machine have (a resumed
+    run on fewer GPUs keeps its other generators as they are).
+
+    Raises:
+        CheckpointError: ``state`` is malformed (it comes from a file).
+    """
+    try:
+        python_state = python_rng_from_plain(state["python"])
+        numpy_state = numpy_rng_from_plain(state["numpy"])
+        torch_state = state["torch"]
+        if not (isinstance(torch_state, Tensor) and torch_state.dtype == torch.uint8):
+            raise TypeError(f"torch RNG state is a {type(torch_state).__name__}, expected a uint8 tensor")
+        cuda_states = list(state.get("cuda", []))
+        random.setstate(python_state)
+        np.random.set_state(numpy_state)
+        torch.set_rng_state(torch_state.cpu())
+    except (KeyError, TypeError, ValueError, AttributeError, RuntimeError) as exc:
+        raise CheckpointError(f"malformed RNG state in checkpoint: {type(exc).__name__}: {exc}") from exc
+    if cuda_states and torch.cuda.is_available():
+        for device, cuda_state in enumerate(cuda_states[: torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(cuda_state.cpu(), device)

@@ -1,0 +1,499 @@
+"""Checkpoints: weights_only round trips, exact RNG restore, refusal of unsafe or foreign files,
+atomic writes under injected failures and SIGKILL."""
+
+from __future__ import annotations
+
+import builtins
+import os
+import pickle
+import random
+import shlex
+import signal
+import subprocess
+import sys
+import textwrap
+from collections import OrderedDict
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from ssdcli import checkpoint
+from ssdcli.checkpoint import (
+    FORMAT,
+    FORMAT_VERSION,
+    CheckpointNotFoundError,
+    capture_rng_state,
+    load_checkpoint,
+    numpy_rng_from_plain,
+    numpy_rng_to_plain,
+    python_rng_from_plain,
+    python_rng_to_plain,
+    restore_rng_state,
+    save_checkpoint,
+    to_plain,
+)
+from ssdcli.errors import CheckpointError
+from ssdcli.priors import PriorSpec, ssd300_spec
+
+CLASSES = ["cat", "dog"]
+
+
+def tiny_model() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 3))
+
+
+def model_payload(model: nn.Module) -> dict:
+    """The keys of a best.pt (weights only)."""
+    return {
+        "model": model.state_dict(),
+        "arch": "ssd300",
+        "num_classes": len(CLASSES),
+        "class_names": list(CLASSES),
+        "image_size": 300,
+        "mean": [0.485, 0.456, 0.406],
+        "std": [0.229, 0.224, 0.225],
+        "priors": ssd300_spec().to_dict(),
+        "config": {"epochs": 3, "lr": 1e-3, "data": "voc/", "val_data": None},
+        "metrics": {"val_loss": 1.5, "voc07_map": 0.25},
+    }
+
+
+class Trainer:
+    """Model + SGD momentum + warm-up (LambdaLR) then MultiStepLR + AMP GradScaler, as train uses."""
+
+    def __init__(self) -> None:
+        self.model = tiny_model()
+        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
+        warm_up = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda it: min(1.0, (it + 1) / 3))
+        decay = torch.optim.lr_scheduler.MultiStepLR(self.optimizer, milestones=[2, 4], gamma=0.1)
+        self.scheduler = torch.optim.lr_scheduler.SequentialLR(self.optimizer, [warm_up, decay], milestones=[3])
+        # growth_interval=2 so the scale changes during the test and its tracker must be restored.
+        self.scaler = torch.amp.GradScaler("cpu", init_scale=1024.0, growth_interval=2)
+
+    def step(self, seed: int) -> float:
+        g = torch.Generator().manual_seed(seed)
+        images = torch.randn(2, 3, 8, 8, generator=g)
+        loss = self.model(images).square().mean()
+        self.optimizer.zero_grad()
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        return self.optimizer.param_groups[0]["lr"]
+
+    def payload(self, epoch: int, iteration: int) -> dict:
+        return {
+            **model_payload(self.model),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "epoch": epoch,
+            "iteration": iteration,
+            "rng": capture_rng_state(),
+        }
+
+    def load(self, ckpt: dict) -> None:
+        self.model.load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scheduler.load_state_dict(ckpt["scheduler"])
+        self.scaler.load_state_dict(ckpt["scaler"])
+
+
+# ------------------------------------------------------------------------------- round trips
+
+
+def test_training_state_round_trip_continues_identically(tmp_path):
+    run = Trainer()
+    for seed in range(3):
+        run.step(seed)
+    path = tmp_path / "last.pt"
+    save_checkpoint(path, run.payload(epoch=1, iteration=3))
+
+    # Independently of load_checkpoint: torch's own weights_only loader reads every part.
+    raw = torch.load(path, weights_only=True)
+    assert raw["format"] == FORMAT and raw["format_version"] == FORMAT_VERSION
+    assert isinstance(raw["model"], OrderedDict) and "1.running_var" in raw["model"]
+
+    ckpt = load_checkpoint(path, for_resume=True)
+    assert ckpt["optimizer"]["state"][0]["momentum_buffer"].abs().sum() > 0  # a step was taken
+    assert ckpt["scaler"]["_growth_tracker"] == 1  # 3 finite steps, growth every 2: 1 since growth
+    assert ckpt["scaler"]["scale"] == 2048.0  # 1024 doubled once
+    assert ckpt["class_names"] == CLASSES and ckpt["epoch"] == 1 and ckpt["iteration"] == 3
+    assert PriorSpec.from_dict(ckpt["priors"]) == ssd300_spec()
+    assert ckpt["metrics"] == {"val_loss": 1.5, "voc07_map": 0.25}
+
+    resumed = Trainer()
+    resumed.step(99)  # different state before loading: everything must come from the checkpoint
+    resumed.load(ckpt)
+    assert resumed.scaler.get_scale() == run.scaler.get_scale()
+    # Warm-up ends at iteration 3, then MultiStepLR decays at its steps 2 and 4: the lr sequence and
+    # the weights (momentum buffers included) must continue exactly as in the uninterrupted run.
+    for seed in range(3, 8):
+        assert resumed.step(seed) == run.step(seed)
+    for a, b in zip(run.model.state_dict().values(), resumed.model.state_dict().values()):
+        assert torch.equal(a, b)
+    assert run.optimizer.param_groups[0]["lr"] == pytest.approx(0.1 * 0.1 * 0.1)
+
+
+def test_weights_only_payload_has_no_training_state(tmp_path):
+    path = tmp_path / "best.pt"
+    save_checkpoint(path, model_payload(tiny_model()))
+    ckpt = load_checkpoint(path)
+    assert not any(key in ckpt for key in checkpoint.TRAINING_KEYS)
+    with pytest.raises(CheckpointError, match="resume from the run's last.pt"):
+        load_checkpoint(path, for_resume=True)
+
+
+# ------------------------------------------------------------------------------- RNG
+
+
+def _draws() -> tuple:
+    return (
+        [random.random() for _ in range(3)] + [random.gauss(0, 1)],
+        np.random.standard_normal(3).tolist() + np.random.randint(0, 1000, 2).tolist(),
+        torch.rand(4).tolist() + torch.randint(0, 1000, (2,)).tolist(),
+    )
+
+
+def test_rng_capture_restore_repeats_draws_through_a_file(tmp_path):
+    random.seed(1)
+    np.random.seed(2)
+    torch.manual_seed(3)
+    # Leave a cached Gaussian in both python's and numpy's generator: those fields must survive.
+    random.gauss(0, 1)
+    np.random.standard_normal(1)
+    assert random.getstate()[2] is not None and np.random.get_state()[3] == 1
+
+    payload = model_payload(tiny_model())
+    payload.update(optimizer={}, scheduler={}, scaler={}, epoch=0, iteration=0, rng=capture_rng_state())
+    expected = _draws()
+    save_checkpoint(tmp_path / "last.pt", payload)
+    _draws()  # move every generator on
+    restore_rng_state(load_checkpoint(tmp_path / "last.pt")["rng"])
+    assert _draws() == expected
+
+
+def test_rng_converters_are_exact_inverses():
+    random.seed(5)
+    random.gauss(0, 1)
+    state = random.getstate()
+    assert python_rng_from_plain(python_rng_to_plain(state)) == state
+
+    np.random.seed(6)
+    np.random.standard_normal(1)
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    back = numpy_rng_from_plain(numpy_rng_to_plain((name, keys, pos, has_gauss, cached)))
+    assert back[0] == name and back[1].dtype == np.uint32 and np.array_equal(back[1], keys)
+    assert back[2:] == (pos, has_gauss, cached)
+
+
+def test_restore_rng_rejects_malformed_state():
+    good = capture_rng_state()
+    with pytest.raises(CheckpointError, match="malformed RNG state"):
+        restore_rng_state({**good, "torch": [1, 2, 3]})
+    with pytest.raises(CheckpointError, match="malformed RNG state"):
+        restore_rng_state({"numpy": good["numpy"], "torch": good["torch"]})
+
+
+def test_to_plain_converts_numpy_and_tuples():
+    value = {"ap": np.float32(0.5), "n": np.int64(3), "arr": np.arange(3, dtype=np.int32), "t": (1, (2.0, "x"))}
+    plain = to_plain(value)
+    assert plain == {"ap": 0.5, "n": 3, "arr": plain["arr"], "t": [1, [2.0, "x"]]}
+    assert type(plain["ap"]) is float and type(plain["n"]) is int
+    assert torch.equal(plain["arr"], torch.tensor([0, 1, 2], dtype=torch.int32))
+    checkpoint.check_plain(plain)
+
+
+# ------------------------------------------------------------------------------- refusals
+
+
+class RunsShell:
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {shlex.quote(str(self.marker))}",))
+
+
+class OpensFile:
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (builtins.open, (str(self.marker), "w"))
+
+
+def _write_torch(path: Path, obj: object) -> None:
+    torch.save(obj, path)
+
+
+def _write_pickle2(path: Path, obj: object) -> None:
+    with path.open("wb") as file:
+        pickle.dump(obj, file, protocol=2)
+
+
+def _write_pickle_default(path: Path, obj: object) -> None:
+    with path.open("wb") as file:
+        pickle.dump(obj, file)
+
+
+def test_the_malicious_payload_is_live(tmp_path):
+    """Control for the refusal test below: an unrestricted pickle load DOES run the payload."""
+    marker = tmp_path / "pwned"
+    pickle.loads(pickle.dumps(OpensFile(marker))).close()
+    assert marker.exists()
+
+
+@pytest.mark.parametrize("evil", [RunsShell, OpensFile])
+@pytest.mark.parametrize("write", [_write_torch, _write_pickle2, _write_pickle_default])
+def test_malicious_pickle_is_refused_and_not_executed(tmp_path, evil, write):
+    marker = tmp_path / "pwned"
+    path = tmp_path / "last.pt"
+    # Disguised as a real checkpoint: the bad object sits in an otherwise valid payload.
+    payload = {"format": FORMAT, "format_version": FORMAT_VERSION, **model_payload(tiny_model())}
+    payload["metrics"] = {"voc07_map": evil(marker)}
+    write(path, payload)
+    with pytest.raises(CheckpointError, match="nothing in it was executed") as info:
+        load_checkpoint(path)
+    assert str(path) in str(info.value)
+    assert not marker.exists()
+
+
+def test_missing_file_and_folder(tmp_path):
+    with pytest.raises(CheckpointNotFoundError, match="checkpoint not found") as info:
+        load_checkpoint(tmp_path / "nope.pt")
+    assert isinstance(info.value, FileNotFoundError) and isinstance(info.value, CheckpointError)
+    with pytest.raises(CheckpointError, match="is not a file"):
+        load_checkpoint(tmp_path)
+
+
+def test_text_empty_and_truncated_files_are_refused(tmp_path):
+    text = tmp_path / "notes.pt"
+    text.write_text("hello, not a checkpoint\n")
+    with pytest.raises(CheckpointError, match="not a PyTorch checkpoint"):
+        load_checkpoint(text)
+
+    empty = tmp_path / "empty.pt"
+    empty.write_bytes(b"")
+    with pytest.raises(CheckpointError, match="file is empty"):
+        load_checkpoint(empty)
+
+    good = tmp_path / "good.pt"
+    save_checkpoint(good, model_payload(tiny_model()))
+    data = good.read_bytes()
+    for cut in (len(data) // 2, len(data) - 10, 10):
+        truncated = tmp_path / f"cut{cut}.pt"
+        truncated.write_bytes(data[:cut])
+        with pytest.raises(CheckpointError, match="not a PyTorch checkpoint"):
+            load_checkpoint(truncated)
+
+    # A legacy-format pickle stream cut short.
+    legacy = tmp_path / "legacy.pt"
+    legacy.write_bytes(pickle.dumps({"format": FORMAT}, protocol=2)[:8])
+    with pytest.raises(CheckpointError, match="not a PyTorch checkpoint"):
+        load_checkpoint(legacy)
+
+
+def test_bare_state_dict_and_foreign_dicts_are_refused(tmp_path):
+    bare = tmp_path / "vgg16.pth"
+    torch.save(tiny_model().state_dict(), bare)  # what torchvision's weight files look like
+    # conv weight + bias, BN weight, bias, running_mean, running_var, num_batches_tracked,
+    # linear weight + bias = 9 tensors
+    with pytest.raises(CheckpointError, match=r"looks like a bare state dict \(9 tensors, e.g. '0.weight'\)"):
+        load_checkpoint(bare)
+
+    other = tmp_path / "other.pt"
+    torch.save({"state_dict": tiny_model().state_dict(), "epoch": 3}, other)
+    with pytest.raises(CheckpointError, match="no 'format' key; it has 'state_dict', 'epoch'"):
+        load_checkpoint(other)
+
+    torch.save([torch.zeros(1)], other)
+    with pytest.raises(CheckpointError, match="holds a list"):
+        load_checkpoint(other)
+
+    torch.save({"format": "yolo", "model": {}}, other)
+    with pytest.raises(CheckpointError, match="format 'yolo'"):
+        load_checkpoint(other)
+
+    payload = {"format": FORMAT, "format_version": FORMAT_VERSION + 1, **model_payload(tiny_model())}
+    payload["format_version"] = FORMAT_VERSION + 1
+    torch.save(payload, other)
+    with pytest.raises(CheckpointError, match="newer ssdcli"):
+        load_checkpoint(other)
+
+    payload = {"format": FORMAT, "format_version": FORMAT_VERSION, **model_payload(tiny_model())}
+    del payload["class_names"], payload["priors"]
+    torch.save(payload, other)
+    with pytest.raises(CheckpointError, match="missing class_names, priors"):
+        load_checkpoint(other)
+
+
+# ------------------------------------------------------------------------------- save checks
+
+
+def test_non_finite_weights_are_never_written(tmp_path):
+    path = tmp_path / "last.pt"
+    model = tiny_model()
+    save_checkpoint(path, model_payload(model))
+    before = path.read_bytes()
+    with torch.no_grad():
+        model[4].weight[1, 2] = float("nan")
+    with pytest.raises(ValueError, match=r"model\.4\.weight holds NaN or inf"):
+        save_checkpoint(path, model_payload(model))
+    with torch.no_grad():
+        model[4].weight[1, 2] = 0.0
+        model[1].running_var[0] = float("inf")
+    with pytest.raises(ValueError, match=r"model\.1\.running_var"):
+        save_checkpoint(path, model_payload(model))
+    assert path.read_bytes() == before
+    assert sorted(os.listdir(tmp_path)) == ["last.pt"]
+
+
+def test_non_finite_optimizer_state_is_refused(tmp_path):
+    run = Trainer()
+    run.step(0)
+    payload = run.payload(epoch=0, iteration=1)
+    payload["optimizer"]["state"][0]["momentum_buffer"][0] = float("inf")
+    with pytest.raises(ValueError, match=r"optimizer\.state\.0\.momentum_buffer"):
+        save_checkpoint(tmp_path / "last.pt", payload)
+    assert not (tmp_path / "last.pt").exists()
+
+
+def test_non_plain_values_are_refused_with_their_key_path(tmp_path):
+    path = tmp_path / "last.pt"
+    payload = model_payload(tiny_model())
+    payload["metrics"] = {"per_class": {"cat": np.float64(0.5)}}
+    with pytest.raises(TypeError, match=r"checkpoint key metrics\.per_class\.cat: a numpy\.float64"):
+        save_checkpoint(path, payload)
+    payload["metrics"] = to_plain(payload["metrics"])
+    payload["config"] = {"data": Path("voc")}
+    with pytest.raises(TypeError, match=r"config\.data: a pathlib\.\w*Path"):
+        save_checkpoint(path, payload)
+    payload["config"] = {"data": "voc"}
+    payload["extra"] = [1, nn.ReLU()]
+    with pytest.raises(TypeError, match=r"extra\[1\]: a torch\.nn\.modules\.activation\.ReLU"):
+        save_checkpoint(path, payload)
+    assert not path.exists()
+
+
+def test_missing_or_partial_keys_are_refused_on_save(tmp_path):
+    payload = model_payload(tiny_model())
+    del payload["arch"]
+    with pytest.raises(ValueError, match="missing arch"):
+        save_checkpoint(tmp_path / "a.pt", payload)
+    payload = {**model_payload(tiny_model()), "epoch": 1, "optimizer": {}}
+    with pytest.raises(ValueError, match="training state incomplete: has optimizer, epoch but not scheduler"):
+        save_checkpoint(tmp_path / "a.pt", payload)
+    with pytest.raises(ValueError, match="format must be"):
+        save_checkpoint(tmp_path / "a.pt", {**model_payload(tiny_model()), "format": "other"})
+    assert os.listdir(tmp_path) == []
+
+
+# ------------------------------------------------------------------------------- atomicity
+
+
+@pytest.fixture
+def old_checkpoint(tmp_path) -> tuple[Path, bytes]:
+    path = tmp_path / "last.pt"
+    save_checkpoint(path, model_payload(tiny_model()))
+    return path, path.read_bytes()
+
+
+def _new_payload() -> dict:
+    payload = model_payload(nn.Sequential(nn.Linear(100, 100)))
+    payload["metrics"] = {"val_loss": 0.1}
+    return payload
+
+
+def _partial_save(exc: BaseException):
+    def save(obj, file):
+        file.write(b"PK\x03\x04 half a checkpoint")
+        file.flush()
+        raise exc
+
+    return save
+
+
+@pytest.mark.parametrize("exc", [OSError(28, "No space left on device"), KeyboardInterrupt()])
+def test_failure_while_writing_keeps_the_old_file(old_checkpoint, monkeypatch, exc):
+    path, before = old_checkpoint
+    monkeypatch.setattr(torch, "save", _partial_save(exc))
+    with pytest.raises(type(exc)):
+        save_checkpoint(path, _new_payload())
+    assert path.read_bytes() == before
+    assert os.listdir(path.parent) == ["last.pt"]  # the temp file was removed
+    assert load_checkpoint(path)["metrics"] == {"val_loss": 1.5, "voc07_map": 0.25}
+
+
+def test_failure_at_rename_keeps_the_old_file(old_checkpoint, monkeypatch):
+    path, before = old_checkpoint
+
+    def failing_replace(src, dst):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(os, "replace", failing_replace)
+    with pytest.raises(PermissionError):
+        save_checkpoint(path, _new_payload())
+    assert path.read_bytes() == before
+    assert os.listdir(path.parent) == ["last.pt"]
+
+
+def test_failure_on_first_save_leaves_nothing(tmp_path, monkeypatch):
+    monkeypatch.setattr(torch, "save", _partial_save(OSError(5, "I/O error")))
+    with pytest.raises(OSError):
+        save_checkpoint(tmp_path / "last.pt", _new_payload())
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.skipif(os.name != "posix", reason="directory fsync and umask are POSIX")
+def test_save_fsyncs_file_and_folder_and_honours_umask(tmp_path, monkeypatch):
+    synced = []
+    real_fsync = os.fsync
+
+    def recording_fsync(fd):
+        synced.append(os.path.realpath(f"/proc/self/fd/{fd}") if os.path.exists("/proc/self/fd") else fd)
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", recording_fsync)
+    path = tmp_path / "last.pt"
+    save_checkpoint(path, _new_payload())
+    assert len(synced) == 2
+    if os.path.exists("/proc/self/fd"):
+        assert Path(synced[0]).name.startswith(".last.pt.") and Path(synced[1]) == tmp_path.resolve()
+    umask = os.umask(0)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask  # not mkstemp's 0o600
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs SIGKILL")
+def test_sigkill_mid_write_leaves_the_old_file_loadable(old_checkpoint):
+    path, before = old_checkpoint
+    script = textwrap.dedent(
+        f"""
+        import os, signal, torch
+        from torch import nn
+        from ssdcli.checkpoint import save_checkpoint
+        from ssdcli.priors import ssd300_spec
+
+        def killed_save(obj, file):
+            file.write(b"PK\\x03\\x04 half")
+            file.flush()
+            os.kill(os.getpid(), signal.SIGKILL)
+
+        torch.save = killed_save
+        save_checkpoint({str(path)!r}, {{
+            "model": nn.Linear(2, 2).state_dict(), "arch": "ssd300", "num_classes": 1,
+            "class_names": ["a"], "image_size": 300, "mean": [0.0], "std": [1.0],
+            "priors": ssd300_spec().to_dict()}})
+        """
+    )
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=60)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()
+    assert path.read_bytes() == before
+    assert load_checkpoint(path)["class_names"] == CLASSES
+    # Only a stale hidden temp file can remain, never a partial last.pt.
+    assert all(name == "last.pt" or name.startswith(".last.pt.") for name in os.listdir(path.parent))
