@@ -13,6 +13,7 @@ from PIL import Image
 from ssdcli.data.loader import (
     DetectionTrainDataset,
     collate,
+    iterate_loader,
     make_loader,
     pad_targets,
     set_loader_epoch,
@@ -74,7 +75,8 @@ def test_dataset_item_drops_difficult_and_crowd_boxes(synthetic_records: list[Im
     assert image.shape == (3, 20, 20) and image.dtype == torch.float32
     assert target["index"] == 2
     # difficult box (10, 5, 20, 25) left out; others divided by (W, H) = (40, 30)
-    torch.testing.assert_close(target["boxes_xyxy_norm"], torch.tensor([[0.0, 0.0, 1.0, 1.0], [0.75, 1 / 3, 0.95, 28 / 30]]))
+    expected = torch.tensor([[0.0, 0.0, 1.0, 1.0], [0.75, 1 / 3, 0.95, 28 / 30]])
+    torch.testing.assert_close(target["boxes_xyxy_norm"], expected)
     assert target["labels"].tolist() == [2, 3] and target["labels"].dtype == torch.int64
     _, crowd_target = dataset[3]
     assert crowd_target["labels"].tolist() == [3], "iscrowd boxes are never targets"
@@ -95,14 +97,26 @@ def test_dataset_raises_data_error_naming_a_file_that_went_bad(synthetic_records
         dataset[1]
 
 
+def test_worker_data_error_reaches_the_main_process_as_one_line(synthetic_records: list[ImageRecord]) -> None:
+    synthetic_records[3].image_path.unlink()
+    dataset = DetectionTrainDataset(synthetic_records, EvalTransform(20, MEAN, STD))
+    loader = make_loader(dataset, batch_size=2, shuffle=False, workers=1, seed=0)
+    with pytest.raises(DataError) as caught:
+        list(iterate_loader(loader))
+    message = str(caught.value)
+    assert "\n" not in message and "Traceback" not in message
+    assert message.startswith(f"{synthetic_records[3].image_path}: image file not found; it was readable")
+
+
 def test_collate_and_pad_targets_shapes_and_values() -> None:
+    def target(boxes: list[list[float]], labels: list[int], index: int) -> dict:
+        boxes_t = torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4)
+        return {"boxes_xyxy_norm": boxes_t, "labels": torch.tensor(labels, dtype=torch.int64), "index": index}
+
     batch = [
-        (torch.zeros(3, 8, 8), {"boxes_xyxy_norm": torch.tensor([[0.1, 0.2, 0.3, 0.4]]), "labels": torch.tensor([4]), "index": 0}),
-        (torch.ones(3, 8, 8), {"boxes_xyxy_norm": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64), "index": 1}),
-        (
-            torch.full((3, 8, 8), 2.0),
-            {"boxes_xyxy_norm": torch.tensor([[0.0, 0.0, 0.5, 0.5], [0.5, 0.5, 1.0, 1.0], [0.2, 0.2, 0.4, 0.9]]), "labels": torch.tensor([1, 2, 3]), "index": 2},
-        ),
+        (torch.zeros(3, 8, 8), target([[0.1, 0.2, 0.3, 0.4]], [4], 0)),
+        (torch.ones(3, 8, 8), target([], [], 1)),
+        (torch.full((3, 8, 8), 2.0), target([[0, 0, 0.5, 0.5], [0.5, 0.5, 1, 1], [0.2, 0.2, 0.4, 0.9]], [1, 2, 3], 2)),
     ]
     images, targets = collate(batch)
     assert images.shape == (3, 3, 8, 8) and torch.equal(images[2], batch[2][0])

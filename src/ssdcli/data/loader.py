@@ -11,14 +11,14 @@ Unreadable images: the readers decode every image before training starts, so an 
 fails now was changed or damaged during the run. :class:`DetectionTrainDataset` then raises
 :class:`~ssdcli.errors.DataError` naming the file rather than silently training on a different
 sample: the run stops with a clear message and resumes from ``last.pt`` once the file is fixed or
-removed. (From a DataLoader worker, PyTorch re-raises it in the main process as a DataError whose
-message also carries the worker's traceback.)
+removed. From a DataLoader worker PyTorch re-raises it in the main process with the worker's
+traceback inside the message; iterate with :func:`iterate_loader` to get the one-line message back.
 """
 
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -170,3 +170,21 @@ def set_loader_epoch(loader: DataLoader, seed: int, epoch: int) -> None:
     loader.generator.manual_seed(epoch_seed(seed, epoch))
     if hasattr(loader.sampler, "set_epoch"):
         loader.sampler.set_epoch(epoch)
+
+
+def iterate_loader(loader: DataLoader) -> Iterator[tuple[Tensor, list[Target]]]:
+    """Iterate ``loader``; a :class:`DataError` raised in a worker comes out with only its own message.
+
+    PyTorch re-raises a worker's exception in the main process as the same type with the message
+    "Caught DataError in DataLoader worker process 0. Original Traceback ...": the CLI prints a
+    user error's message as one line, so this cuts it back to the original message.
+    """
+    try:
+        yield from loader
+    except DataError as exc:
+        message = str(exc)
+        marker = f"{DataError.__module__}.{DataError.__qualname__}: "
+        start = message.rfind(marker)
+        if start < 0:
+            raise
+        raise DataError(message[start + len(marker) :].strip()) from None
