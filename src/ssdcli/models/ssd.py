@@ -30,16 +30,17 @@ IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 """RGB mean/std in [0, 1] units that torchvision's ImageNet weights expect (input = RGB / 255)."""
 
 
-def _meta_call(module: nn.Module, image_size: int) -> object:
-    """Run ``module`` on a ``(2, 3, S, S)`` meta-device input: shapes only, no memory, no compute.
-
-    Batch 2, not 1: BatchNorm in training mode refuses one value per channel (1x1 maps).
-    """
+def _meta_call(module: nn.Module, *inputs: Tensor) -> object:
+    """``module(*inputs)`` with its weights swapped for meta tensors: shapes only, no compute."""
     tensors = itertools.chain(module.named_parameters(), module.named_buffers())
     meta_state = {name: tensor.to("meta") for name, tensor in tensors}
-    images = torch.empty(2, 3, image_size, image_size, device="meta")
     with torch.no_grad():
-        return functional_call(module, meta_state, (images,))
+        return functional_call(module, meta_state, inputs)
+
+
+def _meta_images(image_size: int) -> Tensor:
+    # Batch 2, not 1: BatchNorm in training mode refuses one value per channel (1x1 maps).
+    return torch.empty(2, 3, image_size, image_size, device="meta")
 
 
 def measure_feature_maps(backbone: nn.Module, image_size: int) -> tuple[int, ...]:
@@ -48,7 +49,7 @@ def measure_feature_maps(backbone: nn.Module, image_size: int) -> tuple[int, ...
     Raises ``ValueError`` if a map is not square (the priors assume square maps).
     """
     sizes = []
-    for index, feature in enumerate(_meta_call(backbone, image_size)):
+    for index, feature in enumerate(_meta_call(backbone, _meta_images(image_size))):
         height, width = feature.shape[-2:]
         if height != width:
             raise ValueError(f"source layer {index}: feature map {height}x{width} is not square")
@@ -127,9 +128,10 @@ class SSD(nn.Module):
         """
         features = self.backbone(images)
         logits, deltas = [], []
-        for feature, loc_head, conf_head in zip(features, self.loc_heads, self.conf_heads):
-            deltas.append(_flatten_predictions(loc_head(feature), 4))
-            logits.append(_flatten_predictions(conf_head(feature), self.num_classes + 1))
+        # enumerate over the heads (not zip with the features): TorchScript needs a static length.
+        for index, (loc_head, conf_head) in enumerate(zip(self.loc_heads, self.conf_heads)):
+            deltas.append(_flatten_predictions(loc_head(features[index]), 4))
+            logits.append(_flatten_predictions(conf_head(features[index]), self.num_classes + 1))
         return torch.cat(logits, dim=1), torch.cat(deltas, dim=1)
 
     def feature_map_sizes(self) -> tuple[int, ...]:
@@ -141,27 +143,21 @@ class SSD(nn.Module):
 
     def _check_heads(self) -> None:
         """Every head must give ``A * 4`` / ``A * (K + 1)`` channels, so rows == priors."""
-        features = _meta_call(self.backbone, self.image_size)
+        features = _meta_call(self.backbone, _meta_images(self.image_size))
         anchors = self.prior_spec.boxes_per_location
-        with torch.no_grad():
-            for index, (feature, a) in enumerate(zip(features, anchors)):
-                for kind, heads, per_box in (
-                    ("box", self.loc_heads, 4),
-                    ("class", self.conf_heads, self.num_classes + 1),
-                ):
-                    head = heads[index]
-                    meta_state = {
-                        name: t.to("meta")
-                        for name, t in itertools.chain(head.named_parameters(), head.named_buffers())
-                    }
-                    out = functional_call(head, meta_state, (feature,))
-                    if tuple(out.shape[1:]) != (a * per_box, *feature.shape[-2:]):
-                        raise ValueError(
-                            f"{self.arch}: {kind} head of source layer {index} gives output "
-                            f"{tuple(out.shape[1:])}, expected ({a} boxes x {per_box}, "
-                            f"{feature.shape[-2]}, {feature.shape[-1]}) for prior spec "
-                            f"{self.prior_spec.name!r}"
-                        )
+        for index, (feature, a) in enumerate(zip(features, anchors)):
+            for kind, head, per_box in (
+                ("box", self.loc_heads[index], 4),
+                ("class", self.conf_heads[index], self.num_classes + 1),
+            ):
+                got = tuple(_meta_call(head, feature).shape[1:])
+                want = (a * per_box, *feature.shape[-2:])
+                if got != want:
+                    raise ValueError(
+                        f"{self.arch}: {kind} head of source layer {index} gives output {got}, "
+                        f"expected {want} ({a} boxes x {per_box}) for prior spec "
+                        f"{self.prior_spec.name!r}"
+                    )
 
 
 def _check_feature_maps(arch: str, measured: tuple[int, ...], spec: PriorSpec) -> None:

@@ -121,6 +121,7 @@ class VGG16Backbone(nn.Module):
     def __init__(self, extras: tuple[tuple[int, int, int, int, int, int], ...]) -> None:
         super().__init__()
         self.vgg = _vgg16_layers()
+        self.conv4_3_index = CONV4_3_RELU  # an attribute, not a global, so TorchScript sees it
         self.conv4_3_norm = L2Norm(512, scale=20.0)
         self.extras = nn.ModuleList(_extra_block(*cfg) for cfg in extras)
         self.out_channels = [512, 1024] + [cfg[2] for cfg in extras]
@@ -138,7 +139,7 @@ class VGG16Backbone(nn.Module):
         x = images
         for index, layer in enumerate(self.vgg):
             x = layer(x)
-            if index == CONV4_3_RELU:
+            if index == self.conv4_3_index:
                 sources.append(self.conv4_3_norm(x))
         sources.append(x)  # fc7
         for block in self.extras:
