@@ -320,7 +320,6 @@ def test_bare_state_dict_and_foreign_dicts_are_refused(tmp_path):
         load_checkpoint(other)
 
     payload = {"format": FORMAT, "format_version": FORMAT_VERSION + 1, **model_payload(tiny_model())}
-    payload["format_version"] = FORMAT_VERSION + 1
     torch.save(payload, other)
     with pytest.raises(CheckpointError, match="newer ssdcli"):
         load_checkpoint(other)
@@ -497,3 +496,24 @@ def test_sigkill_mid_write_leaves_the_old_file_loadable(old_checkpoint):
     assert load_checkpoint(path)["class_names"] == CLASSES
     # Only a stale hidden temp file can remain, never a partial last.pt.
     assert all(name == "last.pt" or name.startswith(".last.pt.") for name in os.listdir(path.parent))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_rng_and_scaler_round_trip(tmp_path):
+    torch.cuda.manual_seed_all(7)
+    torch.rand(1, device="cuda")  # initialise CUDA so its generators are captured
+    scaler = torch.amp.GradScaler("cuda", init_scale=256.0)
+    payload = model_payload(tiny_model())
+    payload.update(optimizer={}, scheduler={}, scaler=scaler.state_dict(), epoch=0, iteration=0)
+    payload["rng"] = capture_rng_state()
+    assert len(payload["rng"]["cuda"]) == torch.cuda.device_count()
+    expected = torch.rand(4, device="cuda")
+    save_checkpoint(tmp_path / "last.pt", payload)
+    torch.rand(4, device="cuda")
+    ckpt = load_checkpoint(tmp_path / "last.pt", map_location="cuda", for_resume=True)
+    assert ckpt["model"]["0.weight"].is_cuda
+    restore_rng_state(ckpt["rng"])
+    assert torch.equal(torch.rand(4, device="cuda"), expected)
+    restored = torch.amp.GradScaler("cuda")
+    restored.load_state_dict(ckpt["scaler"])
+    assert restored.get_scale() == 256.0
