@@ -101,7 +101,11 @@ def _extra_block(in_channels: int, mid: int, out: int, kernel: int, stride: int,
 
 
 def _xavier_init(module: nn.Module) -> None:
-    """Xavier-uniform weights, zero bias for every convolution (Caffe ``weight_filler: xavier``)."""
+    """Xavier-uniform weights, zero bias for every convolution (Caffe ``weight_filler: xavier``).
+
+    Glorot's bound ``sqrt(6 / (fan_in + fan_out))`` as torchvision's SSD and most PyTorch ports;
+    Caffe's own XavierFiller uses ``sqrt(3 / fan_in)``, a difference that training absorbs.
+    """
     for layer in module.modules():
         if isinstance(layer, nn.Conv2d):
             nn.init.xavier_uniform_(layer.weight)
