@@ -25,6 +25,8 @@ EPILOG = """\
   ssd priors --show --format csv > priors.csv # every box, cx,cy,w,h normalised, network order
   ssd priors --format json --output priors.json
   ssd priors --plot priors.png                # a sample of boxes per layer
+  ssd priors --data data/raccoon              # how well the priors fit a dataset's boxes
+  ssd priors --data data/bccd --format json   # the same as JSON
 """
 
 
@@ -109,8 +111,20 @@ def priors(
     plot: Annotated[
         Optional[Path], typer.Option(help="Draw a sample of the default boxes of each layer into this PNG.")
     ] = None,
+    data: Annotated[
+        Optional[Path],
+        typer.Option(help="Dataset whose ground-truth boxes to check against the priors (best IoU, share < 0.5)."),
+    ] = None,
+    classes: Annotated[
+        Optional[Path], typer.Option(help="With --data: class names, one per line (as for ssd data check).")
+    ] = None,
 ) -> None:
     spec = PRESETS[arch.value]()
+
+    if data is not None:
+        text = _coverage_text(spec, data, classes, fmt, to_terminal=output is None and out.is_terminal)
+        _write(text, output)
+        return
 
     if plot is not None:
         from ssdcli.render import draw_priors, write_image
@@ -137,9 +151,52 @@ def priors(
         Console(file=buffer, width=120, force_terminal=output is None and out.is_terminal).print(_render_table(spec))
         text = buffer.getvalue()
 
+    _write(text, output)
+
+
+def _write(text: str, output: Optional[Path]) -> None:
     if output is not None:
         output.parent.mkdir(parents=True, exist_ok=True)
         output.write_text(text)
         err.print(f"wrote {output}")
     else:
         typer.echo(text, nl=False)
+
+
+def _coverage_text(spec: PriorSpec, data: Path, classes: Optional[Path], fmt: Format, to_terminal: bool) -> str:
+    """Prior coverage of the dataset at ``data`` as a table, csv or JSON."""
+    from ssdcli.cli.data import progress_bar
+    from ssdcli.coverage import prior_coverage
+    from ssdcli.data.reader import load_classes_file, load_dataset
+
+    class_list = load_classes_file(classes) if classes is not None else None
+    with progress_bar(f"reading {data}") as progress:
+        dataset = load_dataset(data, classes=class_list, progress=progress)
+    if dataset.problems:
+        err.print(f"note: {len(dataset.problems)} problems while reading {data}; see `ssd data check {data}`")
+    report = prior_coverage(dataset, spec)
+    groups = [("all", report.overall)] + [("size", g) for g in report.by_size] + [("class", g) for g in report.by_class]
+    if fmt is Format.json:
+        return json.dumps({"data": str(data), **report.to_json()}, indent=2) + "\n"
+    if fmt is Format.csv:
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\n")
+        writer.writerow(["group", "name", "num_boxes", "mean_best_iou", "median_best_iou", "share_below_0.5"])
+        for kind, g in groups:
+            writer.writerow([kind, g.name, g.num_boxes, *(("" if v is None else f"{v:.4f}")
+                                                           for v in (g.mean_best_iou, g.median_best_iou, g.share_below))])
+        return buffer.getvalue()
+    table = Table(title=f"{spec.name} priors vs {data}: best IoU of each ground-truth box with any default box")
+    for column in ("group", "boxes", "mean best IoU", "median best IoU", f"share < {report.threshold:g}"):
+        table.add_column(column, justify="left" if column == "group" else "right")
+    sections = ([("all boxes", report.overall)], [(f"{g.name} (COCO bins)", g) for g in report.by_size],
+                [(g.name, g) for g in report.by_class])
+    for section in sections:
+        for label, g in section:
+            cells = ["-" if v is None else f"{v:.3f}" for v in (g.mean_best_iou, g.median_best_iou)]
+            share = "-" if g.share_below is None else f"{100 * g.share_below:.1f} %"
+            table.add_row(label, str(g.num_boxes), *cells, share)
+        table.add_section()
+    buffer = io.StringIO()
+    Console(file=buffer, width=120, force_terminal=to_terminal).print(table)
+    return buffer.getvalue()
