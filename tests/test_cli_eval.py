@@ -153,3 +153,22 @@ def test_help_has_examples():
     result = runner.invoke(APP, ["eval", "--help"])
     assert result.exit_code == 0
     assert "--detections" in result.stdout and "ssd eval --detections dets.json" in result.stdout
+
+
+def test_classes_file_sets_the_category_ids(voc, tmp_path):
+    data, _ = voc
+    (tmp_path / "classes.txt").write_text("pear\napple\n")  # apple is now class 2
+    swapped = [{**d, "category_id": 3 - d["category_id"]} for d in detections()]
+    (tmp_path / "swapped.json").write_text(json.dumps(swapped))
+    out_json = tmp_path / "m.json"
+    result = runner.invoke(APP, ["eval", "--detections", str(tmp_path / "swapped.json"), "--data", str(data),
+                                 "--classes", str(tmp_path / "classes.txt"), "--metric", "voc12", "--json", str(out_json)])
+    assert result.exit_code == 0, result.output
+    assert json.loads(out_json.read_text())["per_class"]["apple"]["voc12_ap"] == pytest.approx(0.5 + 0.5 * 2 / 3)
+
+
+def test_plot_dir_needs_a_voc_metric(voc, tmp_path):
+    data, dets = voc
+    result = runner.invoke(APP, ["eval", "--detections", str(dets), "--data", str(data), "--metric", "coco",
+                                 "--plot-dir", str(tmp_path / "plots")])
+    assert result.exit_code == 2 and "--plot-dir" in result.stderr

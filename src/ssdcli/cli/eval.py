@@ -14,7 +14,7 @@ from rich.table import Table
 from ssdcli.cli.common import err, error_boundary, out
 from ssdcli.data.records import DetectionDataset
 from ssdcli.errors import UserError
-from ssdcli.evaluation import EvalResult, Metric, evaluate, load_detections, save_detections
+from ssdcli.evaluation import ClassResult, EvalResult, Metric, evaluate, load_detections, save_detections
 
 HELP = "Score detections against a dataset's ground truth: VOC07 11-point, VOC all-point and COCO AP."
 EPILOG = """\
@@ -86,6 +86,11 @@ def result_tables(result: EvalResult) -> list[Table]:
     return [per_class, summary]
 
 
+def _plot_title(c: ClassResult) -> str:
+    aps = [f"{label} {_percent(ap)}%" for label, ap in (("VOC07", c.voc07_ap), ("VOC12", c.voc12_ap)) if ap is not None]
+    return f"{c.name}: AP " + "  ".join(aps) if aps else f"{c.name}"
+
+
 def _read_dataset(data: Path, split: Optional[str], classes_file: Optional[Path]) -> DetectionDataset:
     """The ground truth, read as `ssd train` / `ssd data check` read it."""
     from ssdcli.data.reader import load_classes_file, load_dataset
@@ -126,28 +131,27 @@ def score_and_report(
 ) -> EvalResult:
     """Score ``detections`` (already checked against ``dataset``), print the tables and write
     the requested files. The scoring half of `ssd eval`, whatever produced the detections."""
+    wanted = metrics_for(metric)
+    if plot_dir is not None and not {Metric.voc07, Metric.voc12} & set(wanted):
+        raise UserError("--plot-dir draws the VOC precision-recall curves; use --metric voc07, voc12 or all")
     if save_detections_file is not None:
         save_detections(save_detections_file, detections)
         err.print(f"wrote {len(detections)} detections to {save_detections_file}", highlight=False)
-    wanted = metrics_for(metric)
     coco_gt = _coco_ground_truth(dataset) if Metric.coco in wanted else None
     result = evaluate(dataset, detections, wanted, coco_ground_truth=coco_gt)
     for table in result_tables(result):
         out.print(table)
     if json_file is not None:
-        json_file.parent.mkdir(parents=True, exist_ok=True)
-        json_file.write_text(json.dumps(result.to_json(), indent=2) + "\n", encoding="utf-8")
+        try:
+            json_file.parent.mkdir(parents=True, exist_ok=True)
+            json_file.write_text(json.dumps(result.to_json(), indent=2) + "\n", encoding="utf-8")
+        except OSError as exc:
+            raise UserError(f"--json {json_file}: cannot write there ({exc.strerror})") from None
         err.print(f"wrote {json_file}", highlight=False)
     if plot_dir is not None:
-        if result.classes and result.classes[0].curve is None:
-            raise UserError("--plot-dir draws the VOC precision-recall curves; use --metric voc07, voc12 or all")
         from ssdcli.evaluation.plots import write_pr_curves
 
-        curves = [
-            (c.name, c.curve, f"{c.name}: AP VOC07 {_percent(c.voc07_ap)}%  VOC12 {_percent(c.voc12_ap)}%")
-            for c in result.classes
-            if c.curve is not None
-        ]
+        curves = [(c.name, c.curve, _plot_title(c)) for c in result.classes if c.curve is not None]
         written = write_pr_curves(plot_dir, curves)
         err.print(f"wrote {len(written)} precision-recall curves to {plot_dir}", highlight=False)
     return result

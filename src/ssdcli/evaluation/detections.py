@@ -57,6 +57,77 @@ def _is_number(value: object) -> bool:
     return isinstance(value, Real) and not isinstance(value, bool) and math.isfinite(float(value))
 
 
+def _lookups(dataset: DetectionDataset) -> tuple[dict, dict]:
+    """``image_id -> record index`` and ``category_id -> 1-based label`` for ``dataset``."""
+    image_index_of = {record.image_id: index for index, record in enumerate(dataset.records)}
+    if dataset.format == "coco":
+        if dataset.category_ids is None:
+            raise UserError(f"{dataset.root}: COCO dataset without category ids; read it with ssdcli's reader")
+        label_of = {cat_id: k + 1 for k, cat_id in enumerate(dataset.category_ids)}
+    else:
+        label_of = {k: k for k in range(1, dataset.num_classes + 1)}
+    return image_index_of, label_of
+
+
+def _convert(entries: list, image_index_of: dict, label_of: dict) -> DetectionTable | None:
+    """The fast path: columns pulled out with comprehensions and checked as arrays (about 1 s
+    for a million detections). ``None`` when anything is off; :func:`_first_problem` then says
+    what."""
+    try:
+        image_ids = [entry["image_id"] for entry in entries]
+        category_ids = [entry["category_id"] for entry in entries]
+        bboxes = [entry["bbox"] for entry in entries]
+        scores = [entry["score"] for entry in entries]
+    except (TypeError, KeyError):
+        return None
+    # type() and not isinstance(): bool is an int, and True == 1 would match image or class 1.
+    index = [image_index_of.get(x) if type(x) in (str, int) else None for x in image_ids]
+    labels = [label_of.get(x) if type(x) is int else None for x in category_ids]
+    if None in index or None in labels:
+        return None
+    try:
+        boxes_xywh = np.array(bboxes) if bboxes else np.zeros((0, 4))  # (D, 4) when well formed
+        score_array = np.array(scores) if scores else np.zeros(0)  # (D,)
+    except ValueError:  # ragged lists
+        return None
+    if boxes_xywh.dtype.kind not in "iuf" or boxes_xywh.shape != (len(entries), 4) or score_array.dtype.kind not in "iuf":
+        return None
+    boxes_xywh, score_array = boxes_xywh.astype(np.float64), score_array.astype(np.float64)
+    if not (np.isfinite(boxes_xywh).all() and np.isfinite(score_array).all() and (boxes_xywh[:, 2:] >= 0).all()):
+        return None
+    # xywh -> xyxy: the one conversion at the COCO boundary.
+    boxes_xyxy = np.concatenate([boxes_xywh[:, :2], boxes_xywh[:, :2] + boxes_xywh[:, 2:]], axis=1)  # (D, 4)
+    return DetectionTable(
+        image_index=np.array(index, np.int64),
+        labels=np.array(labels, np.int64),
+        boxes_xyxy_px=boxes_xyxy,
+        scores=score_array,
+    )
+
+
+def _first_problem(entries: list, image_index_of: dict, label_of: dict, dataset: DetectionDataset, source: str) -> str:
+    """The message for the first entry that is not a valid detection, checked one at a time."""
+    for i, entry in enumerate(entries):
+        where = f"{source}: detection {i}"
+        if not isinstance(entry, dict):
+            return f"{where} is a json {type(entry).__name__}, not an object with {', '.join(REQUIRED_KEYS)}"
+        missing = [key for key in REQUIRED_KEYS if key not in entry]
+        if missing:
+            return f"{where} lacks {', '.join(missing)}; every detection needs {', '.join(REQUIRED_KEYS)}"
+        image_id, category_id, bbox, score = (entry[key] for key in REQUIRED_KEYS)
+        if type(image_id) not in (str, int) or image_id not in image_index_of:
+            return f"{where}: image_id {image_id!r} is not an image of {dataset.root}; {_id_hint(dataset)}"
+        if type(category_id) is not int or category_id not in label_of:
+            return f"{where}: category_id {category_id!r} is not a class of {dataset.root}; {_id_hint(dataset)}"
+        if not isinstance(bbox, (list, tuple)) or len(bbox) != 4 or not all(_is_number(v) for v in bbox):
+            return f"{where}: bbox {bbox!r} is not four finite numbers [x, y, w, h] in pixels"
+        if bbox[2] < 0 or bbox[3] < 0:
+            return f"{where}: bbox {bbox!r} has a negative width or height; bbox is [x, y, w, h], not corners"
+        if not _is_number(score):
+            return f"{where}: score {score!r} is not a finite number"
+    return f"{source}: detections in a form that cannot be read; write the COCO results format"
+
+
 def parse_detections(entries: object, dataset: DetectionDataset, source: str = "detections") -> DetectionTable:
     """Check a list of COCO-results dicts against ``dataset`` and convert it to arrays.
 
@@ -76,45 +147,11 @@ def parse_detections(entries: object, dataset: DetectionDataset, source: str = "
             f"{source}: expected a json list of detections ({{\"image_id\", \"category_id\", \"bbox\", "
             f"\"score\"}}), found a json {type(entries).__name__}; write the COCO results format"
         )
-    image_index_of = {record.image_id: index for index, record in enumerate(dataset.records)}
-    if dataset.format == "coco":
-        if dataset.category_ids is None:
-            raise UserError(f"{dataset.root}: COCO dataset without category ids; read it with ssdcli's reader")
-        label_of = {cat_id: k + 1 for k, cat_id in enumerate(dataset.category_ids)}
-    else:
-        label_of = {k: k for k in range(1, dataset.num_classes + 1)}
-
-    count = len(entries)
-    image_index = np.empty(count, np.int64)
-    labels = np.empty(count, np.int64)
-    boxes_xywh = np.empty((count, 4), np.float64)
-    scores = np.empty(count, np.float64)
-    for i, entry in enumerate(entries):
-        where = f"{source}: detection {i}"
-        if not isinstance(entry, dict):
-            raise UserError(f"{where} is a json {type(entry).__name__}, not an object with {', '.join(REQUIRED_KEYS)}")
-        missing = [key for key in REQUIRED_KEYS if key not in entry]
-        if missing:
-            raise UserError(f"{where} lacks {', '.join(missing)}; every detection needs {', '.join(REQUIRED_KEYS)}")
-        image_id, category_id, bbox, score = (entry[key] for key in REQUIRED_KEYS)
-        # bool is an int in Python, and True == 1 would silently match image or class 1.
-        index = None if isinstance(image_id, bool) or not isinstance(image_id, (str, int)) else image_index_of.get(image_id)
-        if index is None:
-            raise UserError(f"{where}: image_id {image_id!r} is not an image of {dataset.root}; {_id_hint(dataset)}")
-        label = None if isinstance(category_id, bool) or not isinstance(category_id, int) else label_of.get(category_id)
-        if label is None:
-            raise UserError(f"{where}: category_id {category_id!r} is not a class of {dataset.root}; {_id_hint(dataset)}")
-        if not isinstance(bbox, list) or len(bbox) != 4 or not all(_is_number(v) for v in bbox):
-            raise UserError(f"{where}: bbox {bbox!r} is not four finite numbers [x, y, w, h] in pixels")
-        if bbox[2] < 0 or bbox[3] < 0:
-            raise UserError(f"{where}: bbox {bbox!r} has a negative width or height; bbox is [x, y, w, h], not corners")
-        if not _is_number(score):
-            raise UserError(f"{where}: score {score!r} is not a finite number")
-        image_index[i], labels[i], boxes_xywh[i], scores[i] = index, label, bbox, score
-
-    # xywh -> xyxy: the one conversion at the COCO boundary.
-    boxes_xyxy = np.concatenate([boxes_xywh[:, :2], boxes_xywh[:, :2] + boxes_xywh[:, 2:]], axis=1)  # (D, 4)
-    return DetectionTable(image_index=image_index, labels=labels, boxes_xyxy_px=boxes_xyxy, scores=scores)
+    image_index_of, label_of = _lookups(dataset)
+    table = _convert(entries, image_index_of, label_of)
+    if table is None:
+        raise UserError(_first_problem(entries, image_index_of, label_of, dataset, source))
+    return table
 
 
 def load_detections(path: Path, dataset: DetectionDataset) -> list[dict]:
