@@ -285,8 +285,8 @@ def test_truncated_image_is_skipped_with_a_warning(tmp_path: Path) -> None:
     voc_folder(tmp_path, {"a": ((64, 48), [("cat", 1, 1, 9, 9)]), "b": ((64, 48), [("cat", 1, 1, 9, 9)])})
     data = (tmp_path / "JPEGImages" / "b.jpg").read_bytes()
     (tmp_path / "JPEGImages" / "b.jpg").write_bytes(data[: len(data) // 2])
-    assert len(load_dataset(tmp_path).records) == 2  # the header alone looks fine
-    dataset = load_dataset(tmp_path, verify_pixels=True)
+    assert len(load_dataset(tmp_path, verify_pixels=False).records) == 2  # the header alone looks fine
+    dataset = load_dataset(tmp_path)  # decodes every image by default
     assert [r.image_id for r in dataset.records] == ["a"]
     assert not dataset.has_errors
     assert any("b.jpg" in w and "truncated" in w for w in problems_text(dataset, "warning"))

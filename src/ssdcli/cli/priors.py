@@ -171,7 +171,7 @@ def _coverage_text(spec: PriorSpec, data: Path, classes: Optional[Path], fmt: Fo
 
     class_list = load_classes_file(classes) if classes is not None else None
     with progress_bar(f"reading {data}") as progress:
-        dataset = load_dataset(data, classes=class_list, progress=progress)
+        dataset = load_dataset(data, classes=class_list, progress=progress, verify_pixels=False)
     if dataset.problems:
         err.print(f"note: {len(dataset.problems)} problems while reading {data}; see `ssd data check {data}`")
     report = prior_coverage(dataset, spec)

@@ -67,7 +67,7 @@ def load_dataset(
     check_images: bool = True,
     progress: ProgressFn | None = None,
     *,
-    verify_pixels: bool = False,
+    verify_pixels: bool = True,
     unknown_classes: Literal["warning", "error"] = "warning",
 ) -> DetectionDataset:
     """Read a VOC or COCO dataset, detecting its layout (see the module docstring).
@@ -81,9 +81,12 @@ def load_dataset(
             json, or the train json.
         classes: class list to use (a ``--classes`` file); objects of other classes are dropped
             with a problem of severity ``unknown_classes``. None: SPEC.md default order.
-        check_images: read every image header (true sizes, missing / unreadable files).
+        check_images: read every image header (true sizes, missing / unreadable files). False
+            trusts the annotation's sizes where it gives them and skips ``verify_pixels``.
         progress: called as ``progress(done, total)`` while reading.
-        verify_pixels: also decode every image to find truncated ones (``ssd data check``).
+        verify_pixels: also decode every image (JPEGs at 1/8 scale, about 1 ms each) so that a
+            truncated file is skipped here, with a warning, rather than failing mid-epoch; False
+            reads headers only (when pixels are never decoded, e.g. prior coverage).
         unknown_classes: ``warning`` when ``classes`` lists what to keep (the ``--classes``
             case), ``error`` when the data must match it (e.g. a model's classes).
 
