@@ -136,8 +136,8 @@ def test_bad_detections_file_exits_2_with_one_line(voc, tmp_path, content, expec
         dets.write_text(content)
     result = runner.invoke(APP, ["eval", "--detections", str(dets), "--data", str(data)])
     assert result.exit_code == 2
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and str(dets.name) in lines[0] and expected in lines[0], result.stderr
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and str(dets) in lines[0] and expected in lines[0], result.stderr
     assert "Traceback" not in result.output
 
 

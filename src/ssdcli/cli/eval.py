@@ -96,7 +96,7 @@ def _read_dataset(data: Path, split: Optional[str], classes_file: Optional[Path]
     from ssdcli.data.reader import load_classes_file, load_dataset
 
     classes = load_classes_file(classes_file) if classes_file is not None else None
-    with Progress(console=err, transient=True) as bar:
+    with Progress(console=err, transient=True, disable=not err.is_terminal) as bar:
         task = bar.add_task(f"reading {data}", total=None)
         dataset = load_dataset(
             data, split=split, classes=classes, progress=lambda done, total: bar.update(task, completed=done, total=total)
