@@ -19,9 +19,9 @@ Guarantees:
 from __future__ import annotations
 
 import copy
-import csv
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,9 +30,19 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from ssdcli import distributed
-from ssdcli.checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
+from ssdcli.checkpoint import (
+    capture_rng_state,
+    load_checkpoint,
+    restore_rng_state,
+    save_checkpoint,
+)
 from ssdcli.config import TrainConfig
-from ssdcli.data.loader import DetectionTrainDataset, make_loader, pad_targets
+from ssdcli.data.loader import (
+    DetectionTrainDataset,
+    iterate_loader,
+    make_loader,
+    pad_targets,
+)
 from ssdcli.data.reader import load_classes_file, load_dataset
 from ssdcli.data.records import DetectionDataset
 from ssdcli.data.transforms import EvalTransform, TrainTransform
@@ -45,7 +55,6 @@ from ssdcli.postprocess import postprocess
 from ssdcli.runs import MetricsLog, next_run_dir, write_json, write_manifest
 from ssdcli.sampling import EpochSampler, SeededSamples
 from ssdcli.schedule import lr_factor
-
 
 
 class Callbacks:
@@ -172,7 +181,7 @@ def train_one_epoch(
     priors: torch.Tensor,
     loss_fn: MultiBoxLoss,
     optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    lr_at: Callable[[int], float],
     scaler: torch.amp.GradScaler,
     device: torch.device,
     state: TrainState,
@@ -197,9 +206,11 @@ def train_one_epoch(
     sums = torch.zeros(4, dtype=torch.float64)  # loss*n, loc*n, conf*n, n
     skipped = 0
     start = time.perf_counter()
-    for images, targets in loader:
+    for images, targets in iterate_loader(loader):
         if state.batch_in_epoch >= num_batches:
             break
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(state.iteration)
         images = images.to(device, non_blocking=True)
         gt_boxes, gt_labels = pad_targets(targets)
         gt_boxes, gt_labels = gt_boxes.to(device), gt_labels.to(device)
@@ -230,7 +241,6 @@ def train_one_epoch(
             sums += torch.tensor(
                 [loss.total.item() * n, loss.loc.item() * n, loss.conf.item() * n, n], dtype=torch.float64
             )
-        scheduler.step()
         state.iteration += 1
         state.batch_in_epoch += 1
         elapsed = time.perf_counter() - start
@@ -283,7 +293,7 @@ def validate(
     callbacks.on_validation_start(epoch, len(loader))
     sums = [0.0, 0]
     detections: list[dict] = []
-    for batch_index, (images, targets) in enumerate(loader):
+    for batch_index, (images, targets) in enumerate(iterate_loader(loader)):
         images = images.to(device)
         gt_boxes, gt_labels = pad_targets(targets)
         target_labels, target_deltas = assign_targets(gt_boxes.to(device), gt_labels.to(device), priors, iou_threshold)
@@ -383,11 +393,13 @@ def _fit(config, callbacks, checkpoint, resume, device, dist_info, amp) -> FitRe
         parameter_groups(model, config.weight_decay), lr=config.effective_lr, momentum=config.momentum
     )
     state = TrainState()
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer,
-        lambda it: state.lr_scale
-        * lr_factor(it, total_iters, config.warmup_iters, config.schedule, config.milestones, config.gamma),
-    )
+
+    def lr_at(iteration: int) -> float:
+        # The schedule is a pure function of the iteration (plus the NaN guard's scale), so resuming
+        # needs no scheduler object: the checkpoint's iteration and lr_scale restore it exactly.
+        factor = lr_factor(iteration, total_iters, config.warmup_iters, config.schedule, config.milestones, config.gamma)
+        return config.effective_lr * state.lr_scale * factor
+
     scaler = torch.amp.GradScaler(device.type, enabled=amp)
 
     if checkpoint is not None:
@@ -401,7 +413,6 @@ def _fit(config, callbacks, checkpoint, resume, device, dist_info, amp) -> FitRe
             lr_scale=float(checkpoint["train_state"]["lr_scale"]),
             best_metric=checkpoint["train_state"]["best_metric"],
         )
-        scheduler.load_state_dict(checkpoint["scheduler"])
         restore_rng_state(checkpoint["rng"])
 
     train_model: nn.Module = model
@@ -424,7 +435,7 @@ def _fit(config, callbacks, checkpoint, resume, device, dist_info, amp) -> FitRe
             return
         training_state = {
             "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
+            "scheduler": {"kind": config.schedule, "iteration": state.iteration, "lr_scale": state.lr_scale},
             "scaler": scaler.state_dict(),
             "rng": capture_rng_state(),
             "epoch": state.epoch,
@@ -465,7 +476,7 @@ def _fit(config, callbacks, checkpoint, resume, device, dist_info, amp) -> FitRe
             train_set.epoch = state.epoch
             callbacks.on_epoch_start(state.epoch, batches_per_epoch, state.batch_in_epoch)
             sums = train_one_epoch(
-                train_model, loader, priors, MultiBoxLoss(config.neg_pos_ratio), optimizer, scheduler, scaler,
+                train_model, loader, priors, MultiBoxLoss(config.neg_pos_ratio), optimizer, lr_at, scaler,
                 device, state, batches_per_epoch, amp=amp, iou_threshold=config.iou_threshold,
                 max_bad_steps=config.max_bad_steps, records=train_data.records, dist_info=dist_info,
                 callbacks=callbacks, on_bad_streak=roll_back, on_iteration_end=after_iteration,

@@ -30,10 +30,7 @@ EPILOG = """\
 """
 
 
-class Arch(str, Enum):
-    ssd300 = "ssd300"
-    ssd300_coco = "ssd300_coco"
-    ssd512 = "ssd512"
+Arch = Enum("Arch", {name: name for name in PRESETS}, type=str)  # one choice per prior preset
 
 
 class Format(str, Enum):

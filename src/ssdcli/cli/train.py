@@ -13,6 +13,7 @@ from rich.table import Table
 
 from ssdcli.cli.common import err, error_boundary, out
 from ssdcli.config import TrainConfig
+from ssdcli.errors import UserError
 
 HELP = "Train SSD300 / SSD512 (VGG16) or the CPU-sized SSDLite320 on VOC or COCO data."
 EPILOG = """\
@@ -180,12 +181,12 @@ def train(
         ]
         if given:
             flags = ", ".join("--" + name.replace("_", "-") for name in given)
-            raise typer.BadParameter(f"--resume continues a run with its own settings; drop {flags}")
+            raise UserError(f"--resume continues a run with its own settings; drop {flags}")
         config = None
     else:
         if data is None or epochs is None:
             missing = " and ".join(flag for flag, value in (("--data", data), ("--epochs", epochs)) if value is None)
-            raise typer.BadParameter(f"{missing} required (or --resume last.pt)")
+            raise UserError(f"{missing} required (or --resume last.pt)")
         config = TrainConfig(
             data=data, epochs=epochs, val_data=val_data, split=split, val_split=val_split,
             classes_file=str(classes) if classes else None, arch=arch.value, batch_size=batch_size, lr=lr,

@@ -1,0 +1,217 @@
+"""Training: a few steps per arch, exact resume, NaN guard, safe checkpoints, CLI flags."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import pickle
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from ssdcli.checkpoint import load_checkpoint
+from ssdcli.cli.app import app
+from ssdcli.config import TrainConfig
+from ssdcli.data.synth import make_synthetic_dataset
+from ssdcli.engine import Callbacks, TrainingInterrupted, fit
+from ssdcli.errors import UserError
+from ssdcli.runs import next_run_dir
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory):
+    root = tmp_path_factory.mktemp("synth") / "data"
+    make_synthetic_dataset(root, num_images=12, seed=3)
+    return root
+
+
+def tiny_config(data, output, **changes) -> TrainConfig:
+    values = dict(
+        data=str(data), split="train", epochs=1, arch="ssdlite320", batch_size=2, workers=0, device="cpu",
+        backbone_weights="none", eval_every=0, warmup_iters=2, limit_batches=2, output=str(output), seed=1,
+    )
+    values.update(changes)
+    return TrainConfig(**values)
+
+
+def read_metrics(path):
+    with path.open() as handle:
+        return list(csv.DictReader(handle))
+
+
+@pytest.mark.parametrize("arch", ["ssd300", "ssd512", "ssdlite320"])
+def test_a_few_steps_of_each_arch_write_a_run_folder(synth, tmp_path, arch):
+    result = fit(tiny_config(synth, tmp_path / "run", arch=arch, limit_batches=1))
+    assert result.output == tmp_path / "run"
+    ckpt = load_checkpoint(result.last, for_resume=True)
+    assert ckpt["arch"] == arch and ckpt["class_names"] == ["circle", "square", "star", "triangle"]
+    assert ckpt["epoch"] == 1 and ckpt["iteration"] == 1
+    rows = read_metrics(result.output / "metrics.csv")
+    assert len(rows) == 1 and math.isfinite(float(rows[0]["train_loss"]))
+    config = json.loads((result.output / "config.json").read_text())
+    assert TrainConfig.from_dict(config) == tiny_config(synth, tmp_path / "run", arch=arch, limit_batches=1)
+    manifest = json.loads((result.output / "manifest.json").read_text())
+    assert manifest["seed"] == 1 and manifest["torch"] == torch.__version__
+    # weights_only loading works without ssdcli at all
+    assert "model" in torch.load(result.last, weights_only=True)
+
+
+def test_validation_writes_best_and_map(synth, tmp_path):
+    config = tiny_config(synth, tmp_path / "run", val_data=str(synth), val_split="val", eval_every=1)
+    result = fit(config)
+    assert result.best is not None and result.best.exists()
+    row = read_metrics(result.output / "metrics.csv")[0]
+    assert 0.0 <= float(row["val_map"]) <= 1.0 and float(row["val_loss"]) > 0
+    best = load_checkpoint(result.best)
+    assert "optimizer" not in best  # best.pt holds the model only
+
+
+class StopAfter(Callbacks):
+    """Simulates Ctrl-C after a given number of batches."""
+
+    def __init__(self, batches: int) -> None:
+        self.left = batches
+
+    def on_batch_end(self, epoch, batch, stats):
+        self.left -= 1
+        if self.left == 0:
+            raise KeyboardInterrupt
+
+
+@pytest.mark.parametrize("stop_after", [1, 2, 3])  # mid-epoch, at the epoch boundary, mid-epoch 2
+def test_resume_ends_with_the_same_weights_as_an_uninterrupted_run(synth, tmp_path, stop_after):
+    straight = fit(tiny_config(synth, tmp_path / "straight", epochs=2))
+    with pytest.raises(TrainingInterrupted) as stopped:
+        fit(tiny_config(synth, tmp_path / "resumed", epochs=2), StopAfter(stop_after))
+    resumed = fit(None, resume=stopped.value.checkpoint)
+    assert resumed.output == tmp_path / "resumed"
+    a = load_checkpoint(straight.last)["model"]
+    b = load_checkpoint(resumed.last)["model"]
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert len(read_metrics(resumed.output / "metrics.csv")) == 2
+    first = read_metrics(straight.output / "metrics.csv")
+    second = read_metrics(resumed.output / "metrics.csv")
+    if stop_after != 2:
+        return
+    # resumed at an epoch boundary, the second epoch's loss is the same number
+    assert first[1]["train_loss"] == second[1]["train_loss"]
+
+
+class Warnings(Callbacks):
+    def __init__(self) -> None:
+        self.messages: list[str] = []
+
+    def on_warning(self, message):
+        self.messages.append(message)
+
+
+def test_non_finite_loss_skips_steps_rolls_back_and_lowers_lr(synth, tmp_path, monkeypatch):
+    from ssdcli import loss as loss_module
+
+    real_forward = loss_module.MultiBoxLoss.forward
+    calls = {"n": 0}
+
+    def sometimes_nan(self, *args):
+        out = real_forward(self, *args)
+        calls["n"] += 1
+        if calls["n"] <= 3:  # the first three steps blow up
+            return out._replace(total=out.total * float("nan"))
+        return out
+
+    monkeypatch.setattr(loss_module.MultiBoxLoss, "forward", sometimes_nan)
+    warnings = Warnings()
+    result = fit(tiny_config(synth, tmp_path / "run", epochs=2, limit_batches=3, max_bad_steps=3), warnings)
+    skipped = [m for m in warnings.messages if m.startswith("non-finite loss at")]
+    assert len(skipped) == 3 and ".jpg" in skipped[0]  # names the batch's images
+    assert any("rolled back" in m for m in warnings.messages)
+    ckpt = load_checkpoint(result.last, for_resume=True)
+    assert ckpt["train_state"]["lr_scale"] == pytest.approx(0.1)
+    assert all(torch.isfinite(t).all() for t in ckpt["model"].values() if t.is_floating_point())
+    rows = read_metrics(result.output / "metrics.csv")
+    assert rows[0]["skipped_steps"] == "3" and math.isfinite(float(rows[1]["train_loss"]))
+
+
+def test_run_folders_never_overwrite(tmp_path):
+    base = tmp_path / "train"
+    assert next_run_dir(base) == base
+    base.mkdir()
+    assert next_run_dir(base) == tmp_path / "train2"
+    (tmp_path / "train2").mkdir()
+    assert next_run_dir(base) == tmp_path / "train3"
+
+
+def test_bad_settings_are_user_errors():
+    with pytest.raises(UserError, match="--epochs"):
+        TrainConfig(data="x", epochs=0)
+    with pytest.raises(UserError, match="--schedule"):
+        TrainConfig(data="x", epochs=1, schedule="linear")
+    assert TrainConfig(data="x", epochs=1, batch_size=8).effective_lr == pytest.approx(2.5e-4)
+
+
+# ---------------------------------------------------------------------------------------------
+# CLI
+
+
+def test_cli_trains_and_resume_refuses_other_flags(synth, tmp_path):
+    out = tmp_path / "cli"
+    args = ["train", "--data", str(synth), "--split", "train", "--epochs", "1", "--arch", "ssdlite320",
+            "--batch-size", "2", "--workers", "0", "--device", "cpu", "--eval-every", "0", "--limit-batches", "1",
+            "--output", str(out)]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "training summary" in result.stdout and (out / "last.pt").exists()
+    refused = runner.invoke(app, ["train", "--resume", str(out / "last.pt"), "--epochs", "5"])
+    assert refused.exit_code == 2 and "--epochs" in refused.output
+    # a finished run resumes to nothing more and says so through the summary
+    again = runner.invoke(app, ["train", "--resume", str(out / "last.pt"), "--workers", "0"])
+    assert again.exit_code == 0, again.output
+
+
+def test_cli_needs_data_and_epochs():
+    result = runner.invoke(app, ["train", "--epochs", "1"])
+    assert result.exit_code == 2 and "--data" in result.output
+
+
+def test_cli_missing_dataset_is_one_clear_line(tmp_path):
+    result = runner.invoke(app, ["train", "--data", str(tmp_path / "nope"), "--epochs", "1", "--device", "cpu"])
+    assert result.exit_code == 2
+    assert "nope" in result.stderr and "Traceback" not in result.output
+
+
+class Payload:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+def test_a_malicious_checkpoint_is_refused_without_running(tmp_path):
+    marker = tmp_path / "pwned"
+    evil = tmp_path / "evil.pt"
+    with evil.open("wb") as handle:
+        pickle.dump({"format": "ssdcli-checkpoint", "payload": Payload(marker)}, handle)
+    result = runner.invoke(app, ["train", "--resume", str(evil)])
+    assert result.exit_code == 2
+    assert not marker.exists()
+    assert "evil.pt" in result.stderr
+
+
+def test_offline_without_backbone_weights_is_a_clear_error(synth, tmp_path, monkeypatch):
+    import ssdcli.models.vgg_weights as vgg_weights
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
+
+    def offline(*args, **kwargs):
+        raise OSError("network is unreachable")
+
+    monkeypatch.setattr(vgg_weights.torch.hub, "download_url_to_file", offline)
+    result = runner.invoke(app, ["train", "--data", str(synth), "--epochs", "1", "--arch", "ssd300",
+                                 "--device", "cpu", "--output", str(tmp_path / "r")])
+    assert result.exit_code == 2
+    assert "--backbone-weights" in result.stderr and "offline" in result.stderr
