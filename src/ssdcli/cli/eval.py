@@ -16,10 +16,12 @@ from ssdcli.data.records import DetectionDataset
 from ssdcli.errors import UserError
 from ssdcli.evaluation import ClassResult, EvalResult, Metric, evaluate, load_detections, save_detections
 
-HELP = "Score detections against a dataset's ground truth: VOC07 11-point, VOC all-point and COCO AP."
+HELP = "Score a model (--weights) or saved detections against a dataset: VOC07 11-point, VOC all-point and COCO AP."
 EPILOG = """\
 [bold]Examples[/]
 
+  ssd eval --weights runs/train/best.pt --data VOCdevkit --split 2007-test
+  ssd eval --weights runs/train/best.pt --data my_voc_folder --metric voc07 --batch-size 16
   ssd eval --detections dets.json --data VOCdevkit/VOC2007 --split test
   ssd eval --detections dets.json --data coco/annotations/instances_val2017.json --metric coco
   ssd eval --detections dets.json --data my_voc_folder --json metrics.json --plot-dir pr_curves
@@ -91,11 +93,14 @@ def _plot_title(c: ClassResult) -> str:
     return f"{c.name}: AP " + "  ".join(aps) if aps else f"{c.name}"
 
 
-def _read_dataset(data: Path, split: Optional[str], classes_file: Optional[Path]) -> DetectionDataset:
-    """The ground truth, read as `ssd train` / `ssd data check` read it."""
+def _read_dataset(
+    data: Path, split: Optional[str], classes_file: Optional[Path], model_classes: Optional[list[str]] = None
+) -> DetectionDataset:
+    """The ground truth, read as `ssd train` / `ssd data check` read it; with a model, in the
+    model's class order (objects of other classes are left out with a warning)."""
     from ssdcli.data.reader import load_classes_file, load_dataset
 
-    classes = load_classes_file(classes_file) if classes_file is not None else None
+    classes = load_classes_file(classes_file) if classes_file is not None else model_classes
     with Progress(console=err, transient=True, disable=not err.is_terminal) as bar:
         task = bar.add_task(f"reading {data}", total=None)
         dataset = load_dataset(
@@ -114,11 +119,11 @@ def _read_dataset(data: Path, split: Optional[str], classes_file: Optional[Path]
 
 def _coco_ground_truth(dataset: DetectionDataset) -> dict | None:
     """COCO data: the annotation json itself, so COCO numbers use its areas and crowd regions."""
-    if dataset.format != "coco" or dataset.root.suffix.lower() != ".json":
+    if dataset.annotation_file is None:
         return None
     from ssdcli.data.coco import load_coco_json
 
-    return load_coco_json(dataset.root)
+    return load_coco_json(dataset.annotation_file)
 
 
 def score_and_report(
@@ -157,14 +162,47 @@ def score_and_report(
     return result
 
 
+class Device(str, Enum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+def _predict(
+    weights: Path, data: Path, split: Optional[str], classes_file: Optional[Path], batch_size: int, device: str,
+    workers: int,
+) -> tuple[DetectionDataset, list[dict]]:
+    """Run a checkpoint over a dataset with the evaluation post-processing (score 0.01, NMS 0.45,
+    200 per image); the dataset is read with the model's class list."""
+    from ssdcli.checkpoint import load_checkpoint
+    from ssdcli.inference import predict_dataset, resolve_device
+    from ssdcli.models import model_from_checkpoint
+
+    checkpoint = load_checkpoint(weights)
+    model = model_from_checkpoint(checkpoint)
+    torch_device = resolve_device(device)
+    model.to(torch_device)
+    dataset = _read_dataset(data, split, classes_file, model_classes=checkpoint["class_names"])
+    with Progress(console=err, transient=True, disable=not err.is_terminal) as bar:
+        task = bar.add_task(f"detecting with {weights.name}", total=len(dataset.records))
+        detections = predict_dataset(
+            model, dataset, torch_device, batch_size=batch_size, workers=workers,
+            amp=torch_device.type == "cuda", progress=lambda done, total: bar.update(task, completed=done),
+        )
+    return dataset, detections
+
+
 @error_boundary
 def eval_command(
-    detections: Annotated[
-        Path, typer.Option("--detections", help="COCO results json of detections to score (see below).")
-    ],
     data: Annotated[
         Path, typer.Option("--data", help="The ground truth: a VOC folder / VOCdevkit or a COCO instances json.")
     ],
+    weights: Annotated[
+        Optional[Path], typer.Option("--weights", help="A checkpoint (best.pt / last.pt) to run over --data and score.")
+    ] = None,
+    detections: Annotated[
+        Optional[Path], typer.Option("--detections", help="Or: a COCO results json of detections to score (see below).")
+    ] = None,
     split: Annotated[
         Optional[str], typer.Option(help="Which split of the dataset (e.g. test, val2017); the reader's default when omitted.")
     ] = None,
@@ -183,7 +221,17 @@ def eval_command(
     save_detections_file: Annotated[
         Optional[Path], typer.Option("--save-detections", help="Write the detections that were scored to this json file.")
     ] = None,
+    batch_size: Annotated[int, typer.Option(help="With --weights: images per forward pass.")] = 8,
+    device: Annotated[Device, typer.Option(help="With --weights: auto = CUDA when available.")] = Device.auto,
+    workers: Annotated[int, typer.Option(help="With --weights: image-reading worker processes.")] = 2,
 ) -> None:
-    dataset = _read_dataset(data, split, classes)
-    scored = load_detections(detections, dataset)
+    if (weights is None) == (detections is None):
+        raise UserError("give exactly one of --weights CKPT (run a model) or --detections FILE (score saved detections)")
+    if batch_size < 1 or workers < 0:
+        raise UserError("--batch-size must be >= 1 and --workers >= 0")
+    if weights is not None:
+        dataset, scored = _predict(weights, data, split, classes, batch_size, device.value, workers)
+    else:
+        dataset = _read_dataset(data, split, classes)
+        scored = load_detections(detections, dataset)
     score_and_report(dataset, scored, metric, json_file, plot_dir, save_detections_file)

@@ -130,7 +130,9 @@ def read_coco(
         records.append(
             _record(image, image_path, width, height, anns, label_of_id, name_of_id, unknown_classes, source, problems)
         )
-    return DetectionDataset("coco", json_path, class_list, records, problems, category_ids=category_ids)
+    return DetectionDataset(
+        "coco", json_path, class_list, records, problems, category_ids=category_ids, annotation_file=json_path
+    )
 
 
 def _image_size(

@@ -71,6 +71,8 @@ class DetectionDataset:
         problems: everything found wrong; readers skip or fix what they can and record it here.
         category_ids: COCO only: the json's category id of each class (same order as
             ``classes``), to write detections with the json's own ids.
+        annotation_file: COCO only: the instances json read, so COCO metrics can use it as is
+            (its own areas and crowd regions) even when the user named the folder.
     """
 
     format: Literal["voc", "coco"]
@@ -79,6 +81,7 @@ class DetectionDataset:
     records: list[ImageRecord]
     problems: list[Problem] = field(default_factory=list)
     category_ids: list[int] | None = None
+    annotation_file: Path | None = None
 
     @property
     def num_classes(self) -> int:

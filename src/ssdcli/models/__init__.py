@@ -35,6 +35,7 @@ __all__ = [
     "build_from_settings",
     "build_model",
     "load_vgg16_backbone",
+    "model_from_checkpoint",
     "model_settings",
     "priors_for_model",
     "resolve_backbone_weights",
@@ -97,3 +98,25 @@ def build_from_settings(settings: dict) -> SSD:
     except (KeyError, TypeError, ValueError) as exc:
         raise ValueError(f"malformed model settings: {exc!r}") from exc
     return build_model(arch, num_classes, prior_spec=spec, **options)
+
+
+def model_from_checkpoint(checkpoint: dict) -> SSD:
+    """The trained network held by a checkpoint dict (from :func:`ssdcli.checkpoint.load_checkpoint`).
+
+    Raises:
+        CheckpointError: the settings or weights do not make a network this version can build.
+    """
+    from ssdcli.errors import CheckpointError
+
+    settings = {
+        "arch": checkpoint.get("arch"),
+        "num_classes": checkpoint.get("num_classes"),
+        "options": checkpoint.get("options", {}),
+        "prior_spec": checkpoint.get("priors"),
+    }
+    try:
+        model = build_from_settings(settings)
+        model.load_state_dict(checkpoint["model"])
+    except (ValueError, RuntimeError, KeyError) as exc:
+        raise CheckpointError(f"checkpoint does not hold a usable {settings['arch']} network: {exc}") from exc
+    return model
