@@ -1,0 +1,257 @@
+"""What ``ssd detect`` reads: source arguments -> image files and videos, and video frames.
+
+A source argument is an image file, a folder (searched recursively for image extensions), a
+glob pattern (expanded here, so it works when the shell did not expand it: quoted, or on
+Windows) or a video file. Each image keeps a path relative to its source (``relative``), which
+is where its rendered copy goes under ``--output``, so a folder's sub-folder structure survives.
+
+Video and webcam frames are read by :class:`VideoFrames`, an ``IterableDataset``: a DataLoader
+worker reads and pre-processes the next frames while the model runs on the current batch.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import IterableDataset
+
+from ssdcli.data.transforms import normalize, resize_uint8
+from ssdcli.errors import UserError
+
+IMAGE_EXTENSIONS: frozenset[str] = frozenset(
+    {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm", ".pbm"}
+)
+"""Extensions collected from folders and globs (lower case); Pillow reads all of them."""
+
+VIDEO_EXTENSIONS: frozenset[str] = frozenset(
+    {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv", ".3gp"}
+)
+"""Extensions read as videos, frame by frame, with OpenCV (FFmpeg)."""
+
+DEFAULT_FPS = 25.0
+"""Frame rate assumed when a video or camera does not report one (OpenCV returns 0)."""
+
+_GLOB_CHARS = frozenset("*?[")
+
+
+@dataclass(frozen=True)
+class ImageSource:
+    """One image file to run on.
+
+    Attributes:
+        path: the file, as found (relative to the working directory when the source was).
+        relative: where its rendered copy goes under ``--output``: the file name for a file
+            source, the path inside the folder for a folder source, the path below the fixed
+            part of the pattern for a glob.
+    """
+
+    path: Path
+    relative: Path
+
+
+@dataclass(frozen=True)
+class VideoSource:
+    """One video file (``path``) or camera (``camera`` index, ``path`` None)."""
+
+    path: Path | None = None
+    camera: int | None = None
+
+    @property
+    def name(self) -> str:
+        """What messages and the json ``file`` field call it: the path, or ``webcam:N``."""
+        return str(self.path) if self.path is not None else f"webcam:{self.camera}"
+
+    @property
+    def stem(self) -> str:
+        """File stem, or ``webcam<N>``: the base of output file names and COCO image ids."""
+        return self.path.stem if self.path is not None else f"webcam{self.camera}"
+
+
+@dataclass
+class SourcePlan:
+    """Every source argument, expanded.
+
+    Attributes:
+        images: image files in argument order; within a folder or glob, sorted by path.
+        videos: video files in argument order.
+        missing: one message per argument that named nothing (missing path, empty glob).
+        unsupported: one message per file named explicitly whose type is neither image nor video.
+    """
+
+    images: list[ImageSource] = field(default_factory=list)
+    videos: list[VideoSource] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+    unsupported: list[str] = field(default_factory=list)
+
+
+def is_image(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_EXTENSIONS
+
+
+def is_video(path: Path) -> bool:
+    return path.suffix.lower() in VIDEO_EXTENSIONS
+
+
+def _glob_root(pattern: str) -> Path:
+    """The folder part of ``pattern`` before its first wildcard (``data/*/img*.jpg`` -> ``data``)."""
+    parts = Path(pattern).parts
+    fixed = []
+    for part in parts[:-1]:
+        if _GLOB_CHARS & set(part):
+            break
+        fixed.append(part)
+    return Path(*fixed) if fixed else Path(".")
+
+
+def _folder_images(folder: Path) -> list[ImageSource]:
+    """Image files anywhere below ``folder``, sorted; other files are skipped silently."""
+    found = []
+    for root, dirs, files in os.walk(folder, followlinks=True):
+        dirs.sort()
+        for name in sorted(files):
+            path = Path(root) / name
+            if is_image(path):
+                found.append(ImageSource(path, path.relative_to(folder)))
+    return found
+
+
+def expand_sources(sources: Sequence[str]) -> SourcePlan:
+    """Expand source arguments into image files and videos (no file is opened).
+
+    Rules: an existing file is an image or a video by its extension (anything else goes to
+    ``unsupported``); an existing folder contributes every image file below it; an argument
+    that does not exist but holds ``*``, ``?`` or ``[`` is a glob (``**`` recurses) whose image
+    and video matches are taken; everything else goes to ``missing``. An image reached twice is
+    kept once.
+    """
+    plan = SourcePlan()
+    seen: set[Path] = set()
+
+    def add_image(item: ImageSource) -> None:
+        key = item.path.resolve()
+        if key not in seen:
+            seen.add(key)
+            plan.images.append(item)
+
+    for source in sources:
+        path = Path(source)
+        if path.is_dir():
+            items = _folder_images(path)
+            if not items:
+                plan.missing.append(f"{source}: folder holds no image files ({', '.join(sorted(IMAGE_EXTENSIONS))})")
+            for item in items:
+                add_image(item)
+        elif path.is_file():
+            if is_image(path):
+                add_image(ImageSource(path, Path(path.name)))
+            elif is_video(path):
+                plan.videos.append(VideoSource(path=path))
+            else:
+                plan.unsupported.append(
+                    f"{source}: not an image or video file by its extension ({path.suffix or 'none'}); skipped"
+                )
+        elif _GLOB_CHARS & set(source):
+            root = _glob_root(source)
+            matches = sorted(Path(m) for m in glob.glob(source, recursive=True))
+            matches = [m for m in matches if m.is_file() and (is_image(m) or is_video(m))]
+            if not matches:
+                plan.missing.append(f"{source}: the pattern matches no image or video files")
+            for match in matches:
+                if is_video(match):
+                    plan.videos.append(VideoSource(path=match))
+                else:
+                    add_image(ImageSource(match, match.relative_to(root)))
+        else:
+            plan.missing.append(f"{source}: no such file or folder")
+    return plan
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    """What a video or camera reports: frame size in pixels, frames per second, frame count
+    (``None`` for a camera or when the container does not say)."""
+
+    width: int
+    height: int
+    fps: float
+    frames: int | None
+
+
+def _open_capture(source: VideoSource):
+    import cv2
+
+    capture = cv2.VideoCapture(str(source.path)) if source.path is not None else cv2.VideoCapture(source.camera)
+    if not capture.isOpened():
+        capture.release()
+        if source.path is not None:
+            raise UserError(f"{source.path}: cannot open this video (OpenCV/FFmpeg cannot decode it)")
+        raise UserError(
+            f"--webcam {source.camera}: cannot open camera {source.camera}; check that it is connected, "
+            "not used by another program, and that this user may access it (e.g. /dev/video*)"
+        )
+    return capture
+
+
+def probe_video(source: VideoSource) -> VideoInfo:
+    """Open ``source``, read its properties and close it again.
+
+    Raises:
+        UserError: the video or camera cannot be opened, or yields no frame.
+    """
+    import cv2
+
+    capture = _open_capture(source)
+    try:
+        width = int(capture.get(cv2.CAP_PROP_FRAME_WIDTH))
+        height = int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT))
+        fps = float(capture.get(cv2.CAP_PROP_FPS))
+        count = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) if source.path is not None else 0
+    finally:
+        capture.release()
+    if width <= 0 or height <= 0:
+        raise UserError(f"{source.name}: reports no frame size; it may be empty or damaged")
+    return VideoInfo(width, height, fps if fps > 0 else DEFAULT_FPS, count if count > 0 else None)
+
+
+class VideoFrames(IterableDataset):
+    """Frames of one video or camera, pre-processed as :class:`ssdcli.inference.ImageFiles` does.
+
+    Yields the items :func:`ssdcli.inference.collate_items` batches: ``(input float Tensor[3, S, S]
+    normalised, (width, height), frame index, None, read seconds, original uint8 Tensor[H, W, 3]
+    RGB)``. Use it with at most one DataLoader worker: a video is read sequentially, and each
+    worker would read every frame.
+    """
+
+    def __init__(self, source: VideoSource, size: int, mean: Sequence[float], std: Sequence[float]) -> None:
+        self.source = source
+        self.size = size
+        self.mean = list(mean)
+        self.std = list(std)
+
+    def __iter__(self) -> Iterator[tuple]:
+        import cv2
+
+        capture = _open_capture(self.source)
+        try:
+            index = 0
+            while True:
+                start = time.perf_counter()
+                ok, frame_bgr = capture.read()
+                if not ok:
+                    return
+                original = torch.from_numpy(np.ascontiguousarray(frame_bgr[:, :, ::-1]))  # (H, W, 3) RGB
+                height, width = original.shape[:2]
+                chw = original.permute(2, 0, 1)  # (3, H, W)
+                tensor: Tensor = normalize(resize_uint8(chw, self.size), self.mean, self.std)  # (3, S, S)
+                yield tensor, (width, height), index, None, time.perf_counter() - start, original
+                index += 1
+        finally:
+            capture.release()

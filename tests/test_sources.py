@@ -1,0 +1,123 @@
+"""sources: expanding SOURCE arguments (files, folders, globs, videos) and reading video frames."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from ssdcli.data.transforms import normalize, resize_uint8
+from ssdcli.errors import UserError
+from ssdcli.sources import ImageSource, VideoFrames, VideoSource, _glob_root, expand_sources, probe_video
+
+
+def touch_image(path: Path, value: int = 100) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cv2.imwrite(str(path), np.full((12, 16, 3), value, np.uint8))
+    return path
+
+
+def write_video(path: Path, frames: int = 5, size: tuple[int, int] = (160, 120), fps: float = 10.0) -> list[np.ndarray]:
+    """A short mp4v video whose frame k is a grey level 40 k with a white square moving right;
+    returns the frames as OpenCV decodes them back (BGR), the reference for reading."""
+    width, height = size
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, size)
+    assert writer.isOpened()
+    for k in range(frames):
+        frame = np.full((height, width, 3), 40 * k, np.uint8)
+        frame[40:80, 10 + 20 * k : 50 + 20 * k] = 255
+        writer.write(frame)
+    writer.release()
+    capture = cv2.VideoCapture(str(path))
+    decoded = []
+    while True:
+        ok, frame = capture.read()
+        if not ok:
+            break
+        decoded.append(frame)
+    capture.release()
+    return decoded
+
+
+@pytest.fixture()
+def tree(tmp_path, monkeypatch) -> Path:
+    """photos/a.jpg, photos/sub/b.png, photos/sub/deeper/c.JPG, photos/notes.txt, clip.mp4, doc.pdf."""
+    monkeypatch.chdir(tmp_path)
+    touch_image(tmp_path / "photos" / "a.jpg")
+    touch_image(tmp_path / "photos" / "sub" / "b.png")
+    touch_image(tmp_path / "photos" / "sub" / "deeper" / "c.JPG")
+    (tmp_path / "photos" / "notes.txt").write_text("not an image")
+    write_video(tmp_path / "clip.mp4", frames=2)
+    (tmp_path / "doc.pdf").write_bytes(b"%PDF")
+    return tmp_path
+
+
+def test_a_folder_is_searched_recursively_for_image_extensions_only(tree):
+    plan = expand_sources(["photos"])
+    # sorted walk: photos/a.jpg, then sub/b.png, then sub/deeper/c.JPG (extension case ignored); notes.txt skipped
+    assert plan.images == [
+        ImageSource(Path("photos/a.jpg"), Path("a.jpg")),
+        ImageSource(Path("photos/sub/b.png"), Path("sub/b.png")),
+        ImageSource(Path("photos/sub/deeper/c.JPG"), Path("sub/deeper/c.JPG")),
+    ]
+    assert plan.videos == [] and plan.missing == [] and plan.unsupported == []
+
+
+def test_files_videos_unsupported_and_missing_are_told_apart(tree):
+    plan = expand_sources(["photos/sub/b.png", "clip.mp4", "doc.pdf", "nope.jpg", "photos/a.jpg"])
+    assert plan.images == [
+        ImageSource(Path("photos/sub/b.png"), Path("b.png")),
+        ImageSource(Path("photos/a.jpg"), Path("a.jpg")),
+    ]
+    assert plan.videos == [VideoSource(path=Path("clip.mp4"))]
+    assert plan.unsupported == ["doc.pdf: not an image or video file by its extension (.pdf); skipped"]
+    assert plan.missing == ["nope.jpg: no such file or folder"]
+
+
+def test_globs_keep_the_path_below_their_fixed_part_and_match_videos(tree):
+    plan = expand_sources(["photos/**/*.png", "*.mp4", "photos/*.gif"])
+    assert plan.images == [ImageSource(Path("photos/sub/b.png"), Path("sub/b.png"))]
+    assert plan.videos == [VideoSource(path=Path("clip.mp4"))]
+    assert plan.missing == ["photos/*.gif: the pattern matches no image or video files"]
+    assert _glob_root("data/*/img*.jpg") == Path("data")
+    assert _glob_root("a/b/**/*.jpg") == Path("a/b")
+    assert _glob_root("*.jpg") == Path(".")
+
+
+def test_an_image_reached_twice_is_kept_once_and_an_empty_folder_is_missing(tree):
+    (tree / "empty").mkdir()
+    plan = expand_sources(["photos/a.jpg", "photos", "photos/*.jpg", "empty"])
+    assert [item.path for item in plan.images] == [
+        Path("photos/a.jpg"), Path("photos/sub/b.png"), Path("photos/sub/deeper/c.JPG")
+    ]
+    assert len(plan.missing) == 1 and plan.missing[0].startswith("empty: folder holds no image files")
+
+
+def test_video_frames_are_read_in_order_and_preprocessed_like_images(tmp_path):
+    decoded = write_video(tmp_path / "v.mp4", frames=5, size=(160, 120), fps=10.0)
+    assert len(decoded) == 5
+    info = probe_video(VideoSource(path=tmp_path / "v.mp4"))
+    assert (info.width, info.height, info.fps, info.frames) == (160, 120, 10.0, 5)
+
+    mean, std = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+    items = list(VideoFrames(VideoSource(path=tmp_path / "v.mp4"), 64, mean, std))
+    assert [item[2] for item in items] == [0, 1, 2, 3, 4]
+    for item, frame_bgr in zip(items, decoded):
+        tensor, size, _, error, seconds, original = item
+        assert size == (160, 120) and error is None and seconds >= 0
+        assert original.dtype == torch.uint8 and original.shape == (120, 160, 3)
+        assert torch.equal(original, torch.from_numpy(frame_bgr[:, :, ::-1].copy()))  # RGB
+        expected = normalize(resize_uint8(original.permute(2, 0, 1), 64), mean, std)  # (3, 64, 64)
+        assert torch.equal(tensor, expected)
+
+
+def test_unopenable_videos_and_cameras_are_user_errors(tmp_path):
+    (tmp_path / "broken.mp4").write_bytes(b"\x00" * 100)
+    with pytest.raises(UserError, match="broken.mp4: cannot open this video"):
+        probe_video(VideoSource(path=tmp_path / "broken.mp4"))
+    with pytest.raises(UserError, match="--webcam 97: cannot open camera 97"):
+        probe_video(VideoSource(camera=97))
+    assert VideoSource(camera=3).name == "webcam:3" and VideoSource(camera=3).stem == "webcam3"
