@@ -1,4 +1,4 @@
-"""OpenCV drawing: default boxes and (later) detections. Images are HxWx3 uint8 BGR arrays."""
+"""OpenCV drawing: default boxes and detections, image and video writing. Images are HxWx3 uint8 BGR arrays."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import colorsys
 from pathlib import Path
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from ssdcli.errors import UserError
 from ssdcli.priors import PriorSpec, layer_box_sizes
@@ -71,3 +72,83 @@ def write_image(path: Path, image_bgr: np.ndarray) -> None:
         raise UserError(f"{path}: cannot write an image there ({exc.msg.strip()}); use .png or .jpg") from exc
     if not ok:
         raise UserError(f"{path}: cannot write an image there; use a .png or .jpg name in a writable folder")
+
+
+def _text_colour(background_bgr: tuple[int, int, int]) -> tuple[int, int, int]:
+    """Black on light backgrounds, white on dark ones (ITU-R BT.601 luma)."""
+    b, g, r = background_bgr
+    return (0, 0, 0) if 0.299 * r + 0.587 * g + 0.114 * b > 140 else (255, 255, 255)
+
+
+def draw_detections(
+    image_bgr: np.ndarray,
+    boxes_xyxy_px: ArrayLike,
+    labels: ArrayLike,
+    scores: ArrayLike,
+    class_names: list[str],
+) -> np.ndarray:
+    """Draw detections on a copy of an image: a box per detection in its class colour
+    (:func:`class_colour`) and a ``name score`` label on a filled background above the box (inside
+    it when the box touches the top edge). Line width and font size grow with the image.
+
+    Args:
+        image_bgr: np.ndarray[H, W, 3] uint8 BGR.
+        boxes_xyxy_px: [K, 4] xyxy in pixels of this image.
+        labels: [K] 1-based class indices into ``class_names``.
+        scores: [K] in [0, 1].
+        class_names: the model's classes; a label outside them is drawn as ``class <n>``.
+
+    Returns:
+        A new np.ndarray[H, W, 3] uint8 BGR; drawn lowest score first so the best box is on top.
+    """
+    import cv2
+
+    canvas = np.ascontiguousarray(image_bgr).copy()
+    height, width = canvas.shape[:2]
+    boxes = np.asarray(boxes_xyxy_px, dtype=np.float64).reshape(-1, 4)  # (K, 4)
+    labels = np.asarray(labels, dtype=np.int64).reshape(-1)  # (K,)
+    scores = np.asarray(scores, dtype=np.float64).reshape(-1)  # (K,)
+    # ~2 px on a 640x480 image, 1 px on small ones, growing linearly with the image side.
+    side = (width + height) / 2
+    thickness = max(1, round(0.003 * side))
+    font_scale = max(0.4, 0.0011 * side)  # ~0.6 on 640x480: readable, not covering small objects
+    text_thickness = max(1, thickness - 1)
+    for k in np.argsort(scores, kind="stable"):
+        label = int(labels[k])
+        colour = class_colour(label)
+        x1, y1, x2, y2 = (int(round(v)) for v in boxes[k])
+        cv2.rectangle(canvas, (x1, y1), (x2, y2), colour, thickness, cv2.LINE_8)  # crisp: axis-aligned
+        name = class_names[label - 1] if 1 <= label <= len(class_names) else f"class {label}"
+        text = f"{name} {scores[k]:.2f}"
+        (text_w, text_h), baseline = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, font_scale, text_thickness)
+        pad = thickness
+        box_h = text_h + baseline + 2 * pad
+        top = y1 - box_h if y1 - box_h >= 0 else y1  # above the box, or inside it at the top edge
+        left = min(max(x1, 0), max(width - text_w - 2 * pad, 0))
+        cv2.rectangle(canvas, (left, top), (left + text_w + 2 * pad, top + box_h), colour, cv2.FILLED)
+        cv2.putText(
+            canvas, text, (left + pad, top + pad + text_h), cv2.FONT_HERSHEY_SIMPLEX, font_scale,
+            _text_colour(colour), text_thickness, cv2.LINE_AA,
+        )
+    return canvas
+
+
+def open_video_writer(path: Path, fps: float, size: tuple[int, int]):
+    """A ``cv2.VideoWriter`` for ``path`` with the MPEG-4 Part 2 (``mp4v``) codec, which OpenCV's
+    bundled FFmpeg always has; ``size`` is ``(width, height)``.
+
+    Raises:
+        UserError: the file cannot be opened for writing.
+    """
+    import cv2
+
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"{path}: cannot write a video there ({exc.strerror}); choose a writable folder") from None
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), float(fps), tuple(int(v) for v in size))
+    if not writer.isOpened():
+        writer.release()
+        raise UserError(f"{path}: cannot write a video there; use a .mp4 name in a writable folder")
+    return writer
