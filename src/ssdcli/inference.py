@@ -8,12 +8,13 @@ pre-processing of evaluation) while the model runs; post-processing is
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 from ssdcli.boxes import xyxy_to_xywh
@@ -53,17 +54,23 @@ class Timings:
 
 
 class ImageFiles(Dataset):
-    """Image files -> ``(input float Tensor[3, S, S] normalised, (width, height), index, error)``.
+    """Image files -> ``(input float Tensor[3, S, S] normalised, (width, height), index, error,
+    read seconds, original)``.
 
     An unreadable image yields ``error`` (a message) and an empty input instead of raising, so a
     folder with some bad files still processes the rest; the caller decides what an error means.
+    ``original`` is the decoded image, uint8 Tensor[H, W, 3] RGB, when ``keep_original`` (for
+    drawing on it; a tensor so the worker hands it over in shared memory), else ``None``.
     """
 
-    def __init__(self, paths: Sequence[Path], size: int, mean: Sequence[float], std: Sequence[float]) -> None:
+    def __init__(
+        self, paths: Sequence[Path], size: int, mean: Sequence[float], std: Sequence[float], keep_original: bool = False
+    ) -> None:
         self.paths = list(paths)
         self.size = size
         self.mean = list(mean)
         self.std = list(std)
+        self.keep_original = keep_original
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -73,28 +80,143 @@ class ImageFiles(Dataset):
         try:
             image = read_image_rgb(self.paths[index])
         except DataError as exc:
-            return torch.zeros(3, self.size, self.size), (0, 0), index, str(exc), time.perf_counter() - start
+            return torch.zeros(3, self.size, self.size), (0, 0), index, str(exc), time.perf_counter() - start, None
         height, width = image.shape[:2]
-        chw = torch.from_numpy(image).permute(2, 0, 1)  # (3, H, W) uint8
+        original = torch.from_numpy(image)  # (H, W, 3) uint8 RGB
+        chw = original.permute(2, 0, 1)  # (3, H, W) uint8
         tensor = normalize(resize_uint8(chw, self.size), self.mean, self.std)  # (3, S, S)
-        return tensor, (width, height), index, None, time.perf_counter() - start
+        kept = original if self.keep_original else None
+        return tensor, (width, height), index, None, time.perf_counter() - start, kept
 
 
-def _collate(batch):
+def collate_items(batch):
+    """Batch :class:`ImageFiles` / :class:`ssdcli.sources.VideoFrames` items:
+    ``(inputs Tensor[B, 3, S, S], sizes, indices, errors, read seconds summed, originals)``."""
     images = torch.stack([item[0] for item in batch])  # (B, 3, S, S)
-    return images, [item[1] for item in batch], [item[2] for item in batch], [item[3] for item in batch], sum(
-        item[4] for item in batch
+    return (
+        images,
+        [item[1] for item in batch],
+        [item[2] for item in batch],
+        [item[3] for item in batch],
+        sum(item[4] for item in batch),
+        [item[5] for item in batch],
     )
 
 
 @dataclass
 class BatchResult:
-    """Detections of one batch: ``detections[i]`` belongs to ``paths[indices[i]]``."""
+    """Detections of one batch: ``detections[i]`` belongs to ``paths[indices[i]]`` (for video,
+    frame ``indices[i]``); ``originals[i]`` is its decoded image (uint8 Tensor[H, W, 3] RGB) when
+    the reader kept it, else ``None``."""
 
     indices: list[int]
     sizes: list[tuple[int, int]]
     detections: list[Detections]
     errors: list[tuple[int, str]] = field(default_factory=list)
+    originals: list = field(default_factory=list)
+
+
+class Detector(Protocol):
+    """A model behind ``ssd detect``: pre-processed batch in, final detections out.
+
+    ``TorchDetector`` runs a checkpoint; an exported model (ONNX) provides the same attributes
+    and ``predict`` so the rest of the pipeline does not change.
+
+    Attributes:
+        image_size: network input side S; inputs are resized to S x S.
+        mean, std: RGB normalisation of inputs scaled to [0, 1].
+        class_names: label ``i`` (1-based) is ``class_names[i - 1]``.
+    """
+
+    image_size: int
+    mean: Sequence[float]
+    std: Sequence[float]
+    class_names: list[str]
+
+    def predict(
+        self, images: Tensor, sizes: Sequence[tuple[int, int]], timings: Timings | None = None
+    ) -> list[Detections]:
+        """``images``: float Tensor[B, 3, S, S] normalised (on the CPU); ``sizes``: ``(width,
+        height)`` of each original image. Returns one :class:`Detections` per image, on the CPU,
+        boxes xyxy in original-image pixels. Adds forward and post-processing seconds to ``timings``."""
+        ...
+
+
+class TorchDetector:
+    """A PyTorch :class:`~ssdcli.models.SSD` plus the shared post-processing (the :class:`Detector`
+    that eval, validation and detect all use)."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        device: torch.device,
+        settings: PostprocessSettings = PostprocessSettings(),
+        amp: bool = False,
+        class_names: Sequence[str] = (),
+    ) -> None:
+        from ssdcli.models import priors_for_model
+
+        self.model = model.eval()
+        self.device = device
+        self.settings = settings
+        self.amp = amp
+        self.priors = priors_for_model(model).to(device)  # (P, 4) cxcywh normalised
+        self.image_size: int = model.image_size
+        self.mean = list(model.mean)
+        self.std = list(model.std)
+        self.class_names = list(class_names)
+
+    def predict(
+        self, images: Tensor, sizes: Sequence[tuple[int, int]], timings: Timings | None = None
+    ) -> list[Detections]:
+        batch = images.to(self.device, non_blocking=True)
+        start = time.perf_counter()
+        with torch.inference_mode(), torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp):
+            cls_logits, box_deltas = self.model(batch)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        forwarded = time.perf_counter()
+        with torch.inference_mode():
+            detections = postprocess(
+                cls_logits.float(), box_deltas.float(), self.priors, image_sizes=list(sizes), **self.settings.to_dict()
+            )
+            detections = [Detections(*(t.cpu() for t in d)) for d in detections]
+        if timings is not None:
+            timings.forward += forwarded - start
+            timings.post += time.perf_counter() - forwarded
+        return detections
+
+
+def predict_batches(detector: Detector, loader: Iterable, timings: Timings | None = None) -> Iterator[BatchResult]:
+    """Run ``detector`` over a loader of :func:`collate_items` batches, one result per batch.
+
+    Items that failed to read (``error`` set) are left out of the forward pass and reported in
+    :attr:`BatchResult.errors`.
+    """
+    for images, sizes, indices, errors, read_seconds, originals in loader:
+        ok = [i for i, error in enumerate(errors) if error is None]
+        failed = [(indices[i], errors[i]) for i in range(len(errors)) if errors[i] is not None]
+        detections: list[Detections] = []
+        if ok:
+            detections = detector.predict(images[ok], [sizes[i] for i in ok], timings)
+            if timings is not None:
+                timings.read += read_seconds
+                timings.images += len(ok)
+        yield BatchResult(
+            indices=[indices[i] for i in ok],
+            sizes=[sizes[i] for i in ok],
+            detections=detections,
+            errors=failed,
+            originals=[originals[i] for i in ok],
+        )
+
+
+def image_loader(
+    paths: Sequence[Path], detector: Detector, batch_size: int, workers: int, keep_original: bool = False
+) -> DataLoader:
+    """A DataLoader reading and pre-processing ``paths`` in ``workers`` processes, in order."""
+    dataset = ImageFiles(paths, detector.image_size, detector.mean, detector.std, keep_original)
+    return DataLoader(dataset, batch_size=batch_size, num_workers=workers, collate_fn=collate_items)
 
 
 def predict_files(
@@ -116,41 +238,14 @@ def predict_files(
         amp: autocast the forward pass to float16 on CUDA.
         timings: filled in when given.
     """
-    from ssdcli.models import priors_for_model
+    detector = TorchDetector(model, device, settings, amp)
+    yield from predict_batches(detector, image_loader(paths, detector, batch_size, workers), timings)
 
-    priors = priors_for_model(model).to(device)
-    dataset = ImageFiles(paths, model.image_size, model.mean, model.std)
-    loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers, collate_fn=_collate)
-    model.eval()
-    for images, sizes, indices, errors, read_seconds in loader:
-        ok = [i for i, error in enumerate(errors) if error is None]
-        failed = [(indices[i], errors[i]) for i in range(len(errors)) if errors[i] is not None]
-        detections: list[Detections] = []
-        if ok:
-            batch = images[ok].to(device, non_blocking=True)
-            start = time.perf_counter()
-            with torch.inference_mode(), torch.autocast(device.type, dtype=torch.float16, enabled=amp):
-                cls_logits, box_deltas = model(batch)
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            forwarded = time.perf_counter()
-            with torch.inference_mode():
-                detections = postprocess(
-                    cls_logits.float(),
-                    box_deltas.float(),
-                    priors,
-                    image_sizes=[sizes[i] for i in ok],
-                    **settings.to_dict(),
-                )
-                detections = [Detections(*(t.cpu() for t in d)) for d in detections]
-            if timings is not None:
-                timings.forward += forwarded - start
-                timings.post += time.perf_counter() - forwarded
-                timings.read += read_seconds
-                timings.images += len(ok)
-        yield BatchResult(
-            indices=[indices[i] for i in ok], sizes=[sizes[i] for i in ok], detections=detections, errors=failed
-        )
+
+def keep_labels(detections: Detections, labels: Tensor) -> Detections:
+    """Only the detections whose label is in ``labels`` (Tensor[L] int64, 1-based); order kept."""
+    keep = torch.isin(detections.labels, labels)  # (K,)
+    return Detections(detections.boxes_xyxy[keep], detections.scores[keep], detections.labels[keep])
 
 
 def detections_to_coco(image_id: str | int, detections: Detections, category_ids: Sequence[int] | None) -> list[dict]:
