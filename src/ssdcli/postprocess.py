@@ -6,6 +6,10 @@ the best ``max_detections`` per image -> original-image pixels.
 
 This is Caffe's ``DetectionOutput`` layer (``nms_threshold`` 0.45, ``top_k`` 400, ``keep_top_k``
 200, ``confidence_threshold`` 0.01 for evaluation), batched over images instead of looping.
+
+:func:`postprocess_flat` is traceable, so ``ssd export --postprocess`` puts this very function
+into the ONNX / TorchScript graph: no Python branch on tensor values and only operators ONNX has
+(``batched_nms`` becomes ``NonMaxSuppression``; no ``bincount``, no ``sort(stable=True)``).
 """
 
 from __future__ import annotations
@@ -85,7 +89,7 @@ def postprocess_flat(
     k = min(top_k_candidates, num_priors)
     cand_scores, cand_priors = scores.topk(k, dim=2)  # (B, C, k) each
     keep = cand_scores > score_threshold  # (B, C, k)
-    image_idx, class_idx, slot = keep.nonzero(as_tuple=True)  # (M,) each
+    image_idx, class_idx, slot = keep.nonzero().unbind(1)  # (M,) each
     prior_idx = cand_priors[image_idx, class_idx, slot]  # (M,)
     cand_scores = cand_scores[image_idx, class_idx, slot]  # (M,)
 
@@ -97,12 +101,17 @@ def postprocess_flat(
     group = image_idx * num_classes + class_idx
     kept = batched_nms(boxes_xyxy_norm, cand_scores, group, nms_iou)  # (K,), score-descending
 
-    # Best max_detections per image: a stable sort by image keeps score order within each image.
-    kept = kept[torch.sort(image_idx[kept], stable=True).indices]
+    # Best max_detections per image: group by image, keeping score order within each image.
+    # Sorting the unique key (image, position in score order) is a stable sort by image that
+    # ONNX can express (its Sort has no "stable" flag; torch.onnx refuses sort(stable=True)),
+    # and counting by comparison with arange(B) replaces bincount, which ONNX lacks.
+    position = torch.arange(kept.shape[0], device=kept.device)  # (K,)
+    kept = kept[torch.argsort(image_idx[kept] * kept.shape[0] + position)]
     kept_images = image_idx[kept]
-    counts = torch.bincount(kept_images, minlength=batch)  # (B,)
+    images = torch.arange(batch, device=kept.device)  # (B,)
+    counts = (kept_images.unsqueeze(0) == images.unsqueeze(1)).sum(dim=1)  # (B,)
     starts = torch.cumsum(counts, 0) - counts  # (B,)
-    rank_in_image = torch.arange(kept.numel(), device=kept.device) - starts[kept_images]
+    rank_in_image = position - starts[kept_images]  # (K,)
     kept = kept[rank_in_image < max_detections]
 
     return FlatDetections(
@@ -145,7 +154,22 @@ def postprocess(
         max_detections=max_detections,
         variances=variances,
     )
-    batch = cls_logits.shape[0]
+    return split_by_image(flat, cls_logits.shape[0], image_sizes)
+
+
+def split_by_image(
+    flat: FlatDetections, batch: int, image_sizes: Tensor | list[tuple[int, int]] | None = None
+) -> list[Detections]:
+    """Batch detections (as :func:`postprocess_flat` or an exported graph returns them) -> one
+    :class:`Detections` per image, in original-image pixels.
+
+    Args:
+        flat: detections grouped by image, normalised xyxy.
+        batch: number of images B (an image may have no detections).
+        image_sizes: ``(width, height)`` of each original image, Tensor[B, 2] or a list; the network
+            saw it resized to a square, so x scales by width and y by height. ``None`` keeps
+            normalised coordinates.
+    """
     boxes = flat.boxes_xyxy_norm
     if image_sizes is not None:
         sizes = torch.as_tensor(image_sizes, dtype=boxes.dtype, device=boxes.device).reshape(batch, 2)
