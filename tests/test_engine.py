@@ -215,3 +215,67 @@ def test_offline_without_backbone_weights_is_a_clear_error(synth, tmp_path, monk
                                  "--device", "cpu", "--output", str(tmp_path / "r")])
     assert result.exit_code == 2
     assert "--backbone-weights" in result.stderr and "offline" in result.stderr
+
+
+# ---------------------------------------------------------------------------------------------
+# Separate processes: SIGKILL mid-epoch, and DistributedDataParallel under torchrun
+
+
+def _train_args(data, output, *extra):
+    return ["train", "--data", str(data), "--split", "train", "--arch", "ssdlite320", "--batch-size", "2",
+            "--workers", "0", "--device", "cpu", "--eval-every", "0", "--backbone-weights", "none",
+            "--warmup-iters", "2", "--output", str(output), *extra]
+
+
+def test_sigkill_mid_epoch_leaves_a_loadable_last_pt_that_resumes(synth, tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "killed"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "ssdcli", *_train_args(synth, out, "--epochs", "3", "--limit-batches", "2", "--save-every", "1")],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        # wait for the first checkpoint, written after iteration 1 of 6 (mid-epoch), then kill hard
+        while time.monotonic() < deadline:
+            if (out / "last.pt").exists():
+                break
+            time.sleep(0.05)
+        else:
+            pytest.fail("no checkpoint appeared within 120 s")
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == -signal.SIGKILL
+    killed_at = load_checkpoint(out / "last.pt", for_resume=True)  # loadable, never partial
+    result = fit(None, resume=out / "last.pt")
+    final = load_checkpoint(result.last, for_resume=True)
+    assert final["epoch"] == 3 and final["iteration"] > killed_at["iteration"]
+    assert [int(r["epoch"]) for r in read_metrics(out / "metrics.csv")] == [1, 2, 3]
+
+
+def test_two_processes_with_gloo_train_and_only_rank0_writes(synth, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    completed = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+         "-m", "ssdcli", *_train_args(synth, out, "--epochs", "1", "--limit-batches", "2")],
+        capture_output=True, text=True, timeout=300, env=env,
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    ckpt = load_checkpoint(out / "last.pt", for_resume=True)
+    assert ckpt["iteration"] == 2
+    assert len(read_metrics(out / "metrics.csv")) == 1
+    # rank 1 wrote nothing of its own: no second run folder next to ours
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ddp"]
+    assert completed.stdout.count("training summary") == 1
