@@ -54,6 +54,7 @@ class TrainConfig:
     neg_pos_ratio: float = 3.0
     iou_threshold: float = 0.5
     use_difficult: bool = False
+    augment: bool = True
     max_bad_steps: int = 5
     limit_batches: int = 0
 

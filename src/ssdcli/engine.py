@@ -373,10 +373,12 @@ def _fit(config, callbacks, checkpoint, resume, device, dist_info, amp) -> FitRe
     model.to(device)
     priors = priors_for_model(model).to(device)
 
+    if config.augment:
+        transform = TrainTransform(model.image_size, model.mean, model.std)
+    else:
+        transform = EvalTransform(model.image_size, model.mean, model.std)
     train_set = SeededSamples(
-        DetectionTrainDataset(
-            train_data.records, TrainTransform(model.image_size, model.mean, model.std), use_difficult=config.use_difficult
-        ),
+        DetectionTrainDataset(train_data.records, transform, use_difficult=config.use_difficult),
         seed=config.seed,
     )
     sampler = EpochSampler(len(train_set), shuffle=True, seed=config.seed, rank=dist_info.rank,

@@ -169,6 +169,7 @@ def train(
     eval_every: Annotated[int, typer.Option(help="Validate every N epochs (0 = never; the last epoch always).")] = 1,
     save_every: Annotated[int, typer.Option(help="Also write last.pt every N iterations (0 = once per epoch).")] = 0,
     use_difficult: Annotated[bool, typer.Option(help="Train on VOC 'difficult' boxes too.")] = False,
+    augment: Annotated[bool, typer.Option(help="The paper's data augmentation (--no-augment: resize only, e.g. to overfit a few images).")] = True,
     limit_batches: Annotated[int, typer.Option(help="Stop each epoch after N batches (smoke tests; 0 = all).")] = 0,
 ) -> None:
     from ssdcli.engine import TrainingInterrupted, fit
@@ -193,7 +194,7 @@ def train(
             momentum=momentum, weight_decay=weight_decay, warmup_iters=warmup_iters, schedule=schedule.value,
             output=str(output) if output else None, device=device.value, workers=workers, amp=amp, seed=seed,
             backbone_weights=backbone_weights, eval_every=eval_every, save_every=save_every,
-            use_difficult=use_difficult, limit_batches=limit_batches,
+            use_difficult=use_difficult, augment=augment, limit_batches=limit_batches,
         )
 
     is_main = int(os.environ.get("RANK", "0")) == 0
