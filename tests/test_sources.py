@@ -11,7 +11,14 @@ import torch
 
 from ssdcli.data.transforms import normalize, resize_uint8
 from ssdcli.errors import UserError
-from ssdcli.sources import ImageSource, VideoFrames, VideoSource, _glob_root, expand_sources, probe_video
+from ssdcli.sources import (
+    ImageSource,
+    VideoFrames,
+    VideoSource,
+    _glob_root,
+    expand_sources,
+    probe_video,
+)
 
 
 def touch_image(path: Path, value: int = 100) -> Path:
@@ -73,7 +80,7 @@ def test_files_videos_unsupported_and_missing_are_told_apart(tree):
         ImageSource(Path("photos/a.jpg"), Path("a.jpg")),
     ]
     assert plan.videos == [VideoSource(path=Path("clip.mp4"))]
-    assert plan.unsupported == ["doc.pdf: not an image or video file by its extension (.pdf); skipped"]
+    assert plan.unsupported == ["doc.pdf: not an image or video file by its extension (.pdf)"]
     assert plan.missing == ["nope.jpg: no such file or folder"]
 
 

@@ -83,7 +83,8 @@ class SourcePlan:
         images: image files in argument order; within a folder or glob, sorted by path.
         videos: video files in argument order.
         missing: one message per argument that named nothing (missing path, empty glob).
-        unsupported: one message per file named explicitly whose type is neither image nor video.
+        unsupported: one message per file named explicitly whose type is neither image nor video
+            (left out).
     """
 
     images: list[ImageSource] = field(default_factory=list)
@@ -156,7 +157,7 @@ def expand_sources(sources: Sequence[str]) -> SourcePlan:
                 plan.videos.append(VideoSource(path=path))
             else:
                 plan.unsupported.append(
-                    f"{source}: not an image or video file by its extension ({path.suffix or 'none'}); skipped"
+                    f"{source}: not an image or video file by its extension ({path.suffix or 'none'})"
                 )
         elif _GLOB_CHARS & set(source):
             root = _glob_root(source)
@@ -187,8 +188,16 @@ class VideoInfo:
 
 def _open_capture(source: VideoSource):
     import cv2
+    from cv2.utils import logging as cv2_logging
 
-    capture = cv2.VideoCapture(str(source.path)) if source.path is not None else cv2.VideoCapture(source.camera)
+    # OpenCV logs every backend it tried on a failed open (several lines on stderr); the
+    # UserError below is the one line the user needs.
+    level = cv2_logging.getLogLevel()
+    cv2_logging.setLogLevel(cv2_logging.LOG_LEVEL_SILENT)
+    try:
+        capture = cv2.VideoCapture(str(source.path)) if source.path is not None else cv2.VideoCapture(source.camera)
+    finally:
+        cv2_logging.setLogLevel(level)
     if not capture.isOpened():
         capture.release()
         if source.path is not None:
@@ -237,7 +246,6 @@ class VideoFrames(IterableDataset):
         self.std = list(std)
 
     def __iter__(self) -> Iterator[tuple]:
-        import cv2
 
         capture = _open_capture(self.source)
         try:
