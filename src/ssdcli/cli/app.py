@@ -8,6 +8,7 @@ import typer
 
 from ssdcli import __version__
 from ssdcli.cli import priors as priors_cmd
+from ssdcli.cli import detect as detect_cmd
 from ssdcli.cli import eval as eval_cmd
 from ssdcli.cli import train as train_cmd
 from ssdcli.cli.data import data_app
@@ -40,6 +41,7 @@ def _root(
 app.command("priors", help=priors_cmd.HELP, epilog=priors_cmd.EPILOG)(priors_cmd.priors)
 app.command("train", help=train_cmd.HELP, epilog=train_cmd.EPILOG)(train_cmd.train)
 app.command("eval", help=eval_cmd.HELP, epilog=eval_cmd.EPILOG)(eval_cmd.eval_command)
+app.command("detect", help=detect_cmd.HELP, epilog=detect_cmd.EPILOG)(detect_cmd.detect)
 app.add_typer(data_app, name="data")
 
 
