@@ -103,7 +103,7 @@ def draw_detections(
     """
     import cv2
 
-    canvas = np.ascontiguousarray(image_bgr).copy()
+    canvas = np.array(image_bgr, dtype=np.uint8, order="C")  # a contiguous copy (views may be flipped)
     height, width = canvas.shape[:2]
     boxes = np.asarray(boxes_xyxy_px, dtype=np.float64).reshape(-1, 4)  # (K, 4)
     labels = np.asarray(labels, dtype=np.int64).reshape(-1)  # (K,)

@@ -33,24 +33,26 @@ HELP = "Detect objects in images, folders, glob patterns, videos or a webcam; dr
 EPILOG = """\
 [bold]Examples[/]
 
-  ssd detect photo.jpg                              # newest runs/*/best.pt, summary table
+  ssd detect photo.jpg                       # newest runs/*/best.pt
   ssd detect photos/ --output rendered/ --json dets.json
-  ssd detect "shots/**/*.png" --weights runs/train/best.pt --min-score 0.5 --classes person,dog
-  ssd detect clip.mp4 --output rendered/            # rendered/clip.mp4, same fps
-  ssd detect --webcam 0 --output live/              # until Ctrl-C; add --show for a window
-  ssd detect val_images/ --min-score 0.01 --coco-json dets.json && ssd eval --detections dets.json --data VOC
+  ssd detect "shots/**/*.png" --min-score 0.5 --classes person,dog
+  ssd detect clip.mp4 --output rendered/     # rendered/clip.mp4, same fps
+  ssd detect --webcam 0 --output live/       # until Ctrl-C; --show: window
+  ssd detect imgs/ --min-score 0.01 --coco-json dets.json --weights best.pt
+  ssd eval --detections dets.json --data VOC # ...and score them
 
-[bold]Sources[/]: image files; folders (searched recursively, only image extensions are taken, sub-folders
-are kept under --output); glob patterns, quoted so ssd expands them (** recurses); video files, read
-frame by frame. A missing source is reported and the others are processed; when none exists, exit 2.
-Unreadable images are reported one line each and skipped.
+[bold]Sources[/]: image files; folders (searched recursively, only image extensions are taken, \
+sub-folders are kept under --output); glob patterns, quoted so ssd expands them (** recurses); \
+video files, read frame by frame. A missing source is reported and the others are processed; \
+when none exists, exit 2. Unreadable images are reported one line each and skipped.
 
-[bold]Outputs[/]: --json writes one entry per image (per frame for videos, with "frame"): {"file",
-"width", "height", "detections": [{"class_id", "label", "score", "box": [x1, y1, x2, y2]}]}, boxes in
-original-image pixels, class_id 1-based. --coco-json writes the same detections as COCO results
-(image_id = file stem, category_id = class_id), the format `ssd eval --detections` scores.
-Without --weights the newest runs/*/best.pt under the current folder is used (else the newest
-last.pt). Pre-processing and class names come from the checkpoint.
+[bold]Outputs[/]: --json writes one entry per image (per frame for videos, with "frame"): \
+{"file", "width", "height", "detections": \[{"class_id", "label", "score", "box": \[x1, y1, x2, y2]}]}, \
+boxes in original-image pixels, class_id 1-based. --coco-json writes the same detections as COCO \
+results (image_id = file stem, category_id = class_id), the format `ssd eval --detections` scores.
+
+[bold]Weights[/]: without --weights, the newest runs/*/best.pt under the current folder (else the \
+newest last.pt). Pre-processing and class names come from the checkpoint.
 """
 
 # Extensions cv2.imwrite encodes; a rendered copy of any other image type is written as .png.
@@ -352,7 +354,7 @@ def summary_tables(sink: Sink, timings: Timings, wall_seconds: float) -> list[Ta
 @error_boundary
 def detect(
     sources: Annotated[
-        Optional[list[str]], typer.Argument(help="Image files, folders, quoted glob patterns or video files.", show_default=False)
+        Optional[list[str]], typer.Argument(metavar="SOURCE", help="Image files, folders, quoted glob patterns or video files.", show_default=False)
     ] = None,
     weights: Annotated[
         Optional[Path], typer.Option("--weights", help="Checkpoint (.pt); default: the newest runs/*/best.pt, else last.pt.")
