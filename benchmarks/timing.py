@@ -1,0 +1,97 @@
+"""Timing helpers: interleaved medians, the machine's fp32 GEMM peak, convolution FLOPs.
+
+On a shared 2-core machine the load changes from second to second, so :func:`compare` runs ours
+and the reference alternately (ours, reference, ours, ...) and takes each side's median: a burst of
+foreign load then hits both sides instead of whichever happened to run during it.
+"""
+
+from __future__ import annotations
+
+import copy
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_ms(fn: Callable[[], object], device: torch.device) -> float:
+    """Wall time of one call of ``fn`` in milliseconds (CUDA work included)."""
+    _sync(device)
+    start = time.perf_counter()
+    fn()
+    _sync(device)
+    return (time.perf_counter() - start) * 1000.0
+
+
+def compare(
+    ours: Callable[[], object],
+    reference: Callable[[], object] | None,
+    repeats: int,
+    device: torch.device,
+    warmup: int = 1,
+) -> tuple[float, float | None]:
+    """Median milliseconds of ``ours`` and ``reference``, measured alternately.
+
+    Args:
+        repeats: timed calls of each side (after ``warmup`` untimed calls of each).
+        reference: ``None`` times ours alone.
+
+    Returns:
+        ``(ours_ms, reference_ms)``; ``reference_ms`` is ``None`` without a reference.
+    """
+    for _ in range(warmup):
+        ours()
+        if reference is not None:
+            reference()
+    ours_times, reference_times = [], []
+    for _ in range(repeats):
+        ours_times.append(time_ms(ours, device))
+        if reference is not None:
+            reference_times.append(time_ms(reference, device))
+    return statistics.median(ours_times), (statistics.median(reference_times) if reference_times else None)
+
+
+def gemm_peak_gflops(device: torch.device, size: int = 2048, repeats: int = 5) -> float:
+    """fp32 ``torch.matmul`` throughput of two ``size x size`` matrices, GFLOP/s (best of ``repeats``).
+
+    The best run rather than the median: the peak is what the hardware can do when nothing else
+    competes for it, the yardstick the forward pass is held against.
+    """
+    a = torch.randn(size, size, device=device)
+    b = torch.randn(size, size, device=device)
+    torch.matmul(a, b)  # warm-up: thread pool, cuBLAS handles
+    best = min(time_ms(lambda: torch.matmul(a, b), device) for _ in range(repeats))
+    return 2.0 * size**3 / (best / 1000.0) / 1e9
+
+
+def conv_gflops(model: nn.Module, image_size: int) -> float:
+    """GFLOP of one image through every ``nn.Conv2d`` of ``model`` (a multiply-add = 2 FLOP).
+
+    Counted from the output shapes of a shape-only pass on the meta device:
+    ``2 * C_out * H_out * W_out * (C_in / groups) * k_h * k_w`` per convolution (bias adds,
+    ReLU, pooling and the L2 norm are left out: under 0.1 % for SSD300).
+    """
+    meta = copy.deepcopy(model).to("meta").eval()
+    total = 0.0
+
+    def count(module: nn.Conv2d, _inputs, output: torch.Tensor) -> None:
+        nonlocal total
+        kh, kw = module.kernel_size
+        c_out, h, w = output.shape[1:]
+        total += 2.0 * c_out * h * w * (module.in_channels // module.groups) * kh * kw
+
+    hooks = [m.register_forward_hook(count) for m in meta.modules() if isinstance(m, nn.Conv2d)]
+    try:
+        with torch.no_grad():
+            meta(torch.empty(1, 3, image_size, image_size, device="meta"))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return total / 1e9

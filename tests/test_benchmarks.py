@@ -1,0 +1,142 @@
+"""The benchmark suite: torchvision's SSD300 really carries our weights, the suite runs and writes
+its JSON rows. No timing is asserted (the machine is shared); only that what is timed is the same
+work on both sides."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torchvision.ops import box_convert
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks import run, workloads  # noqa: E402
+from benchmarks.reference import (  # noqa: E402
+    anchors_xyxy_px,
+    build_reference,
+    raw_outputs,
+    reference_target_assignment,
+    torchvision_key,
+    uses_same_weights,
+)
+from benchmarks.timing import conv_gflops  # noqa: E402
+from ssdcli.data.transforms import to_model_input  # noqa: E402
+from ssdcli.matching import assign_targets  # noqa: E402
+from ssdcli.models import build_model, priors_for_model  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def models():
+    model = workloads.ssd300(seed=0)
+    return model, build_reference(model).eval()
+
+
+@pytest.fixture(scope="module")
+def coco128(shared_data):
+    return workloads.coco128_dataset()
+
+
+def test_key_mapping_examples():
+    # torchvision splits VGG16 at pool4 (features index 23) and nests fc6/fc7 after pool5.
+    assert torchvision_key("backbone.vgg.21.weight") == "backbone.features.21.weight"  # conv4_3
+    assert torchvision_key("backbone.vgg.24.bias") == "backbone.extra.0.1.bias"  # conv5_1
+    assert torchvision_key("backbone.vgg.31.weight") == "backbone.extra.0.7.1.weight"  # fc6
+    assert torchvision_key("backbone.vgg.33.weight") == "backbone.extra.0.7.3.weight"  # fc7
+    assert torchvision_key("backbone.conv4_3_norm.weight") == "backbone.scale_weight"
+    assert torchvision_key("backbone.extras.3.2.weight") == "backbone.extra.4.2.weight"  # conv11_2
+    assert torchvision_key("loc_heads.5.weight") == "head.regression_head.module_list.5.weight"
+    assert torchvision_key("conf_heads.0.bias") == "head.classification_head.module_list.0.bias"
+    with pytest.raises(KeyError):
+        torchvision_key("backbone.stage16.0.weight")  # an SSDLite key has no SSD300 counterpart
+
+
+def test_reference_holds_the_same_weights(models):
+    model, reference = models
+    assert uses_same_weights(model, reference)
+    # strict loading also means torchvision has no tensor we did not fill
+    assert len(reference.state_dict()) == len(model.state_dict())
+    assert sum(p.numel() for p in reference.parameters()) == sum(p.numel() for p in model.parameters())
+
+
+def test_raw_outputs_identical_on_a_real_image(models, coco128):
+    model, reference = models
+    dataset, _ = coco128
+    images = workloads.decoded_images(dataset, 1)
+    inputs = to_model_input(images, 300, model.mean, model.std)
+    with torch.inference_mode():
+        ours = model(inputs)
+        theirs = raw_outputs(reference, inputs)
+    for a, b in zip(ours, theirs):
+        assert a.shape == b.shape  # (1, 8732, 21) and (1, 8732, 4): identity permutation of rows
+        # Only the L2 norm's epsilon placement differs (1e-10 under the sqrt vs a 1e-12 clamp).
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_default_box_order_per_location_agrees(models):
+    """torchvision's DefaultBoxGenerator lists each location's boxes in our order: the aspect
+    ratio w/h of every row matches (the scales differ: 0.07, 0.15, ... vs Caffe's 30/300, ...).
+    torchvision clips its boxes to the image, which changes the ratio of the last layer's widest
+    boxes, so rows it clipped are left out."""
+    model, reference = models
+    from torchvision.models.detection.image_list import ImageList
+
+    features = [torch.empty(1, 1, f, f) for f in model.prior_spec.feature_maps]
+    anchors = reference.anchor_generator(ImageList(torch.empty(1, 3, 300, 300), [(300, 300)]), features)[0]
+    theirs = box_convert(anchors, "xyxy", "cxcywh")
+    ours = priors_for_model(model)
+    assert theirs.shape == ours.shape == (8732, 4)
+    inside = ((anchors > 0) & (anchors < 300)).all(dim=1)
+    assert inside.sum() == 6509  # every layer keeps its inner rows: ratios checked on all six
+    ratio_theirs = theirs[inside, 2] / theirs[inside, 3]
+    torch.testing.assert_close(ratio_theirs, ours[inside, 2] / ours[inside, 3], rtol=1e-4, atol=0)
+    torch.testing.assert_close(theirs[inside, :2] / 300, ours[inside, :2], rtol=0, atol=1e-5)  # same centres
+
+
+def test_target_assignment_agrees_with_torchvision(models, coco128):
+    model, reference = models
+    dataset, _ = coco128
+    boxes, labels = workloads.batch_targets(dataset, 4)
+    priors = priors_for_model(model)
+    our_labels, our_deltas = assign_targets(boxes, labels, priors)
+    anchors = anchors_xyxy_px(priors, 300)
+    theirs = reference_target_assignment(reference, workloads.torchvision_targets(boxes, labels, 300), anchors)
+    for image, (classes, regression) in enumerate(theirs):
+        assert torch.equal(our_labels[image], classes)
+        positive = our_labels[image] > 0
+        # torchvision's weights (10, 10, 5, 5) are our variances' inverses
+        torch.testing.assert_close(our_deltas[image][positive], regression, rtol=1e-4, atol=1e-4)
+
+
+def test_ssd300_forward_flops_match_the_issue():
+    # Issue 9: "the SSD300 forward pass is 62.7 GFLOP" (21 classes, convolutions, 2 FLOP per MAC)
+    assert conv_gflops(build_model("ssd300", 20), 300) == pytest.approx(62.7, abs=0.05)
+
+
+def test_quick_suite_writes_the_json_rows(shared_data, tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    code = run.main(["--quick", "--only", "target_assignment,eval_metrics", "--json", str(out)])
+    assert code == 0
+    rows = json.loads(out.read_text())
+    assert [row["name"] for row in rows] == ["target_assignment", "eval_metrics"]
+    for row in rows:
+        assert set(row) == {"name", "ours_ms", "reference_ms", "ratio"}
+        assert row["ours_ms"] > 0 and row["reference_ms"] > 0
+        assert row["ratio"] == pytest.approx(row["ours_ms"] / row["reference_ms"])
+    printed = capsys.readouterr().out
+    assert "eval_metrics" in printed and "GEMM peak" in printed
+
+
+def test_eval_case_scores_like_pycocotools(coco128):
+    from benchmarks.cases import eval_metrics_case
+
+    dataset, ground_truth = coco128
+    subset = run._first_images(dataset, 8)
+    truth = run._json_subset(ground_truth, {r.image_id for r in subset.records})
+    ours, theirs = eval_metrics_case(subset, truth, workloads.coco_detections(subset))
+    stats = ours()
+    reference = theirs()
+    assert [stats[name] if stats[name] is not None else -1.0 for name in stats] == pytest.approx(list(reference))
