@@ -60,7 +60,7 @@ def postprocess_flat(
     cls_logits: Tensor,
     box_deltas: Tensor,
     priors_cxcywh: Tensor,
-    score_threshold: float = 0.01,
+    score_threshold: float | Tensor = 0.01,
     nms_iou: float = 0.45,
     top_k_candidates: int = 400,
     max_detections: int = 200,
@@ -72,7 +72,8 @@ def postprocess_flat(
         cls_logits: Tensor[B, P, C + 1], raw class scores, background at index 0.
         box_deltas: Tensor[B, P, 4], predicted deltas.
         priors_cxcywh: Tensor[P, 4], default boxes, cxcywh normalised.
-        score_threshold: keep class probabilities strictly above this.
+        score_threshold: keep class probabilities strictly above this; a 0-dim float32 tensor
+            compares the same and lets an exported graph read it from a buffer (export.py).
         nms_iou: suppress a box whose IoU with a better box of the same class and image is above this.
         top_k_candidates: at most this many default boxes per class and image enter NMS.
         max_detections: at most this many detections per image leave.
