@@ -1,0 +1,147 @@
+"""What an exported model says about itself: names, input format, classes, post-processing.
+
+``ssd export`` stores :class:`ExportMetadata` in the file (ONNX ``metadata_props``, all strings,
+lists and dicts as json; TorchScript ``_extra_files["ssdcli.json"]``) so that a deployment needs
+nothing else: :mod:`ssdcli.onnx_model` and ``examples/onnx_inference.py`` read it back.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from ssdcli.inference import PostprocessSettings
+from ssdcli.priors import VARIANCES
+
+RAW_OUTPUTS: tuple[str, ...] = ("cls_logits", "box_deltas", "priors")
+DETECTION_OUTPUTS: tuple[str, ...] = ("boxes", "scores", "labels", "batch_index")
+INPUT_NAME = "images"
+
+_METADATA_JSON_KEYS = (
+    "class_names",
+    "mean",
+    "std",
+    "postprocess_settings",
+    "variances",
+    "prior_spec",
+    "outputs",
+)
+
+
+@dataclass(frozen=True)
+class ExportMetadata:
+    """What an exported file says about itself; stored as strings (ONNX) or json (TorchScript).
+
+    Attributes:
+        arch: architecture name (``ssd300`` ...).
+        class_names: the classes; label ``i`` (1-based) is ``class_names[i - 1]``.
+        image_size: input side S; images are resized to S x S without keeping the aspect ratio.
+        mean, std: per-channel RGB normalisation for pixels scaled to [0, 1].
+        postprocess: True when the graph outputs detections, False for raw outputs.
+        settings: the embedded post-processing (detections) or the recommended one (raw).
+        variances: box-coding variances ``(centre, size)`` of :mod:`ssdcli.codec`.
+        prior_spec: :meth:`ssdcli.priors.PriorSpec.to_dict` of the default boxes.
+        ssdcli_version: the version that wrote the file.
+    """
+
+    arch: str
+    class_names: list[str]
+    image_size: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    postprocess: bool
+    settings: PostprocessSettings
+    variances: tuple[float, float] = VARIANCES
+    prior_spec: dict = field(default_factory=dict)
+    ssdcli_version: str = ""
+
+    @property
+    def outputs(self) -> tuple[str, ...]:
+        return DETECTION_OUTPUTS if self.postprocess else RAW_OUTPUTS
+
+    def to_dict(self) -> dict[str, Any]:
+        """Every key with its value, plus human-readable descriptions of input and outputs."""
+        size = self.image_size
+        if self.postprocess:
+            coordinates = (
+                "boxes: xyxy normalised to [0, 1] of the original image (x by its width, y by its height); "
+                "scores: class probability, descending within an image; labels: 1-based index into "
+                "class_names; batch_index: the input image of each detection"
+            )
+        else:
+            coordinates = (
+                "priors: cxcywh normalised to [0, 1]; box_deltas (dcx, dcy, dw, dh): cx = pcx + dcx * v0 * pw, "
+                "cy = pcy + dcy * v0 * ph, w = pw * exp(dw * v1), h = ph * exp(dh * v1) with variances "
+                "[v0, v1]; cls_logits: column 0 is background, softmax over the last axis"
+            )
+        return {
+            "ssdcli_version": self.ssdcli_version,
+            "ssdcli_export": "detections" if self.postprocess else "raw",
+            "arch": self.arch,
+            "class_names": list(self.class_names),
+            "num_classes": len(self.class_names),
+            "image_size": size,
+            "mean": list(self.mean),
+            "std": list(self.std),
+            "input_name": INPUT_NAME,
+            "input_format": (
+                f"float32 [N, 3, {size}, {size}]: RGB, /255, then (x-mean)/std, resized to "
+                f"{size}x{size} without keeping aspect (bilinear)"
+            ),
+            "outputs": list(self.outputs),
+            "coordinates": coordinates,
+            "postprocess_settings": self.settings.to_dict(),
+            "variances": list(self.variances),
+            "prior_spec": self.prior_spec,
+        }
+
+    def to_strings(self) -> dict[str, str]:
+        """ONNX ``metadata_props``: plain strings, lists and dicts as json."""
+        return {k: v if isinstance(v, str) else json.dumps(v) for k, v in self.to_dict().items()}
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> ExportMetadata:
+        """Inverse of :meth:`to_dict` (and, for string values, of :meth:`to_strings`).
+
+        Raises:
+            ValueError: a key is missing or malformed.
+        """
+        try:
+            parsed = {
+                k: json.loads(v) if k in _METADATA_JSON_KEYS and isinstance(v, str) else v for k, v in values.items()
+            }
+            kind = parsed["ssdcli_export"]
+            if kind not in ("raw", "detections"):
+                raise ValueError(f"ssdcli_export is {kind!r}, expected 'raw' or 'detections'")
+            return cls(
+                arch=str(parsed["arch"]),
+                class_names=[str(name) for name in parsed["class_names"]],
+                image_size=int(parsed["image_size"]),
+                mean=tuple(float(m) for m in parsed["mean"]),
+                std=tuple(float(s) for s in parsed["std"]),
+                postprocess=kind == "detections",
+                settings=PostprocessSettings(**parsed["postprocess_settings"]),
+                variances=tuple(float(v) for v in parsed.get("variances", VARIANCES)),
+                prior_spec=dict(parsed.get("prior_spec", {})),
+                ssdcli_version=str(parsed.get("ssdcli_version", "")),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"malformed ssdcli export metadata: {exc!r}") from exc
+
+
+def metadata_for(checkpoint: dict, postprocess: bool, settings: PostprocessSettings) -> ExportMetadata:
+    """The metadata an export of ``checkpoint`` carries."""
+    from ssdcli import __version__
+
+    return ExportMetadata(
+        arch=str(checkpoint["arch"]),
+        class_names=[str(name) for name in checkpoint["class_names"]],
+        image_size=int(checkpoint["image_size"]),
+        mean=tuple(float(m) for m in checkpoint["mean"]),
+        std=tuple(float(s) for s in checkpoint["std"]),
+        postprocess=postprocess,
+        settings=settings,
+        prior_spec=dict(checkpoint["priors"]),
+        ssdcli_version=__version__,
+    )

@@ -1,0 +1,173 @@
+"""Run a model written by ``ssd export --format onnx`` with onnxruntime.
+
+:class:`OnnxDetector` is a :class:`ssdcli.inference.Detector`, so ``ssd detect --weights
+model.onnx`` uses it exactly where it would use a checkpoint. A raw export (``--no-postprocess``)
+gets the same :func:`ssdcli.postprocess.postprocess` as the checkpoint it came from; a detections
+export already ran that function inside the graph, and its outputs are only scaled to pixels and,
+when asked, cut to a higher score threshold or fewer detections.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ssdcli.errors import UserError
+from ssdcli.export_metadata import INPUT_NAME, ExportMetadata
+from ssdcli.inference import PostprocessSettings, Timings
+from ssdcli.postprocess import Detections, FlatDetections, postprocess, split_by_image
+
+
+class OnnxDetector:
+    """An exported ONNX model and its metadata, ready for batches of pre-processed images.
+
+    Args:
+        path: a ``.onnx`` file written by ``ssd export``.
+        settings: post-processing; ``None`` uses the settings stored in the file. For a
+            detections export only a higher ``score_threshold`` or a lower ``max_detections``
+            than the embedded ones can be applied (NMS already ran with its own settings).
+        providers: onnxruntime execution providers; CPU by default.
+
+    Attributes:
+        metadata: the :class:`~ssdcli.export.ExportMetadata` stored in the file.
+        image_size, mean, std, class_names: from the metadata (the :class:`Detector` protocol).
+
+    Raises:
+        UserError: the file is missing, not an ONNX model, not written by ``ssd export``, or the
+            settings cannot be applied to its embedded post-processing.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        settings: PostprocessSettings | None = None,
+        providers: Sequence[str] = ("CPUExecutionProvider",),
+    ) -> None:
+        import onnxruntime as ort
+
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise UserError(f"{self.path}: ONNX model not found; check the path (e.g. runs/train/best.onnx)")
+        options = ort.SessionOptions()
+        options.log_severity_level = 3  # errors only: ORT's warnings about unused initializers are noise here
+        try:
+            self.session = ort.InferenceSession(str(self.path), sess_options=options, providers=list(providers))
+        except Exception as exc:  # onnxruntime raises its own Fail / InvalidProtobuf / InvalidGraph types
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise UserError(f"{self.path}: not an ONNX model onnxruntime can load ({first})") from exc
+        props = self.session.get_modelmeta().custom_metadata_map
+        if "ssdcli_export" not in props:
+            raise UserError(
+                f"{self.path}: an ONNX model without ssdcli metadata (class names, input size, normalisation); "
+                "export it with `ssd export --format onnx`"
+            )
+        try:
+            self.metadata = ExportMetadata.from_dict(dict(props))
+        except ValueError as exc:
+            raise UserError(f"{self.path}: {exc}") from exc
+        names = [o.name for o in self.session.get_outputs()]
+        if names != list(self.metadata.outputs) or [i.name for i in self.session.get_inputs()] != [INPUT_NAME]:
+            raise UserError(
+                f"{self.path}: outputs {names} do not match its ssdcli metadata {list(self.metadata.outputs)}"
+            )
+        batch_dim = self.session.get_inputs()[0].shape[0]
+        self.fixed_batch: int | None = batch_dim if isinstance(batch_dim, int) else None
+        self.settings = self._check_settings(settings)
+
+        self.image_size: int = self.metadata.image_size
+        self.mean = list(self.metadata.mean)
+        self.std = list(self.metadata.std)
+        self.class_names = list(self.metadata.class_names)
+
+    def _check_settings(self, settings: PostprocessSettings | None) -> PostprocessSettings:
+        stored = self.metadata.settings
+        if settings is None or not self.metadata.postprocess:
+            return settings or stored
+        if settings.nms_iou != stored.nms_iou or settings.top_k_candidates != stored.top_k_candidates:
+            raise UserError(
+                f"{self.path}: its NMS was exported with IoU {stored.nms_iou} and {stored.top_k_candidates} "
+                f"candidates per class; --nms-iou {settings.nms_iou} needs a re-export "
+                f"(`ssd export --nms-iou {settings.nms_iou}`) or a --no-postprocess export"
+            )
+        if settings.score_threshold < stored.score_threshold:
+            raise UserError(
+                f"{self.path}: exported with --min-score {stored.score_threshold}; a lower --min-score "
+                f"{settings.score_threshold} needs a re-export (`ssd export --min-score {settings.score_threshold}`)"
+            )
+        if settings.max_detections > stored.max_detections:
+            raise UserError(
+                f"{self.path}: exported with at most {stored.max_detections} detections per image; "
+                f"--top-k {settings.max_detections} needs a re-export (`ssd export --top-k {settings.max_detections}`)"
+            )
+        return settings
+
+    def run(self, images: Tensor) -> tuple[Tensor, ...]:
+        """The graph's outputs for ``images`` float Tensor[B, 3, S, S] normalised, as CPU tensors in
+        ``metadata.outputs`` order. A fixed-batch model is run one image at a time and the results
+        joined (``batch_index`` renumbered; ``priors`` returned once)."""
+        array = np.ascontiguousarray(images.detach().cpu().float().numpy())
+        if self.fixed_batch is None or self.fixed_batch == array.shape[0]:
+            return tuple(torch.from_numpy(o) for o in self.session.run(None, {INPUT_NAME: array}))
+        if self.fixed_batch != 1:
+            raise UserError(f"{self.path}: takes batches of exactly {self.fixed_batch} images, got {array.shape[0]}")
+        parts = [self.session.run(None, {INPUT_NAME: array[i : i + 1]}) for i in range(array.shape[0])]
+        if not self.metadata.postprocess:
+            cls_logits = np.concatenate([p[0] for p in parts])  # (B, P, C + 1)
+            box_deltas = np.concatenate([p[1] for p in parts])  # (B, P, 4)
+            return (
+                torch.from_numpy(cls_logits),
+                torch.from_numpy(box_deltas),
+                torch.from_numpy(parts[0][2]),
+            )
+        boxes, scores, labels, batch_index = (np.concatenate([p[k] for p in parts]) for k in range(4))
+        batch_index = np.concatenate([np.full(len(p[3]), i, dtype=p[3].dtype) for i, p in enumerate(parts)])
+        return tuple(torch.from_numpy(a) for a in (boxes, scores, labels, batch_index))
+
+    def predict(
+        self,
+        images: Tensor,
+        sizes: Sequence[tuple[int, int]],
+        timings: Timings | None = None,
+    ) -> list[Detections]:
+        """Detections per image in original-image pixels (the :class:`Detector` protocol).
+
+        Args:
+            images: float Tensor[B, 3, S, S], normalised as ``metadata`` says.
+            sizes: ``(width, height)`` of each original image.
+            timings: forward and post-processing seconds are added to it.
+        """
+        start = time.perf_counter()
+        outputs = self.run(images)
+        forwarded = time.perf_counter()
+        batch = images.shape[0]
+        if self.metadata.postprocess:
+            boxes, scores, labels, batch_index = outputs
+            flat = FlatDetections(batch_index.long(), boxes, scores, labels.long())
+            per_image = split_by_image(flat, batch, list(sizes))
+            # Scores descend within an image, so a higher threshold or a lower cap keeps a prefix,
+            # exactly what running the post-processing with those settings would have kept.
+            detections = [self._cut(d) for d in per_image]
+        else:
+            cls_logits, box_deltas, priors = outputs
+            detections = postprocess(
+                cls_logits,
+                box_deltas,
+                priors,
+                image_sizes=list(sizes),
+                **self.settings.to_dict(),
+            )
+        if timings is not None:
+            timings.forward += forwarded - start
+            timings.post += time.perf_counter() - forwarded
+        return detections
+
+    def _cut(self, detections: Detections) -> Detections:
+        keep = int((detections.scores > self.settings.score_threshold).sum())
+        keep = min(keep, self.settings.max_detections)
+        return Detections(*(t[:keep] for t in detections))
