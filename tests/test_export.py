@@ -328,3 +328,33 @@ def test_example_script_runs_on_a_real_image(lite_onnx, shared_data, tmp_path):
     ours = to_model_input([cv2.cvtColor(original, cv2.COLOR_BGR2RGB)], 320, meta["mean"], meta["std"])
     assert theirs.shape == ours.shape == (1, 3, 320, 320)
     assert (theirs - ours).abs().max() < 0.05
+
+
+@pytest.mark.parametrize("postprocess_on", [False, True])
+def test_detect_pipeline_through_onnx_equals_the_checkpoint_on_real_images(
+    lite, lite_onnx, shared_data, tmp_path, postprocess_on
+):
+    """What `ssd detect --weights model.onnx` runs (image_loader + predict_batches with an
+    OnnxDetector) gives the checkpoint's detections (TorchDetector) on real VOC images."""
+    from ssdcli.inference import TorchDetector, image_loader, predict_batches
+
+    if postprocess_on:
+        path = lite_onnx
+    else:
+        path = tmp_path / "raw.onnx"
+        assert export_checkpoint(lite, path, ExportOptions(postprocess=False, dynamic_batch=True)).passed
+    paths = sorted((shared_data / "voc2007_sample" / "VOC2007" / "JPEGImages").glob("*.jpg"))[:4]
+    settings = PostprocessSettings(score_threshold=0.2)
+    torch_detector = TorchDetector(_network(lite), torch.device("cpu"), settings, class_names=CLASSES)
+    onnx_detector = OnnxDetector(path, settings)
+
+    def run(detector):
+        loader = image_loader(paths, detector, batch_size=2, workers=0)
+        return [(size, d) for b in predict_batches(detector, loader) for size, d in zip(b.sizes, b.detections)]
+
+    expected, got = run(torch_detector), run(onnx_detector)
+    assert len(got) == len(expected) == 4 and sum(len(d.scores) for _, d in expected) > 0
+    for (size, e), (_, g) in zip(expected, got):
+        assert torch.equal(g.labels, e.labels)
+        assert torch.allclose(g.boxes_xyxy, e.boxes_xyxy, atol=1e-3 * max(size))  # 1e-3 normalised
+        assert torch.allclose(g.scores, e.scores, atol=1e-4)
