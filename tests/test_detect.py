@@ -235,7 +235,7 @@ def test_without_weights_the_run_checkpoint_is_used_and_named(shared_data, weigh
     shutil.copy(weights, tmp_path / "runs" / "train" / "best.pt")
     result = run(str(image), "--workers", "0")
     assert result.exit_code == 0, result.output
-    assert f"using {tmp_path / 'runs' / 'train' / 'best.pt'}" in result.stderr
+    assert "using runs/train/best.pt (the newest runs/*/best.pt" in result.stderr
 
 
 def test_webcam_show_and_onnx_errors_are_one_clear_line(shared_data, weights, tmp_path, monkeypatch):

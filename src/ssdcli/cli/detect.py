@@ -403,10 +403,10 @@ def detect(
             err.print(f"[yellow]warning:[/] {message}", highlight=False)
 
     if weights is None:
-        weights = find_default_weights(Path.cwd())
+        weights = find_default_weights(Path("."))
         if weights is None:
             raise UserError("no runs/*/best.pt or runs/*/last.pt under the current folder; pass --weights CKPT")
-        err.print(f"using {weights} (newest under runs/; pass --weights to choose)", highlight=False)
+        err.print(f"using {weights} (the newest runs/*/{weights.name}; pass --weights to choose)", highlight=False)
     settings = PostprocessSettings(score_threshold=min_score, nms_iou=nms_iou, top_k_candidates=400, max_detections=top_k)
     detector = load_detector(weights, device.value, settings)
     sink = Sink(class_names=detector.class_names, show=show)
