@@ -140,7 +140,10 @@ class VGG16Backbone(nn.Module):
     def forward(self, images: Tensor) -> list[Tensor]:
         """Source feature maps: list of Tensor[N, C_i, f_i, f_i] with ``C_i = out_channels[i]``."""
         sources = []
-        x = images
+        # NHWC: oneDNN's convolutions run ~15 % faster on it on CPU (measured, benchmarks/run.py)
+        # than on NCHW, and the heads' (N, H, W, C) permute becomes a view. A no-op when the
+        # input is already channels-last; the weights are converted when the model is built.
+        x = images.contiguous(memory_format=torch.channels_last)
         for index, layer in enumerate(self.vgg):
             x = layer(x)
             if index == self.conv4_3_index:
@@ -162,10 +165,12 @@ def _vgg_head(in_channels: int, out_channels: int) -> nn.Module:
 def ssd300(num_classes: int, prior_spec: PriorSpec) -> SSD:
     """SSD300 on VGG16: source maps 38, 19, 10, 5, 3, 1 for a 300x300 input."""
     backbone = VGG16Backbone(_SSD300_EXTRAS)
-    return SSD("ssd300", backbone, prior_spec, num_classes, _vgg_head, IMAGENET_MEAN, IMAGENET_STD)
+    model = SSD("ssd300", backbone, prior_spec, num_classes, _vgg_head, IMAGENET_MEAN, IMAGENET_STD)
+    return model.to(memory_format=torch.channels_last)
 
 
 def ssd512(num_classes: int, prior_spec: PriorSpec) -> SSD:
     """SSD512 on VGG16: source maps 64, 32, 16, 8, 4, 2, 1 for a 512x512 input."""
     backbone = VGG16Backbone(_SSD512_EXTRAS)
-    return SSD("ssd512", backbone, prior_spec, num_classes, _vgg_head, IMAGENET_MEAN, IMAGENET_STD)
+    model = SSD("ssd512", backbone, prior_spec, num_classes, _vgg_head, IMAGENET_MEAN, IMAGENET_STD)
+    return model.to(memory_format=torch.channels_last)
