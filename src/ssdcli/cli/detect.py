@@ -47,7 +47,7 @@ video files, read frame by frame. A missing source is reported and the others ar
 when none exists, exit 2. Unreadable images are reported one line each and skipped.
 
 [bold]Outputs[/]: --json writes one entry per image (per frame for videos, with "frame"): \
-{"file", "width", "height", "detections": \[{"class_id", "label", "score", "box": \[x1, y1, x2, y2]}]}, \
+{"file", "width", "height", "detections": \\[{"class_id", "label", "score", "box": \\[x1, y1, x2, y2]}]}, \
 boxes in original-image pixels, class_id 1-based. --coco-json writes the same detections as COCO \
 results (image_id = file stem, category_id = class_id), the format `ssd eval --detections` scores.
 
