@@ -279,3 +279,26 @@ def test_two_processes_with_gloo_train_and_only_rank0_writes(synth, tmp_path):
     # rank 1 wrote nothing of its own: no second run folder next to ours
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ddp"]
     assert completed.stdout.count("training summary") == 1
+
+
+def test_overfitting_four_images_drives_the_loss_down_and_finds_their_boxes(tmp_path):
+    from ssdcli.checkpoint import load_checkpoint
+    from ssdcli.data.reader import load_dataset
+    from ssdcli.evaluation import evaluate
+    from ssdcli.inference import predict_dataset
+    from ssdcli.models import model_from_checkpoint
+
+    data = tmp_path / "four"
+    make_synthetic_dataset(data, num_images=5, seed=11)  # 4 train images, 1 val
+    config = tiny_config(
+        data, tmp_path / "run", epochs=50, batch_size=4, limit_batches=0, lr=0.05, warmup_iters=10,
+        augment=False, milestones=(1.0, 1.0), seed=0,
+    )
+    result = fit(config)
+    losses = [float(r["train_loss"]) for r in read_metrics(result.output / "metrics.csv")]
+    assert losses[0] > 5.0 and min(losses[-5:]) < 0.3, losses  # from ~17 to close to zero
+
+    model = model_from_checkpoint(load_checkpoint(result.last))
+    train = load_dataset(data, split="train")
+    detections = predict_dataset(model, train, torch.device("cpu"), workers=0)
+    assert evaluate(train, detections, metrics=("voc07",)).voc07_map > 0.9
