@@ -249,4 +249,4 @@ def test_webcam_show_and_onnx_errors_are_one_clear_line(shared_data, weights, tm
         assert result.exit_code == 2 and "--show needs a display" in result.stderr
     (tmp_path / "model.onnx").write_bytes(b"")
     result = run(str(image), "--weights", str(tmp_path / "model.onnx"))
-    assert result.exit_code == 2 and "ONNX models are not supported by `ssd detect` yet" in result.stderr
+    assert result.exit_code == 2 and "not an ONNX model onnxruntime can load" in result.stderr

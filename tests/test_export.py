@@ -358,3 +358,24 @@ def test_detect_pipeline_through_onnx_equals_the_checkpoint_on_real_images(
         assert torch.equal(g.labels, e.labels)
         assert torch.allclose(g.boxes_xyxy, e.boxes_xyxy, atol=1e-3 * max(size))  # 1e-3 normalised
         assert torch.allclose(g.scores, e.scores, atol=1e-4)
+
+
+def test_ssd_detect_cli_with_the_onnx_file_gives_the_checkpoints_detections(lite, lite_onnx, shared_data, tmp_path):
+    """`ssd detect --weights model.onnx` through the real app (cli/app.py) equals `--weights CKPT`."""
+    from ssdcli.cli.app import app as ssd_app
+
+    images = shared_data / "voc2007_sample" / "VOC2007" / "JPEGImages"
+    sources = [str(images / name) for name in ("000001.jpg", "000004.jpg")]
+    outputs = {}
+    for kind, weights in (("ckpt", lite), ("onnx", lite_onnx)):
+        target = tmp_path / f"{kind}.json"
+        result = runner.invoke(ssd_app, ["detect", *sources, "--weights", str(weights), "--min-score", "0.2",
+                                         "--workers", "0", "--json", str(target)])
+        assert result.exit_code == 0, result.output
+        outputs[kind] = json.loads(target.read_text())
+    assert sum(len(entry["detections"]) for entry in outputs["ckpt"]) > 0
+    for expected, got in zip(outputs["ckpt"], outputs["onnx"], strict=True):
+        assert [d["label"] for d in got["detections"]] == [d["label"] for d in expected["detections"]]
+        for e, g in zip(expected["detections"], got["detections"]):
+            assert g["box"] == pytest.approx(e["box"], abs=1e-3 * max(expected["width"], expected["height"]))
+            assert g["score"] == pytest.approx(e["score"], abs=1e-4)

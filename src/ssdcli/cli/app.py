@@ -10,6 +10,7 @@ from ssdcli import __version__
 from ssdcli.cli import priors as priors_cmd
 from ssdcli.cli import detect as detect_cmd
 from ssdcli.cli import eval as eval_cmd
+from ssdcli.cli import export as export_cmd
 from ssdcli.cli import train as train_cmd
 from ssdcli.cli.data import data_app
 
@@ -42,6 +43,7 @@ app.command("priors", help=priors_cmd.HELP, epilog=priors_cmd.EPILOG)(priors_cmd
 app.command("train", help=train_cmd.HELP, epilog=train_cmd.EPILOG)(train_cmd.train)
 app.command("eval", help=eval_cmd.HELP, epilog=eval_cmd.EPILOG)(eval_cmd.eval_command)
 app.command("detect", help=detect_cmd.HELP, epilog=detect_cmd.EPILOG)(detect_cmd.detect)
+app.command("export", help=export_cmd.HELP, epilog=export_cmd.EPILOG)(export_cmd.export)
 app.add_typer(data_app, name="data")
 
 

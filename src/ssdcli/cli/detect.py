@@ -91,7 +91,9 @@ def load_detector(weights: Path, device_name: str, settings: PostprocessSettings
     from ssdcli.models import model_from_checkpoint
 
     if weights.suffix.lower() == ".onnx":
-        raise UserError(f"{weights}: ONNX models are not supported by `ssd detect` yet; pass a .pt checkpoint")
+        from ssdcli.onnx_model import OnnxDetector
+
+        return OnnxDetector(weights, settings)
     device = resolve_device(device_name)
     checkpoint = load_checkpoint(weights)
     model = model_from_checkpoint(checkpoint).to(device)
@@ -357,7 +359,7 @@ def detect(
         Optional[list[str]], typer.Argument(metavar="SOURCE", help="Image files, folders, quoted glob patterns or video files.", show_default=False)
     ] = None,
     weights: Annotated[
-        Optional[Path], typer.Option("--weights", help="Checkpoint (.pt); default: the newest runs/*/best.pt, else last.pt.")
+        Optional[Path], typer.Option("--weights", help="Checkpoint (.pt) or exported model (.onnx); default: the newest runs/*/best.pt, else last.pt.")
     ] = None,
     min_score: Annotated[float, typer.Option("--min-score", help="Keep detections scoring above this (0-1).")] = 0.3,
     nms_iou: Annotated[float, typer.Option("--nms-iou", help="NMS: drop a box overlapping a better one of its class by more than this IoU.")] = 0.45,
