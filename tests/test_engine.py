@@ -262,16 +262,25 @@ def test_sigkill_mid_epoch_leaves_a_loadable_last_pt_that_resumes(synth, tmp_pat
 
 def test_two_processes_with_gloo_train_and_only_rank0_writes(synth, tmp_path):
     import os
+    import signal
     import subprocess
     import sys
 
     out = tmp_path / "ddp"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    completed = subprocess.run(
+    # A session of its own so that, on a hang, torchrun's worker processes die with it.
+    process = subprocess.Popen(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
          "-m", "ssdcli", *_train_args(synth, out, "--epochs", "1", "--limit-batches", "2")],
-        capture_output=True, text=True, timeout=300, env=env,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True,
     )
+    try:
+        stdout, stderr = process.communicate(timeout=300)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.communicate()
+        pytest.fail("torchrun with 2 processes did not finish within 300 s")
+    completed = subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
     assert completed.returncode == 0, completed.stderr[-3000:]
     ckpt = load_checkpoint(out / "last.pt", for_resume=True)
     assert ckpt["iteration"] == 2
