@@ -57,6 +57,10 @@ from ssdcli.sampling import EpochSampler, SeededSamples
 from ssdcli.schedule import lr_factor
 
 
+PRECISE_BN_IMAGES = 256
+"""Training images whose statistics replace BatchNorm's running averages after every epoch."""
+
+
 class Callbacks:
     """Hooks the CLI implements to show progress; every method is optional (no-op here)."""
 
@@ -165,6 +169,37 @@ def checkpoint_payload(
     if training_state is not None:
         payload.update(training_state)
     return payload
+
+
+@torch.no_grad()
+def recompute_batchnorm_stats(
+    model: nn.Module, dataset, indices: list[int], batch_size: int, workers: int, device: torch.device
+) -> bool:
+    """Re-estimate BatchNorm running statistics with the current weights ("precise BN",
+    Wu & Johnson 2021): the exact average over ``indices`` instead of the lagging exponential
+    average of training. For short CPU runs the lag is what decides whether eval mode works: an
+    SSDLite fitted in 50 steps scored VOC07 mAP 0.27 on its own training images with the training
+    average and > 0.9 with this. A no-op (returns False) for networks without BatchNorm.
+    """
+    from torch.nn.modules.batchnorm import _BatchNorm
+    from torch.utils.data import Subset
+
+    norms = [m for m in model.modules() if isinstance(m, _BatchNorm) and m.track_running_stats]
+    if not norms or not indices:
+        return False
+    momenta = [m.momentum for m in norms]
+    was_training = model.training
+    for norm in norms:
+        norm.reset_running_stats()
+        norm.momentum = None  # cumulative average over the batches below
+    model.train()
+    loader = make_loader(Subset(dataset, indices), batch_size, shuffle=False, workers=workers, seed=0)
+    for images, _ in iterate_loader(loader):
+        model(images.to(device))
+    for norm, momentum in zip(norms, momenta):
+        norm.momentum = momentum
+    model.train(was_training)
+    return True
 
 
 def _weights_finite(model: nn.Module) -> bool:
@@ -483,6 +518,9 @@ def _fit(config, callbacks, checkpoint, resume, device, dist_info, amp) -> FitRe
                 max_bad_steps=config.max_bad_steps, records=train_data.records, dist_info=dist_info,
                 callbacks=callbacks, on_bad_streak=roll_back, on_iteration_end=after_iteration,
             )
+            # Deterministic: this epoch's first images (their augmentation is seeded per sample).
+            bn_indices = sampler.epoch_indices()[: min(PRECISE_BN_IMAGES, sampler.per_rank)]
+            recompute_batchnorm_stats(model, train_set, bn_indices, config.batch_size, config.workers, device)
             if not _weights_finite(model):
                 roll_back()
             row = {
