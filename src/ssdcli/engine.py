@@ -185,7 +185,10 @@ def recompute_batchnorm_stats(
     from torch.utils.data import Subset
 
     norms = [m for m in model.modules() if isinstance(m, _BatchNorm) and m.track_running_stats]
-    if not norms or not indices:
+    # Batches of at least 2 (BatchNorm cannot normalise one value per channel: the 1x1 maps of the
+    # last SSDLite layers), and no ragged last batch.
+    batch_size = max(2, batch_size)
+    if not norms or len(indices) < batch_size:
         return False
     momenta = [m.momentum for m in norms]
     was_training = model.training
@@ -193,7 +196,7 @@ def recompute_batchnorm_stats(
         norm.reset_running_stats()
         norm.momentum = None  # cumulative average over the batches below
     model.train()
-    loader = make_loader(Subset(dataset, indices), batch_size, shuffle=False, workers=workers, seed=0)
+    loader = make_loader(Subset(dataset, indices), batch_size, shuffle=False, workers=workers, seed=0, drop_last=True)
     for images, _ in iterate_loader(loader):
         model(images.to(device))
     for norm, momentum in zip(norms, momenta):
