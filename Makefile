@@ -18,7 +18,11 @@ test: setup
 	$(PY) -m pytest -q
 
 demo: setup
-	@echo "make demo: not yet available (it lands with the demo issue)."
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" bash examples/demo.sh runs/demo
+
+bench: setup
+	mkdir -p runs/bench
+	$(PY) benchmarks/run.py --json runs/bench/results.json
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache

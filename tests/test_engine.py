@@ -150,6 +150,8 @@ def test_bad_settings_are_user_errors():
         TrainConfig(data="x", epochs=0)
     with pytest.raises(UserError, match="--schedule"):
         TrainConfig(data="x", epochs=1, schedule="linear")
+    with pytest.raises(UserError, match="--augment"):
+        TrainConfig(data="x", epochs=1, augment="heavy")
     assert TrainConfig(data="x", epochs=1, batch_size=8).effective_lr == pytest.approx(2.5e-4)
 
 
@@ -301,7 +303,7 @@ def test_overfitting_four_images_drives_the_loss_down_and_finds_their_boxes(tmp_
     make_synthetic_dataset(data, num_images=5, seed=11)  # 4 train images, 1 val
     config = tiny_config(
         data, tmp_path / "run", epochs=50, batch_size=4, limit_batches=0, lr=0.05, warmup_iters=10,
-        augment=False, milestones=(1.0, 1.0), seed=0,
+        augment="none", milestones=(1.0, 1.0), seed=0,
     )
     result = fit(config)
     losses = [float(r["train_loss"]) for r in read_metrics(result.output / "metrics.csv")]

@@ -13,6 +13,7 @@ from typing import Any
 from ssdcli.errors import UserError
 
 SCHEDULES = ("multistep", "cosine")
+AUGMENTATIONS = ("paper", "light", "none")
 DEVICES = ("auto", "cpu", "cuda")
 
 BASE_BATCH_SIZE = 32
@@ -54,7 +55,7 @@ class TrainConfig:
     neg_pos_ratio: float = 3.0
     iou_threshold: float = 0.5
     use_difficult: bool = False
-    augment: bool = True
+    augment: str = "paper"
     max_bad_steps: int = 5
     limit_batches: int = 0
 
@@ -67,6 +68,7 @@ class TrainConfig:
             (self.weight_decay >= 0, "--weight-decay must be >= 0"),
             (self.warmup_iters >= 0, "--warmup-iters must be >= 0"),
             (self.schedule in SCHEDULES, f"--schedule must be one of {', '.join(SCHEDULES)}"),
+            (self.augment in AUGMENTATIONS, f"--augment must be one of {', '.join(AUGMENTATIONS)}"),
             (self.device in DEVICES, f"--device must be one of {', '.join(DEVICES)}"),
             (self.workers >= 0, "--workers must be >= 0"),
             (self.eval_every >= 0, "--eval-every must be >= 0 (0 = never)"),

@@ -411,8 +411,10 @@ def _fit(config, callbacks, checkpoint, resume, device, dist_info, amp) -> FitRe
     model.to(device)
     priors = priors_for_model(model).to(device)
 
-    if config.augment:
+    if config.augment == "paper":
         transform = TrainTransform(model.image_size, model.mean, model.std)
+    elif config.augment == "light":  # colours and flips only: no zoom-out or crop
+        transform = TrainTransform(model.image_size, model.mean, model.std, zoom_out_p=0.0, crop=False)
     else:
         transform = EvalTransform(model.image_size, model.mean, model.std)
     train_set = SeededSamples(

@@ -41,6 +41,12 @@ class Schedule(str, Enum):
     cosine = "cosine"
 
 
+class Augment(str, Enum):
+    paper = "paper"
+    light = "light"
+    none = "none"
+
+
 class Device(str, Enum):
     auto = "auto"
     cpu = "cpu"
@@ -169,7 +175,7 @@ def train(
     eval_every: Annotated[int, typer.Option(help="Validate every N epochs (0 = never; the last epoch always).")] = 1,
     save_every: Annotated[int, typer.Option(help="Also write last.pt every N iterations (0 = once per epoch).")] = 0,
     use_difficult: Annotated[bool, typer.Option(help="Train on VOC 'difficult' boxes too.")] = False,
-    augment: Annotated[bool, typer.Option(help="The paper's data augmentation (--no-augment: resize only, e.g. to overfit a few images).")] = True,
+    augment: Annotated[Augment, typer.Option(help="paper = photometric, zoom-out, min-IoU crop, flip; light = photometric and flip; none = resize only (e.g. to overfit a few images).")] = Augment.paper,
     limit_batches: Annotated[int, typer.Option(help="Stop each epoch after N batches (smoke tests; 0 = all).")] = 0,
 ) -> None:
     from ssdcli.engine import TrainingInterrupted, fit
@@ -194,7 +200,7 @@ def train(
             momentum=momentum, weight_decay=weight_decay, warmup_iters=warmup_iters, schedule=schedule.value,
             output=str(output) if output else None, device=device.value, workers=workers, amp=amp, seed=seed,
             backbone_weights=backbone_weights, eval_every=eval_every, save_every=save_every,
-            use_difficult=use_difficult, augment=augment, limit_batches=limit_batches,
+            use_difficult=use_difficult, augment=augment.value, limit_batches=limit_batches,
         )
 
     is_main = int(os.environ.get("RANK", "0")) == 0
