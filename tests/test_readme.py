@@ -11,18 +11,24 @@ import typer
 
 from ssdcli.cli.app import app
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+ROOT = Path(__file__).resolve().parents[1]
+DOCUMENTS = [ROOT / "README.md", *sorted((ROOT / "examples").glob("*.md"))]
+SCRIPTS = sorted((ROOT / "examples").glob("*.sh"))
 
 
 def readme_commands() -> list[str]:
-    """`ssd ...` invocations in README code blocks (console prompts and continuation lines joined)."""
-    blocks = re.findall(r"```(?:bash|console)\n(.*?)```", README.read_text(), flags=re.S)
+    """`ssd ...` invocations in the README's and examples' code blocks and in the example scripts
+    (console prompts and continuation lines joined)."""
+    blocks = [block for doc in DOCUMENTS for block in re.findall(r"```(?:bash|console)\n(.*?)```", doc.read_text(), flags=re.S)]
+    blocks += [script.read_text() for script in SCRIPTS]
     commands = []
     for block in blocks:
         joined = re.sub(r"\\\n\s*", " ", block)
         for line in joined.splitlines():
             line = line.strip().removeprefix("$ ")
             line = re.sub(r"^torchrun .*?-m ssdcli ", "ssd ", line)
+            # shell expansions become plain words, quotes stay balanced
+            line = re.sub(r"\$\(\(.*?\)\)|\$\{[^}]*\}|\$[A-Za-z_]\w*", "X", line)
             if line.startswith("ssd "):
                 commands.append(line.split(" #")[0].split(" | ")[0].split(" > ")[0].strip())
     return commands
