@@ -12,7 +12,7 @@ set -euo pipefail
 OUT=${1:-runs/demo}
 SEED=${SEED:-0}
 DEVICE=${DEVICE:-cpu}       # cpu keeps the demo bit-for-bit deterministic; DEVICE=auto uses a GPU
-EPOCHS=${EPOCHS:-DEMO_EPOCHS}
+EPOCHS=${EPOCHS:-18}
 MIN_MAP=${MIN_MAP:-0.8}
 start=$(date +%s)
 
@@ -20,8 +20,8 @@ rm -rf "$OUT"
 ssd data synth "$OUT/data" --images 240 --seed "$SEED"
 
 ssd train --data "$OUT/data" --split train --val-data "$OUT/data" --val-split val \
-    --arch ssdlite320 --backbone-weights none --epochs "$EPOCHS" --batch-size 16 --lr DEMO_LR \
-    --warmup-iters DEMO_WARMUP --schedule cosine --eval-every "$EPOCHS" --device "$DEVICE" --seed "$SEED" \
+    --arch ssdlite320 --backbone-weights none --epochs "$EPOCHS" --batch-size 8 --lr 0.05 --augment none \
+    --warmup-iters 30 --schedule cosine --eval-every "$EPOCHS" --device "$DEVICE" --seed "$SEED" \
     --output "$OUT/train"
 
 ssd eval --weights "$OUT/train/best.pt" --data "$OUT/data" --split val --device "$DEVICE" \

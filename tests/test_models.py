@@ -114,19 +114,17 @@ def test_ssdlite320_width_mult_halves_channels() -> None:
 
 
 
-def test_ssdlite320_priors_are_the_paper_scales_for_a_320_input() -> None:
-    spec = build_model("ssdlite320", num_classes=1).prior_spec
-    # ssd_pascal.py's formula at 320: 320 * [10, 20, 37, 54, 71, 88] / 100, max one step up (to 105)
-    assert [layer.min_size for layer in spec.layers] == pytest.approx([32, 64, 118.4, 172.8, 227.2, 281.6])
-    assert [layer.max_size for layer in spec.layers] == pytest.approx([64, 118.4, 172.8, 227.2, 281.6, 336])
-    assert all(layer.aspect_ratios == (2, 3) for layer in spec.layers)
-    priors = priors_for_model(build_model("ssdlite320", num_classes=1))
-    assert priors.shape == (3234, 4)  # 6 boxes x (400 + 100 + 25 + 9 + 4 + 1) locations
-    # first box: cx = cy = (0 + 0.5) * 16 / 320, side 32 / 320 = 0.1
-    assert priors[0].tolist() == pytest.approx([0.025, 0.025, 0.1, 0.1])
-    # second: sqrt(32 * 64) / 320
-    assert priors[1, 2].item() == pytest.approx((32 * 64) ** 0.5 / 320)
+def test_ssdlite320_priors_equal_torchvision_default_box_generator() -> None:
+    # torchvision's own generator for ssdlite320_mobilenet_v3_large (clip off, as our presets).
+    from torchvision.models.detection.anchor_utils import DefaultBoxGenerator
 
+    generator = DefaultBoxGenerator([[2, 3]] * 6, min_ratio=0.2, max_ratio=0.95, clip=False)
+    expected = generator._grid_default_boxes([[f, f] for f in (20, 10, 5, 3, 2, 1)], [320, 320])
+    priors = priors_for_model(build_model("ssdlite320", num_classes=1))
+    assert priors.shape == (3234, 4)
+    torch.testing.assert_close(priors, expected.float(), rtol=0, atol=1e-6)
+    # first box: cx = cy = 0.5 / 20, side 0.2 (= 64 / 320)
+    assert priors[0].tolist() == pytest.approx([0.025, 0.025, 0.2, 0.2])
 
 # --- output order == prior order ---------------------------------------------------------------
 

@@ -58,7 +58,7 @@ from ssdcli.schedule import lr_factor
 
 
 PRECISE_BN_IMAGES = 256
-"""Training images whose statistics replace BatchNorm's running averages after every epoch."""
+"""Training images whose statistics replace BatchNorm's running averages before eval mode is used."""
 
 
 class Callbacks:
@@ -539,18 +539,25 @@ def _fit(config, callbacks, checkpoint, resume, device, dist_info, amp) -> FitRe
                 max_bad_steps=config.max_bad_steps, records=train_data.records, dist_info=dist_info,
                 callbacks=callbacks, on_bad_streak=roll_back, on_iteration_end=after_iteration,
             )
-            # Deterministic: this epoch's first images (their augmentation is seeded per sample).
-            bn_indices = sampler.epoch_indices()[: min(PRECISE_BN_IMAGES, sampler.per_rank)]
-            recompute_batchnorm_stats(model, train_set, bn_indices, config.batch_size, config.workers, device)
             if not _weights_finite(model):
                 roll_back()
+            last_epoch = state.epoch + 1 == config.epochs
+            validating = val_data is not None and config.eval_every and (
+                (state.epoch + 1) % config.eval_every == 0 or last_epoch
+            )
+            if validating or last_epoch:
+                # Running statistics are used only in eval mode, never by training itself, so they
+                # are refreshed where eval mode follows: before validation and for the final
+                # checkpoint. From this epoch's first images (their augmentation is seeded per
+                # sample), so a resumed run gets the same statistics.
+                bn_indices = sampler.epoch_indices()[: min(PRECISE_BN_IMAGES, sampler.per_rank)]
+                recompute_batchnorm_stats(model, train_set, bn_indices, config.batch_size, config.workers, device)
             row = {
                 "epoch": state.epoch + 1, "train_loss": sums["loss"], "train_loc": sums["loc"],
                 "train_conf": sums["conf"], "lr": optimizer.param_groups[0]["lr"], "skipped_steps": sums["skipped"],
                 "images_per_s": sums["images"] / max(sums["seconds"], 1e-9), "seconds": sums["seconds"],
             }
-            last_epoch = state.epoch + 1 == config.epochs
-            if val_data is not None and config.eval_every and ((state.epoch + 1) % config.eval_every == 0 or last_epoch):
+            if validating:
                 if dist_info.is_main:
                     row.update(validate(model, val_data, device, config.batch_size, config.workers, amp,
                                         config.iou_threshold, callbacks, state.epoch))
