@@ -6,6 +6,7 @@ import functools
 import os
 import sys
 from collections.abc import Callable
+from enum import Enum
 from typing import Any, TypeVar
 
 import typer
@@ -22,6 +23,14 @@ EXIT_INTERNAL = 1
 EXIT_USER = 2
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+class Device(str, Enum):
+    """``--device`` choices of every command that runs a model: auto = CUDA when available."""
+
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
 
 
 def user_error(message: str) -> typer.Exit:

@@ -13,7 +13,6 @@ import sys
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from enum import Enum
 from pathlib import Path
 from typing import IO, Annotated, Optional
 
@@ -23,7 +22,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from ssdcli.cli.common import err, error_boundary, out
+from ssdcli.cli.common import Device, err, error_boundary, out
 from ssdcli.errors import UserError
 from ssdcli.inference import Detector, PostprocessSettings, Timings
 from ssdcli.postprocess import Detections
@@ -57,12 +56,6 @@ newest last.pt). Pre-processing and class names come from the checkpoint.
 
 # Extensions cv2.imwrite encodes; a rendered copy of any other image type is written as .png.
 _WRITABLE = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
-
-
-class Device(str, Enum):
-    auto = "auto"
-    cpu = "cpu"
-    cuda = "cuda"
 
 
 # --------------------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ import typer
 from rich.progress import Progress
 from rich.table import Table
 
-from ssdcli.cli.common import err, error_boundary, out
+from ssdcli.cli.common import Device, err, error_boundary, out
 from ssdcli.data.records import DetectionDataset
 from ssdcli.errors import UserError
 from ssdcli.evaluation import ClassResult, EvalResult, Metric, evaluate, load_detections, save_detections
@@ -160,12 +160,6 @@ def score_and_report(
         written = write_pr_curves(plot_dir, curves)
         err.print(f"wrote {len(written)} precision-recall curves to {plot_dir}", highlight=False)
     return result
-
-
-class Device(str, Enum):
-    auto = "auto"
-    cpu = "cpu"
-    cuda = "cuda"
 
 
 def _predict(

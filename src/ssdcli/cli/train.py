@@ -11,7 +11,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from ssdcli.cli.common import err, error_boundary, out
+from ssdcli.cli.common import Device, err, error_boundary, out
 from ssdcli.config import TrainConfig
 from ssdcli.errors import UserError
 
@@ -45,12 +45,6 @@ class Augment(str, Enum):
     paper = "paper"
     light = "light"
     none = "none"
-
-
-class Device(str, Enum):
-    auto = "auto"
-    cpu = "cpu"
-    cuda = "cuda"
 
 
 # Flags that may be given with --resume: they change where the run computes, not what it computes.
