@@ -16,7 +16,6 @@ from ssdcli.data.loader import (
     iterate_loader,
     make_loader,
     pad_targets,
-    set_loader_epoch,
 )
 from ssdcli.data.records import ImageRecord
 from ssdcli.data.transforms import EvalTransform, TrainTransform
@@ -146,31 +145,24 @@ def assert_same(run_a: list, run_b: list) -> None:
         assert idx_a == idx_b and torch.equal(img_a, img_b) and torch.equal(box_a, box_b)
 
 
-def test_seeded_loader_repeats_epochs_exactly_with_workers(synthetic_records: list[ImageRecord]) -> None:
-    dataset = DetectionTrainDataset(synthetic_records, TrainTransform(24, MEAN, STD))
+def test_an_epoch_is_the_same_with_any_number_of_workers(synthetic_records: list[ImageRecord]) -> None:
+    """What training uses: SeededSamples + EpochSampler through make_loader."""
+    from ssdcli.sampling import EpochSampler, SeededSamples
 
-    def epoch(seed: int, number: int, workers: int) -> list:
-        loader = make_loader(dataset, batch_size=4, shuffle=True, workers=workers, seed=seed)
-        set_loader_epoch(loader, seed, number)
-        return batches(loader)
+    dataset = SeededSamples(DetectionTrainDataset(synthetic_records, TrainTransform(24, MEAN, STD)), seed=5)
 
-    first = epoch(5, 1, workers=2)
+    def epoch(number: int, workers: int) -> list:
+        sampler = EpochSampler(len(dataset), shuffle=True, seed=5)
+        sampler.set_epoch(number)
+        dataset.epoch = number
+        return batches(make_loader(dataset, batch_size=4, shuffle=False, workers=workers, seed=5, sampler=sampler))
+
+    first = epoch(1, workers=2)
     assert [len(idx) for _, idx, _ in first] == [4, 2]
     assert sorted(i for _, idx, _ in first for i in idx) == list(range(6))
-    assert_same(first, epoch(5, 1, workers=2))  # a resumed run re-creates the loader: same epoch 1
-    assert [idx for _, idx, _ in first] != [idx for _, idx, _ in epoch(5, 2, workers=2)], "new epoch, new order"
-
-
-def test_loader_in_main_process_is_reproducible_under_torch_seed(synthetic_records: list[ImageRecord]) -> None:
-    dataset = DetectionTrainDataset(synthetic_records, TrainTransform(24, MEAN, STD))
-    loader = make_loader(dataset, batch_size=3, shuffle=True, workers=0, seed=1, drop_last=True)
-    runs = []
-    for _ in range(2):
-        torch.manual_seed(0)  # workers=0: augmentation draws from the global RNG
-        set_loader_epoch(loader, 1, 0)
-        runs.append(batches(loader))
-    assert_same(*runs)
-    assert all(images.shape == (3, 3, 24, 24) for images, _, _ in runs[0])
+    assert_same(first, epoch(1, workers=0))  # a resumed run with other --workers: the same epoch 1
+    assert_same(first, epoch(1, workers=2))
+    assert [idx for _, idx, _ in first] != [idx for _, idx, _ in epoch(2, workers=2)], "new epoch, new order"
 
 
 def test_sampler_replaces_shuffle() -> None:

@@ -1,11 +1,9 @@
 """Training batches: a Dataset over :class:`ImageRecord`, collate, padding and seeded loaders.
 
-Reproducibility: :func:`make_loader` gives the DataLoader its own ``torch.Generator``; the
-shuffle order and the per-worker seeds of an epoch are drawn from it, and
-:func:`set_loader_epoch` re-seeds it from ``(seed, epoch)`` before each epoch, so epoch ``e``
-sees the same images in the same order with the same augmentation whether the run went straight
-through or was resumed at ``e`` (with ``workers >= 1``; with ``workers = 0`` the augmentation
-draws from the main process's global torch RNG, which the trainer saves and restores).
+Reproducibility: training wraps the dataset in :class:`ssdcli.sampling.SeededSamples` (each
+sample's augmentation seeded by ``(seed, epoch, index)``) and orders it with
+:class:`ssdcli.sampling.EpochSampler` (each epoch's order from ``(seed, epoch)``), so an epoch is
+the same whether the run went straight through or was resumed, with any number of workers.
 
 Unreadable images: the readers decode every image before training starts, so an image that
 fails now was changed or damaged during the run. :class:`DetectionTrainDataset` then raises
@@ -120,12 +118,6 @@ def seed_worker(worker_id: int) -> None:
     random.seed(seed)
 
 
-def epoch_seed(seed: int, epoch: int) -> int:
-    """A 63-bit seed for ``(seed, epoch)``, distinct for distinct pairs (NumPy SeedSequence)."""
-    state = np.random.SeedSequence([seed, epoch]).generate_state(1, dtype=np.uint64)[0]
-    return int(state) & (2**63 - 1)  # torch.Generator.manual_seed takes a signed 64-bit seed
-
-
 def make_loader(
     dataset: Dataset,
     batch_size: int,
@@ -142,11 +134,11 @@ def make_loader(
         shuffle: random order each epoch (ignored when ``sampler`` is given, e.g. a
             DistributedSampler, which shuffles itself).
         workers: worker processes; 0 loads in the main process.
-        seed: the run's seed; call :func:`set_loader_epoch` before each epoch.
+        seed: seeds the loader's own generator (its shuffle order and worker seeds).
         drop_last: drop the last incomplete batch (training: avoids a tiny last batch).
     """
     generator = torch.Generator()
-    generator.manual_seed(epoch_seed(seed, 0))
+    generator.manual_seed(seed)
     return DataLoader(
         dataset,
         batch_size=batch_size,
@@ -157,19 +149,10 @@ def make_loader(
         worker_init_fn=seed_worker,
         generator=generator,
         drop_last=drop_last,
-        # Not persistent: workers restart each epoch and take their seeds from the generator, which
-        # set_loader_epoch resets, so a resumed run repeats the epoch exactly.
+        # Not persistent: workers restart each epoch, so they see the epoch that
+        # sampling.SeededSamples was set to.
         persistent_workers=False,
     )
-
-
-def set_loader_epoch(loader: DataLoader, seed: int, epoch: int) -> None:
-    """Re-seed ``loader`` for ``epoch``: its shuffle order and worker seeds depend only on
-    ``(seed, epoch)``. Also forwards the epoch to a sampler that has ``set_epoch``
-    (DistributedSampler)."""
-    loader.generator.manual_seed(epoch_seed(seed, epoch))
-    if hasattr(loader.sampler, "set_epoch"):
-        loader.sampler.set_epoch(epoch)
 
 
 def iterate_loader(loader: DataLoader) -> Iterator[tuple[Tensor, list[Target]]]:
