@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
-from torchvision.ops import box_area as _tv_box_area
 from torchvision.ops import box_iou as _tv_box_iou
 
 
@@ -41,11 +40,6 @@ def xyxy_to_xywh(boxes_xyxy: Tensor) -> Tensor:
     """Corners -> COCO ``(x, y, w, h)``. ``Tensor[..., 4]`` -> ``Tensor[..., 4]``."""
     x1, y1, x2, y2 = boxes_xyxy.unbind(-1)
     return torch.stack((x1, y1, x2 - x1, y2 - y1), dim=-1)
-
-
-def box_area_xyxy(boxes_xyxy: Tensor) -> Tensor:
-    """Area of each box. ``boxes_xyxy: Tensor[N, 4]`` -> ``Tensor[N]`` (same units squared)."""
-    return _tv_box_area(boxes_xyxy)
 
 
 def box_iou_xyxy(boxes1_xyxy: Tensor, boxes2_xyxy: Tensor) -> Tensor:

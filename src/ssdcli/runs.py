@@ -99,9 +99,3 @@ class MetricsLog:
             writer = csv.DictWriter(handle, fieldnames=METRIC_COLUMNS)
             writer.writeheader()
             writer.writerows(rows)
-
-    def rows(self) -> list[dict]:
-        if not self.path.exists():
-            return []
-        with self.path.open(newline="") as handle:
-            return list(csv.DictReader(handle))

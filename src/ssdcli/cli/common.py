@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import os
-import sys
 from collections.abc import Callable
 from enum import Enum
 from typing import Any, TypeVar
@@ -18,7 +17,6 @@ from ssdcli.errors import UserError
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
 
-EXIT_OK = 0
 EXIT_INTERNAL = 1
 EXIT_USER = 2
 
@@ -68,7 +66,3 @@ def error_boundary(fn: F) -> F:
             raise typer.Exit(EXIT_INTERNAL) from None
 
     return wrapper  # type: ignore[return-value]
-
-
-def stdout_is_terminal() -> bool:
-    return sys.stdout.isatty()

@@ -58,6 +58,7 @@ class RichCallbacks:
         self.enabled = enabled
         self.progress: Progress | None = None
         self.task = None
+        self.val_task = None
         self.epochs = 0
 
     def on_start(self, info: dict) -> None:
