@@ -5,10 +5,11 @@ One entry point, :func:`evaluate`, scores a list of COCO-results detections agai
 detections:
 
 - ``voc07`` / ``voc12``: :mod:`ssdcli.evaluation.voc`, the PASCAL devkit's algorithm at IoU 0.5;
-- ``coco``: :mod:`ssdcli.evaluation.coco`, pycocotools ``COCOeval``.
+- ``coco``: :mod:`ssdcli.evaluation.coco`, pycocotools' ``COCOeval`` numbers, computed by
+  :mod:`ssdcli.evaluation.cocoeval` (pycocotools itself on request).
 
 The modules: :mod:`~ssdcli.evaluation.detections` (reading and checking detections),
-:mod:`~ssdcli.evaluation.voc`, :mod:`~ssdcli.evaluation.coco` and
+:mod:`~ssdcli.evaluation.voc`, :mod:`~ssdcli.evaluation.coco`, :mod:`~ssdcli.evaluation.cocoeval` and
 :mod:`~ssdcli.evaluation.plots` (precision-recall curves drawn with OpenCV).
 """
 
@@ -136,8 +137,8 @@ def evaluate(
         coco_ground_truth: COCO data only: the annotation json as loaded, so that COCO numbers
             use its own areas and crowd regions (equal to pycocotools run on that file); ``None``
             builds the COCO ground truth from the records.
-        coco_backend: ``pycocotools``, ``faster_coco_eval`` (same numbers, faster), or ``auto``:
-            faster_coco_eval when it is installed.
+        coco_backend: ``auto`` / ``ssdcli`` (:mod:`~ssdcli.evaluation.cocoeval`), or the
+            references ``pycocotools`` and ``faster_coco_eval``; all give the same numbers.
 
     Raises:
         UserError: a detection does not fit the dataset (see :func:`parse_detections`).
