@@ -33,7 +33,8 @@ are the json's own ids.
 
 [bold]Metrics[/]: voc07 = PASCAL VOC2007 11-point AP at IoU > 0.5, voc12 = all-point AP (area under
 the interpolated precision-recall curve), both per the PASCAL devkit with "difficult" objects
-ignored; coco = pycocotools COCOeval bbox (difficult VOC boxes become crowd "ignore" regions).
+ignored; coco = COCO box AP/AR (pycocotools COCOeval bbox numbers, computed by ssdcli's own
+evaluator; difficult VOC boxes become crowd "ignore" regions).
 """
 
 
