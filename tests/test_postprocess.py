@@ -4,8 +4,9 @@ from torchvision.ops import nms
 
 from ssdcli.boxes import cxcywh_to_xyxy
 from ssdcli.codec import decode
+from ssdcli import postprocess as pp
 from ssdcli.postprocess import postprocess, postprocess_flat
-from ssdcli.priors import generate_priors, ssd300_spec
+from ssdcli.priors import VARIANCES, generate_priors, ssd300_spec
 
 
 def reference_postprocess(logits, deltas, priors, thr=0.01, iou=0.45, top_k=400, keep=200):
@@ -93,3 +94,77 @@ def test_flat_form_groups_by_image():
     flat = postprocess_flat(logits, deltas, priors)
     assert (flat.batch_index[:-1] <= flat.batch_index[1:]).all()
     assert flat.labels.min() >= 1 and flat.boxes_xyxy_norm.min() >= 0 and flat.boxes_xyxy_norm.max() <= 1
+
+
+def _flat_both(logits, deltas, priors, **settings):
+    """The eager and the traceable implementation on the same inputs."""
+    args = (
+        settings.get("score_threshold", 0.01),
+        settings.get("nms_iou", 0.45),
+        settings.get("top_k_candidates", 400),
+        settings.get("max_detections", 200),
+        VARIANCES,
+    )
+    return (
+        pp._postprocess_flat_eager(logits, deltas, priors, *args),
+        pp._postprocess_flat_traceable(logits, deltas, priors, *args),
+    )
+
+
+@pytest.mark.parametrize(
+    "seed, settings",
+    [
+        (0, {}),
+        (1, {"score_threshold": 0.0}),  # every (image, class) has all P candidates: top_k cap everywhere
+        (2, {"score_threshold": 0.0, "top_k_candidates": 30, "max_detections": 50}),
+        (3, {"score_threshold": 0.3, "max_detections": 5}),
+        (4, {"nms_iou": 0.9, "max_detections": 1}),
+    ],
+)
+def test_eager_and_traceable_paths_give_identical_detections(seed, settings):
+    logits, deltas, priors = realistic_outputs(seed, batch=3)
+    eager, traced = _flat_both(logits, deltas, priors, **settings)
+    for got, expected in zip(eager, traced):
+        assert torch.equal(got, expected)
+
+
+def test_prefix_grows_when_the_first_one_holds_too_few_survivors():
+    """100 near-copies of one box outscore 50 boxes spread over the image: with max_detections 20
+    the first prefix (2 x 20 = 40 candidates) holds one survivor, so the prefix has to grow until
+    the spread boxes are reached; the answer must still be NMS over every candidate."""
+    priors = generate_priors(ssd300_spec())
+    logits = torch.zeros(1, priors.shape[0], 2)
+    logits[..., 0] = 10.0
+    same_place = torch.arange(100)  # first-layer priors at neighbouring locations (x step 8 / 300)
+    spread = torch.arange(0, priors.shape[0], priors.shape[0] // 50)[:50]
+    logits[0, same_place, 1] = torch.linspace(20.0, 19.0, 100)
+    logits[0, spread, 1] = torch.linspace(15.0, 14.0, 50)
+    deltas = torch.zeros(1, priors.shape[0], 4)
+    # Every near-copy is decoded to the first prior's box: the deltas move centre 0 onto them.
+    first = priors[0]
+    deltas[0, same_place, :2] = (first[:2] - priors[same_place, :2]) / (0.1 * priors[same_place, 2:])
+    deltas[0, same_place, 2:] = torch.log(first[2:] / priors[same_place, 2:]) / 0.2
+    got = postprocess(logits, deltas, priors, max_detections=20)
+    expected = reference_postprocess(logits, deltas, priors, keep=20)
+    assert len(got[0].scores) == len(expected[0]) == 20
+    assert got[0].scores.tolist() == pytest.approx([r[0] for r in expected[0]], abs=1e-6)
+    eager, traced = _flat_both(logits, deltas, priors, max_detections=20)
+    for a, b in zip(eager, traced):
+        assert torch.equal(a, b)
+
+
+def test_traced_postprocess_takes_the_traceable_path(monkeypatch):
+    """Inside torch.jit.trace the eager function must not run: its Python loop would be frozen
+    into the graph for the traced batch."""
+    logits, deltas, priors = realistic_outputs(5, batch=2)
+    monkeypatch.setattr(pp, "_postprocess_flat_eager", lambda *a: pytest.fail("eager path traced"))
+
+    def graph(cls_logits, box_deltas):
+        return tuple(pp.postprocess_flat(cls_logits, box_deltas, priors))
+
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        traced = torch.jit.trace(graph, (logits, deltas), check_trace=False)
+    assert traced(logits, deltas)[2].numel() > 0
