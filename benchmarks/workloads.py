@@ -51,12 +51,17 @@ class TrainingSetup:
     lr: float = 0.05
     warmup_iters: int = 30
     augment: str = "none"
+    prior_scales: tuple[float, float] | None = (0.1, 0.95)
+
+    def prior_spec(self):
+        from ssdcli.priors import PRESETS
+
+        spec = PRESETS[self.arch]()
+        return spec if self.prior_scales is None else spec.with_linear_scales(*self.prior_scales)
 
     def key(self) -> str:
         # The default boxes are part of the model: a change of the preset retrains.
-        from ssdcli.priors import PRESETS
-
-        text = json.dumps({**self.__dict__, "priors": PRESETS[self.arch]().to_dict()}, sort_keys=True)
+        text = json.dumps({**self.__dict__, "priors": self.prior_spec().to_dict()}, sort_keys=True)
         return hashlib.sha1(text.encode()).hexdigest()[:10]
 
 
@@ -160,6 +165,7 @@ def trained_outputs(setup: TrainingSetup, batch: int, progress=None) -> TrainedO
                 warmup_iters=setup.warmup_iters,
                 schedule="cosine",
                 augment=setup.augment,
+                prior_scales=setup.prior_scales,
                 limit_batches=setup.limit_batches,
                 output=str(Path(tmp) / "run"),
                 device="cpu",

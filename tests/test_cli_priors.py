@@ -69,3 +69,12 @@ def test_version_and_help():
     assert runner.invoke(app, ["--version"]).stdout.startswith("ssd ")
     result = runner.invoke(app, ["priors", "--help"])
     assert result.exit_code == 0 and "Examples" in result.stdout
+
+
+def test_prior_scales_change_the_sizes_and_refuse_impossible_ranges():
+    result = runner.invoke(app, ["priors", "--arch", "ssdlite320", "--prior-scales", "0.1", "0.95", "--format", "json"])
+    assert result.exit_code == 0, result.output
+    layers = json.loads(result.stdout)["layers"]
+    assert [round(layer["min_size"], 1) for layer in layers] == [32.0, 86.4, 140.8, 195.2, 249.6, 304.0]
+    bad = runner.invoke(app, ["priors", "--prior-scales", "0.9", "0.1"])
+    assert bad.exit_code == 2 and "0 < MIN < MAX <= 1" in bad.output

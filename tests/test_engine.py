@@ -152,6 +152,8 @@ def test_bad_settings_are_user_errors():
         TrainConfig(data="x", epochs=1, schedule="linear")
     with pytest.raises(UserError, match="--augment"):
         TrainConfig(data="x", epochs=1, augment="heavy")
+    with pytest.raises(UserError, match="--prior-scales"):
+        TrainConfig(data="x", epochs=1, prior_scales=(0.5, 0.2))
     assert TrainConfig(data="x", epochs=1, batch_size=8).effective_lr == pytest.approx(2.5e-4)
 
 
@@ -167,6 +169,12 @@ def test_cli_trains_and_resume_refuses_other_flags(synth, tmp_path):
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     assert "training summary" in result.stdout and (out / "last.pt").exists()
+    # --prior-scales reaches the model: its default boxes travel in the checkpoint and config.json
+    scaled = runner.invoke(app, [*args[:-1], str(tmp_path / "scaled"), "--prior-scales", "0.1", "0.95"])
+    assert scaled.exit_code == 0, scaled.output
+    spec = load_checkpoint(tmp_path / "scaled" / "last.pt")["priors"]
+    assert [layer["min_size"] for layer in spec["layers"]][:2] == pytest.approx([32.0, 86.4])  # 320 x 0.1, x 0.27
+    assert json.loads((tmp_path / "scaled" / "config.json").read_text())["prior_scales"] == [0.1, 0.95]
     refused = runner.invoke(app, ["train", "--resume", str(out / "last.pt"), "--epochs", "5"])
     assert refused.exit_code == 2 and "--epochs" in refused.output
     # a finished run resumes to nothing more and says so through the summary

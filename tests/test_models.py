@@ -114,20 +114,17 @@ def test_ssdlite320_width_mult_halves_channels() -> None:
 
 
 
-def test_ssdlite320_priors_equal_torchvision_default_box_generator_with_our_scales() -> None:
-    # torchvision's own generator, ssdlite320_mobilenet_v3_large's layout (clip off, as our
-    # presets) given our scales 0.1 + 0.17 k, k = 0..5, and the extra 1.0.
+def test_ssdlite320_priors_equal_torchvision_default_box_generator() -> None:
+    # torchvision's own generator for ssdlite320_mobilenet_v3_large (clip off, as our presets).
     from torchvision.models.detection.anchor_utils import DefaultBoxGenerator
 
-    scales = [0.1, 0.27, 0.44, 0.61, 0.78, 0.95, 1.0]
-    generator = DefaultBoxGenerator([[2, 3]] * 6, scales=scales, clip=False)
+    generator = DefaultBoxGenerator([[2, 3]] * 6, min_ratio=0.2, max_ratio=0.95, clip=False)
     expected = generator._grid_default_boxes([[f, f] for f in (20, 10, 5, 3, 2, 1)], [320, 320])
     priors = priors_for_model(build_model("ssdlite320", num_classes=1))
     assert priors.shape == (3234, 4)
     torch.testing.assert_close(priors, expected.float(), rtol=0, atol=1e-6)
-    # first box: cx = cy = 0.5 / 20, side 0.1 (= 32 / 320); second: side sqrt(0.1 * 0.27)
-    assert priors[0].tolist() == pytest.approx([0.025, 0.025, 0.1, 0.1])
-    assert priors[1].tolist() == pytest.approx([0.025, 0.025, 0.027**0.5, 0.027**0.5])
+    # first box: cx = cy = 0.5 / 20, side 0.2 (= 64 / 320)
+    assert priors[0].tolist() == pytest.approx([0.025, 0.025, 0.2, 0.2])
 
 # --- output order == prior order ---------------------------------------------------------------
 

@@ -11,6 +11,7 @@ from ssdcli.priors import (
     ssd300_coco_spec,
     ssd300_spec,
     ssd512_spec,
+    ssdlite320_spec,
 )
 
 
@@ -148,3 +149,34 @@ def test_with_feature_maps():
     assert spec.feature_maps == (19, 10, 5, 3, 2, 1)
     with pytest.raises(ValueError, match="6 prior layers"):
         ssd300_spec().with_feature_maps([1, 2])
+
+
+def test_linear_scales_reproduce_the_ssdlite320_preset_and_torchvision_generator() -> None:
+    from torchvision.models.detection.anchor_utils import DefaultBoxGenerator
+
+    preset = ssdlite320_spec()
+    # torchvision's own scales, 0.2 .. 0.95: the very preset (sizes equal up to float rounding).
+    same = preset.with_linear_scales(0.2, 0.95)
+    torch.testing.assert_close(generate_priors(same), generate_priors(preset), rtol=0, atol=1e-6)
+    # 0.1 .. 0.95: s_k = 0.1 + 0.17 k, then 1.0 (sizes 32, 86.4, 140.8, 195.2, 249.6, 304, 320 px).
+    smaller = preset.with_linear_scales(0.1, 0.95)
+    assert [layer.min_size for layer in smaller.layers] == pytest.approx([32, 86.4, 140.8, 195.2, 249.6, 304])
+    assert [layer.max_size for layer in smaller.layers] == pytest.approx([86.4, 140.8, 195.2, 249.6, 304, 320])
+    generator = DefaultBoxGenerator([[2, 3]] * 6, scales=[0.1, 0.27, 0.44, 0.61, 0.78, 0.95, 1.0], clip=False)
+    expected = generator._grid_default_boxes([[f, f] for f in (20, 10, 5, 3, 2, 1)], [320, 320])
+    torch.testing.assert_close(generate_priors(smaller), expected.float(), rtol=0, atol=1e-6)
+    assert smaller.num_priors == 3234 and smaller.feature_maps == preset.feature_maps
+
+
+def test_linear_scales_keep_the_ssd300_layout() -> None:
+    spec = ssd300_spec().with_linear_scales(0.2, 0.9)
+    assert spec.num_priors == 8732
+    # paper eq. 4 with m = 6: s_k = 0.2 + 0.14 k -> 60, 102, 144, 186, 228, 270 px at 300
+    assert [layer.min_size for layer in spec.layers] == pytest.approx([60, 102, 144, 186, 228, 270])
+    assert spec.layers[-1].max_size == pytest.approx(300)
+
+
+@pytest.mark.parametrize("scales", [(0.0, 0.9), (0.5, 0.5), (0.6, 0.3), (0.2, 1.1)])
+def test_linear_scales_refuse_impossible_ranges(scales) -> None:
+    with pytest.raises(ValueError, match="0 < MIN < MAX <= 1"):
+        ssd300_spec().with_linear_scales(*scales)

@@ -58,6 +58,7 @@ class TrainConfig:
     augment: str = "paper"
     max_bad_steps: int = 5
     limit_batches: int = 0
+    prior_scales: tuple[float, float] | None = None
 
     def __post_init__(self) -> None:
         checks = [
@@ -77,6 +78,11 @@ class TrainConfig:
             (0 < self.iou_threshold < 1, "--iou-threshold must be in (0, 1)"),
             (self.max_bad_steps >= 1, "--max-bad-steps must be at least 1"),
             (all(0 < m <= 1 for m in self.milestones), "milestones are fractions of the run in (0, 1]"),
+            (
+                self.prior_scales is None
+                or (len(self.prior_scales) == 2 and 0 < self.prior_scales[0] < self.prior_scales[1] <= 1),
+                "--prior-scales MIN MAX: need 0 < MIN < MAX <= 1 (fractions of the input size)",
+            ),
         ]
         for ok, message in checks:
             if not ok:
@@ -89,6 +95,7 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
         data["milestones"] = list(self.milestones)
+        data["prior_scales"] = None if self.prior_scales is None else list(self.prior_scales)
         return data
 
     @classmethod
@@ -100,6 +107,8 @@ class TrainConfig:
         values = dict(data)
         if "milestones" in values:
             values["milestones"] = tuple(values["milestones"])
+        if values.get("prior_scales") is not None:
+            values["prior_scales"] = tuple(values["prior_scales"])
         return cls(**values)
 
     def replace(self, **changes: Any) -> TrainConfig:

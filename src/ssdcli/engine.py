@@ -52,6 +52,7 @@ from ssdcli.loss import MultiBoxLoss
 from ssdcli.matching import assign_targets
 from ssdcli.models import SSD, build_model, model_settings, priors_for_model
 from ssdcli.postprocess import postprocess
+from ssdcli.priors import PRESETS
 from ssdcli.runs import MetricsLog, next_run_dir, write_json, write_manifest
 from ssdcli.sampling import EpochSampler, SeededSamples
 from ssdcli.schedule import lr_factor
@@ -417,7 +418,10 @@ def _fit(config, callbacks, checkpoint, resume, device, dist_info, amp) -> FitRe
         output = next_run_dir(Path(config.output or "runs/train")) if dist_info.is_main else None
         output = Path(distributed.broadcast_object(str(output) if output else None, dist_info))
 
-    model = build_model(config.arch, num_classes=len(classes))
+    prior_spec = None
+    if config.prior_scales is not None:
+        prior_spec = PRESETS[config.arch]().with_linear_scales(*config.prior_scales)
+    model = build_model(config.arch, num_classes=len(classes), prior_spec=prior_spec)
     if checkpoint is None and config.arch in ("ssd300", "ssd512"):
         from ssdcli.models import load_vgg16_backbone, resolve_backbone_weights
 

@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ssdcli.cli.common import error_boundary, err, out
+from ssdcli.errors import UserError
 from ssdcli.priors import PRESETS, PriorSpec, generate_priors, layer_box_sizes, prior_layer_index
 
 HELP = "Show the default boxes (priors) of an architecture: per layer, every box, or a picture."
@@ -27,6 +28,7 @@ EPILOG = """\
   ssd priors --plot priors.png                # a sample of boxes per layer
   ssd priors --data data/raccoon              # how well the priors fit a dataset's boxes
   ssd priors --data data/bccd --format json   # the same as JSON
+  ssd priors --arch ssdlite320 --data data/shapes --prior-scales 0.1 0.95   # smaller boxes fit better?
 """
 
 
@@ -115,8 +117,17 @@ def priors(
     classes: Annotated[
         Optional[Path], typer.Option(help="With --data: class names, one per line (as for ssd data check).")
     ] = None,
+    prior_scales: Annotated[
+        Optional[tuple[float, float]],
+        typer.Option(metavar="MIN MAX", help="Spread the sizes linearly from MIN to MAX of the input (SSD paper eq. 4) in the arch's layout, as ssd train --prior-scales does."),
+    ] = None,
 ) -> None:
     spec = PRESETS[arch.value]()
+    if prior_scales is not None:
+        try:
+            spec = spec.with_linear_scales(*prior_scales)
+        except ValueError as exc:
+            raise UserError(f"--prior-scales: {exc}") from None
 
     if data is not None:
         text = _coverage_text(spec, data, classes, fmt, to_terminal=output is None and out.is_terminal)

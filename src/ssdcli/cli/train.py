@@ -22,6 +22,7 @@ EPILOG = """\
   ssd train --data VOCdevkit --split 07+12 --val-data VOCdevkit --val-split 2007-test --epochs 120
   ssd train --data coco/annotations/instances_train2017.json --arch ssd512 --batch-size 16 --epochs 60
   ssd train --data my_images_and_xml/ --arch ssdlite320 --epochs 30 --device cpu
+  ssd train --data my_images_and_xml/ --arch ssdlite320 --prior-scales 0.1 0.95 --epochs 30   # small objects
   ssd train --resume runs/train/last.pt                 # continue exactly where it stopped
   torchrun --nproc_per_node 4 -m ssdcli train --data VOCdevkit --split 07+12 --epochs 120
 
@@ -172,6 +173,7 @@ def train(
     use_difficult: Annotated[bool, typer.Option(help="Train on VOC 'difficult' boxes too.")] = False,
     augment: Annotated[Augment, typer.Option(help="paper = photometric, zoom-out, min-IoU crop, flip; light = photometric and flip; none = resize only (e.g. to overfit a few images).")] = Augment.paper,
     limit_batches: Annotated[int, typer.Option(help="Stop each epoch after N batches (smoke tests; 0 = all).")] = 0,
+    prior_scales: Annotated[Optional[tuple[float, float]], typer.Option(metavar="MIN MAX", help="Default boxes spread linearly from MIN to MAX of the input (SSD paper eq. 4) in the arch's layout, instead of its preset; check them first with ssd priors --data DIR --prior-scales MIN MAX.")] = None,
 ) -> None:
     from ssdcli.engine import TrainingInterrupted, fit
 
@@ -196,6 +198,7 @@ def train(
             output=str(output) if output else None, device=device.value, workers=workers, amp=amp, seed=seed,
             backbone_weights=backbone_weights, eval_every=eval_every, save_every=save_every,
             use_difficult=use_difficult, augment=augment.value, limit_batches=limit_batches,
+            prior_scales=prior_scales,
         )
 
     is_main = int(os.environ.get("RANK", "0")) == 0
