@@ -22,7 +22,9 @@ torchvision's ``batched_nms`` chooses its own:
   ``NonMaxSuppression``; no ``bincount``, no ``sort(stable=True)``).
 
 tests/test_postprocess.py checks the two against each other and against torchvision's ``nms``
-run one image and one class at a time.
+run one image and one class at a time. Boxes with exactly equal scores (one default box, two
+classes at the same probability) may be listed in a different order by the two; which of two
+equal-score overlapping boxes of a class survives NMS depends on that order, in Caffe as here.
 """
 
 from __future__ import annotations
