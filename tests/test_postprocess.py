@@ -168,3 +168,14 @@ def test_traced_postprocess_takes_the_traceable_path(monkeypatch):
         warnings.simplefilter("ignore")
         traced = torch.jit.trace(graph, (logits, deltas), check_trace=False)
     assert traced(logits, deltas)[2].numel() > 0
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_tensors_give_the_cpu_detections():
+    logits, deltas, priors = realistic_outputs(6, batch=3)
+    expected = postprocess_flat(logits, deltas, priors, score_threshold=0.0, top_k_candidates=30, max_detections=50)
+    got = postprocess_flat(logits.cuda(), deltas.cuda(), priors.cuda(), score_threshold=0.0, top_k_candidates=30,
+                           max_detections=50)
+    for a, b in zip(got, expected):
+        assert a.device.type == "cuda"
+        torch.testing.assert_close(a.cpu(), b, rtol=0, atol=1e-5)

@@ -122,6 +122,7 @@ def _postprocess_flat_eager(
 ) -> FlatDetections:
     """:func:`postprocess_flat` outside a trace: NMS on score-ordered prefixes (module docstring)."""
     batch, num_priors, _ = cls_logits.shape
+    device = cls_logits.device
     scores = torch.softmax(cls_logits.float(), dim=-1)[..., 1:]  # (B, P, C), background dropped
     image_idx, prior_idx, class_idx = (scores > score_threshold).nonzero().unbind(1)  # (M,), by image
     cand_scores = scores[image_idx, prior_idx, class_idx]  # (M,)
@@ -139,12 +140,13 @@ def _postprocess_flat_eager(
     starts = torch.cumsum(counts, 0) - counts  # (B,)
     most = int(counts.max()) if image_idx.shape[0] > 0 else 0
     grid = cand_scores.new_full((batch, most), -1.0)
-    grid[image_idx, torch.arange(image_idx.shape[0]) - starts[image_idx]] = cand_scores
+    grid[image_idx, torch.arange(image_idx.shape[0], device=device) - starts[image_idx]] = cand_scores
     top_k = min(top_k_candidates, num_priors)
     first = min(most, FIRST_PREFIX * max_detections, top_k)
     slots = grid.topk(first, dim=1).indices  # (B, first), score-descending
     lengths = counts.clamp(max=first)  # (B,)
-    prefix = (slots + starts.unsqueeze(1))[torch.arange(first).unsqueeze(0) < lengths.unsqueeze(1)]  # by image
+    in_first = torch.arange(first, device=device).unsqueeze(0) < lengths.unsqueeze(1)  # (B, first)
+    prefix = (slots + starts.unsqueeze(1))[in_first]  # by image
     prefix_boxes = decode_candidates(prefix)  # (sum of lengths, 4)
 
     kept, kept_boxes = [], []
@@ -159,7 +161,7 @@ def _postprocess_flat_eager(
             # the per-class top_k and without the prefix.
             rest = start + grid[image, :count].argsort(descending=True, stable=True)  # (count,)
             rest = _top_k_per_class(rest, class_idx, top_k)
-            in_prefix = torch.zeros(count, dtype=torch.bool)
+            in_prefix = torch.zeros(count, dtype=torch.bool, device=device)
             in_prefix[stretch - start] = True
             rest = rest[~in_prefix[rest - start]]
             survivors, survivor_boxes = _grow_survivors(
@@ -211,7 +213,7 @@ def _top_k_per_class(order: Tensor, class_idx: Tensor, top_k: int) -> Tensor:
     by_class = classes.argsort(stable=True)  # (n,), score order within each class
     class_starts = torch.cumsum(class_counts, 0) - class_counts
     rank = torch.empty_like(order)
-    rank[by_class] = torch.arange(order.shape[0]) - class_starts[classes[by_class]]
+    rank[by_class] = torch.arange(order.shape[0], device=order.device) - class_starts[classes[by_class]]
     return order[rank < top_k]
 
 
