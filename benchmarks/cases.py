@@ -25,6 +25,8 @@ from benchmarks.reference import (
 )
 from benchmarks.workloads import torchvision_targets
 from ssdcli.data.transforms import to_model_input
+from ssdcli.engine import forward_backward, micro_batch_size
+from ssdcli.inference import PostprocessSettings, TorchDetector
 from ssdcli.loss import MultiBoxLoss
 from ssdcli.matching import assign_targets
 from ssdcli.models import SSD, priors_for_model
@@ -59,22 +61,22 @@ TARGETS = {
 def detect_case(model: SSD, images_hwc: list[Tensor], device: torch.device) -> Case:
     """Decoded uint8 images (their own sizes) in, final detections in image pixels out.
 
-    Ours: ``to_model_input`` (uint8 resize, normalise) + model + :func:`postprocess`.
+    Ours: ``to_model_input`` (uint8 resize, normalise) + :class:`~ssdcli.inference.TorchDetector`
+    (the network, image by image on the CPU as ``ssd detect`` runs it, + :func:`postprocess`).
     Reference: torchvision's model in eval mode on a list of float [0, 1] CHW tensors (the
     conversion from uint8 is part of its work), which runs its own transform, head and
     ``postprocess_detections`` + rescaling.
     """
     reference = build_reference(model, score_thresh=DETECT_MIN_SCORE).eval().to(device)
     model = model.eval().to(device)
-    priors = priors_for_model(model).to(device)
+    detector = TorchDetector(model, device, PostprocessSettings(score_threshold=DETECT_MIN_SCORE))
     sizes = [(int(image.shape[1]), int(image.shape[0])) for image in images_hwc]  # (W, H)
     images_hwc = [image.to(device) for image in images_hwc]
 
     @torch.inference_mode()
     def ours():
         inputs = to_model_input(images_hwc, model.image_size, model.mean, model.std, device=device)
-        cls_logits, box_deltas = model(inputs)
-        return postprocess(cls_logits, box_deltas, priors, image_sizes=sizes, score_threshold=DETECT_MIN_SCORE)
+        return detector.predict(inputs, sizes)
 
     @torch.inference_mode()
     def theirs():
@@ -122,9 +124,10 @@ def postprocess_case(
 def train_step_case(model: SSD, inputs_01: Tensor, boxes_xyxy_norm: Tensor, labels: Tensor) -> Case:
     """One SGD step on a batch: forward, loss, backward, step.
 
-    Ours: :func:`assign_targets` + model + :class:`MultiBoxLoss`; torchvision: the model in train
-    mode with targets (its transform, matching, encoding and hard-negative loss inside). Each side
-    trains its own copy of the same starting weights with the same SGD settings.
+    Ours: :func:`assign_targets` + :func:`ssdcli.engine.forward_backward` (model +
+    :class:`MultiBoxLoss`, image by image on the CPU as ``ssd train`` does) + SGD step; torchvision:
+    the model in train mode with targets (its transform, matching, encoding and hard-negative loss
+    inside). Each side trains its own copy of the same starting weights with the same SGD settings.
 
     Args:
         inputs_01: Tensor[B, 3, S, S], RGB in [0, 1] already at the input size (torchvision
@@ -145,14 +148,15 @@ def train_step_case(model: SSD, inputs_01: Tensor, boxes_xyxy_norm: Tensor, labe
     ours_opt = torch.optim.SGD(model.parameters(), lr=LEARNING_RATE, momentum=0.9, weight_decay=5e-4)
     their_opt = torch.optim.SGD(reference.parameters(), lr=LEARNING_RATE, momentum=0.9, weight_decay=5e-4)
 
+    micro_batch = micro_batch_size(model, device)
+
     def ours():
         with torch.no_grad():
             target_labels, target_deltas = assign_targets(boxes_xyxy_norm, labels, priors)
-        loss = loss_fn(*model(inputs), target_labels, target_deltas).total
         ours_opt.zero_grad(set_to_none=True)
-        loss.backward()
+        loss = forward_backward(model, inputs, target_labels, target_deltas, loss_fn, micro_batch=micro_batch)
         ours_opt.step()
-        return loss
+        return loss.total
 
     def theirs():
         losses = reference(images_list, targets)

@@ -116,8 +116,8 @@ def test_non_finite_loss_skips_steps_rolls_back_and_lowers_lr(synth, tmp_path, m
     real_forward = loss_module.MultiBoxLoss.forward
     calls = {"n": 0}
 
-    def sometimes_nan(self, *args):
-        out = real_forward(self, *args)
+    def sometimes_nan(self, *args, **kwargs):
+        out = real_forward(self, *args, **kwargs)
         calls["n"] += 1
         if calls["n"] <= 3:  # the first three steps blow up
             return out._replace(total=out.total * float("nan"))
@@ -344,3 +344,33 @@ def test_eval_scores_a_model_from_a_tiny_training_run_end_to_end(synth, tmp_path
     val_images = (synth / "ImageSets" / "Main" / "val.txt").read_text().split()
     assert metrics["num_images"] == len(val_images) == 2 and metrics["num_detections"] > 0  # images 5 and 10
     assert set(metrics["per_class"]) <= {"circle", "square", "star", "triangle"}
+
+
+def test_micro_batches_give_the_loss_and_gradients_of_the_whole_batch():
+    """CPU training of a BatchNorm-free network goes image by image (engine.CPU_MICRO_BATCH); the
+    slices' losses, divided by the batch's number of positives, must add up to the batch's."""
+    from ssdcli.engine import forward_backward, micro_batch_size
+    from ssdcli.loss import MultiBoxLoss
+    from ssdcli.matching import assign_targets
+    from ssdcli.models import build_model, priors_for_model
+
+    torch.manual_seed(0)
+    model = build_model("ssd300", num_classes=3)
+    images = torch.randn(2, 3, 300, 300)
+    boxes = torch.tensor([[[0.1, 0.1, 0.5, 0.6], [0.6, 0.2, 0.9, 0.5]], [[0.3, 0.3, 0.7, 0.9], [0, 0, 0, 0]]])
+    labels = torch.tensor([[1, 3], [2, 0]])  # image 2 has one box (the second row is padding)
+    target_labels, target_deltas = assign_targets(boxes, labels, priors_for_model(model))
+    loss_fn = MultiBoxLoss()
+
+    whole = forward_backward(model, images, target_labels, target_deltas, loss_fn)
+    whole_grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad(set_to_none=True)
+    sliced = forward_backward(model, images, target_labels, target_deltas, loss_fn, micro_batch=1)
+    for a, b in zip(sliced[:3], whole[:3]):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    assert sliced.num_positives == whole.num_positives == (target_labels > 0).sum()
+    for p, expected in zip(model.parameters(), whole_grads):
+        torch.testing.assert_close(p.grad, expected, rtol=1e-4, atol=1e-6)
+
+    assert micro_batch_size(model, torch.device("cpu")) == 1
+    assert micro_batch_size(build_model("ssdlite320", num_classes=3), torch.device("cpu")) is None  # BatchNorm

@@ -18,6 +18,7 @@ Guarantees:
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import time
@@ -48,9 +49,9 @@ from ssdcli.data.records import DetectionDataset
 from ssdcli.data.transforms import EvalTransform, TrainTransform
 from ssdcli.errors import DataError, UserError
 from ssdcli.inference import PostprocessSettings, detections_to_coco, resolve_device
-from ssdcli.loss import MultiBoxLoss
+from ssdcli.loss import LossOutput, MultiBoxLoss
 from ssdcli.matching import assign_targets
-from ssdcli.models import SSD, build_model, model_settings, priors_for_model
+from ssdcli.models import SSD, build_model, cpu_micro_batch, model_settings, priors_for_model
 from ssdcli.postprocess import postprocess
 from ssdcli.priors import PRESETS
 from ssdcli.runs import MetricsLog, next_run_dir, write_json, write_manifest
@@ -227,6 +228,63 @@ def _weights_finite(model: nn.Module) -> bool:
 
 
 # --------------------------------------------------------------------------------------------
+# One step
+
+def micro_batch_size(model: nn.Module, device: torch.device) -> int | None:
+    """Images per forward + backward: :func:`ssdcli.models.cpu_micro_batch` on the CPU, else
+    ``None`` (the batch in one pass). Only BatchNorm-free networks get one: a BatchNorm layer's
+    training statistics depend on the images it is given together."""
+    if device.type != "cpu":
+        return None
+    return cpu_micro_batch(model)
+
+
+def forward_backward(
+    model: nn.Module,
+    images: torch.Tensor,
+    target_labels: torch.Tensor,
+    target_deltas: torch.Tensor,
+    loss_fn: MultiBoxLoss,
+    scaler: torch.amp.GradScaler | None = None,
+    amp: bool = False,
+    micro_batch: int | None = None,
+) -> LossOutput:
+    """The loss of a batch and its gradients, added to the parameters' ``.grad``.
+
+    With ``micro_batch`` the batch goes through the network that many images at a time, each
+    slice's loss divided by the whole batch's number of positives, so the slices' losses and
+    gradients add up to those of the batch in one pass (up to float rounding). Under DDP only the
+    last slice synchronises gradients.
+
+    Args:
+        images: Tensor[B, 3, S, S], normalised.
+        target_labels, target_deltas: Tensor[B, P] and Tensor[B, P, 4] from ``assign_targets``.
+        scaler: AMP's gradient scaler (``None`` = no scaling).
+
+    Returns:
+        The batch's :class:`LossOutput`, detached.
+    """
+    batch = images.shape[0]
+    step = batch if micro_batch is None else micro_batch
+    num_positives = (target_labels > 0).sum()
+    parts = []
+    for first in range(0, batch, step):
+        last = first + step >= batch
+        sync = contextlib.nullcontext() if last or not hasattr(model, "no_sync") else model.no_sync()
+        with sync:
+            with torch.autocast(images.device.type, dtype=torch.float16, enabled=amp):
+                cls_logits, box_deltas = model(images[first : first + step])
+            loss = loss_fn(
+                cls_logits.float(), box_deltas.float(), target_labels[first : first + step],
+                target_deltas[first : first + step], num_positives=num_positives,
+            )
+            (loss.total if scaler is None else scaler.scale(loss.total)).backward()
+        parts.append(torch.stack([loss.total.detach(), loss.loc.detach(), loss.conf.detach()]))
+    total, loc, conf = torch.stack(parts).sum(dim=0)
+    return LossOutput(total=total, loc=loc, conf=conf, num_positives=num_positives)
+
+
+# --------------------------------------------------------------------------------------------
 # One epoch
 
 
@@ -258,6 +316,7 @@ def train_one_epoch(
         ``seconds``, ``skipped``.
     """
     model.train()
+    micro_batch = micro_batch_size(model, device)
     sums = torch.zeros(4, dtype=torch.float64)  # loss*n, loc*n, conf*n, n
     skipped = 0
     start = time.perf_counter()
@@ -271,9 +330,9 @@ def train_one_epoch(
         gt_boxes, gt_labels = gt_boxes.to(device), gt_labels.to(device)
         with torch.no_grad():
             target_labels, target_deltas = assign_targets(gt_boxes, gt_labels, priors, iou_threshold)
-        with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
-            cls_logits, box_deltas = model(images)
-        loss = loss_fn(cls_logits.float(), box_deltas.float(), target_labels, target_deltas)
+        optimizer.zero_grad(set_to_none=True)
+        # Gradients of a non-finite loss are computed too, then thrown away with the step.
+        loss = forward_backward(model, images, target_labels, target_deltas, loss_fn, scaler, amp, micro_batch)
 
         if distributed.any_process(not bool(torch.isfinite(loss.total)), dist_info, device):
             optimizer.zero_grad(set_to_none=True)
@@ -288,8 +347,6 @@ def train_one_epoch(
                 on_bad_streak()
         else:
             state.bad_streak = 0
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss.total).backward()
             scaler.step(optimizer)
             scaler.update()
             n = images.shape[0]

@@ -62,7 +62,12 @@ class MultiBoxLoss(nn.Module):
         self.alpha = alpha
 
     def forward(
-        self, cls_logits: Tensor, box_deltas: Tensor, target_labels: Tensor, target_deltas: Tensor
+        self,
+        cls_logits: Tensor,
+        box_deltas: Tensor,
+        target_labels: Tensor,
+        target_deltas: Tensor,
+        num_positives: Tensor | None = None,
     ) -> LossOutput:
         """
         Args:
@@ -70,13 +75,16 @@ class MultiBoxLoss(nn.Module):
             box_deltas: Tensor[B, P, 4], predicted deltas.
             target_labels: Tensor[B, P] int64, 0 = background (from ``matching.assign_targets``).
             target_deltas: Tensor[B, P, 4], regression targets (finite everywhere).
+            num_positives: the ``N`` to divide by, a 0-dim tensor; ``None`` = these images' own.
+                Slices of one batch given the whole batch's ``N`` have losses that add up to the
+                batch's loss (hard negatives are mined per image, so nothing else crosses images).
 
         Returns:
             :class:`LossOutput` with scalar tensors.
         """
         num_classes = cls_logits.shape[-1]
         positive = target_labels > 0  # (B, P)
-        num_pos = positive.sum()
+        num_pos = positive.sum() if num_positives is None else num_positives
         normaliser = num_pos.clamp(min=1).float()  # paper's N, never 0
 
         conf_loss = F.cross_entropy(
