@@ -53,15 +53,12 @@ class TrainingSetup:
     augment: str = "none"
     prior_scales: tuple[float, float] | None = (0.1, 0.95)
 
-    def prior_spec(self):
-        from ssdcli.priors import PRESETS
-
-        spec = PRESETS[self.arch]()
-        return spec if self.prior_scales is None else spec.with_linear_scales(*self.prior_scales)
-
     def key(self) -> str:
         # The default boxes are part of the model: a change of the preset retrains.
-        text = json.dumps({**self.__dict__, "priors": self.prior_spec().to_dict()}, sort_keys=True)
+        from ssdcli.priors import preset_spec
+
+        spec = preset_spec(self.arch, self.prior_scales)
+        text = json.dumps({**self.__dict__, "priors": spec.to_dict()}, sort_keys=True)
         return hashlib.sha1(text.encode()).hexdigest()[:10]
 
 

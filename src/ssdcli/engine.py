@@ -51,9 +51,9 @@ from ssdcli.errors import DataError, UserError
 from ssdcli.inference import PostprocessSettings, detections_to_coco, resolve_device
 from ssdcli.loss import LossOutput, MultiBoxLoss
 from ssdcli.matching import assign_targets
-from ssdcli.models import SSD, build_model, cpu_micro_batch, model_settings, priors_for_model
+from ssdcli.models import SSD, build_model, micro_batch_size, model_settings, priors_for_model
 from ssdcli.postprocess import postprocess
-from ssdcli.priors import PRESETS
+from ssdcli.priors import preset_spec
 from ssdcli.runs import MetricsLog, next_run_dir, write_json, write_manifest
 from ssdcli.sampling import EpochSampler, SeededSamples
 from ssdcli.schedule import lr_factor
@@ -229,15 +229,6 @@ def _weights_finite(model: nn.Module) -> bool:
 
 # --------------------------------------------------------------------------------------------
 # One step
-
-def micro_batch_size(model: nn.Module, device: torch.device) -> int | None:
-    """Images per forward + backward: :func:`ssdcli.models.cpu_micro_batch` on the CPU, else
-    ``None`` (the batch in one pass). Only BatchNorm-free networks get one: a BatchNorm layer's
-    training statistics depend on the images it is given together."""
-    if device.type != "cpu":
-        return None
-    return cpu_micro_batch(model)
-
 
 def forward_backward(
     model: nn.Module,
@@ -475,10 +466,7 @@ def _fit(config, callbacks, checkpoint, resume, device, dist_info, amp) -> FitRe
         output = next_run_dir(Path(config.output or "runs/train")) if dist_info.is_main else None
         output = Path(distributed.broadcast_object(str(output) if output else None, dist_info))
 
-    prior_spec = None
-    if config.prior_scales is not None:
-        prior_spec = PRESETS[config.arch]().with_linear_scales(*config.prior_scales)
-    model = build_model(config.arch, num_classes=len(classes), prior_spec=prior_spec)
+    model = build_model(config.arch, num_classes=len(classes), prior_spec=preset_spec(config.arch, config.prior_scales))
     if checkpoint is None and config.arch in ("ssd300", "ssd512"):
         from ssdcli.models import load_vgg16_backbone, resolve_backbone_weights
 

@@ -282,6 +282,17 @@ PRESETS = {
 """Preset name -> function returning its :class:`PriorSpec`."""
 
 
+def preset_spec(name: str, prior_scales: tuple[float, float] | None = None) -> PriorSpec:
+    """The preset ``name``, or with ``prior_scales = (MIN, MAX)`` the same layout respread by
+    :meth:`PriorSpec.with_linear_scales` (``--prior-scales``).
+
+    Raises:
+        ValueError: impossible scales.
+    """
+    spec = PRESETS[name]()
+    return spec if prior_scales is None else spec.with_linear_scales(*prior_scales)
+
+
 def layer_box_sizes(layer: LayerPriors) -> list[tuple[float, float]]:
     """``(w, h)`` in input pixels of the boxes at one location, in output order.
 

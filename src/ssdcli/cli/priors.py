@@ -15,7 +15,7 @@ from rich.table import Table
 
 from ssdcli.cli.common import error_boundary, err, out
 from ssdcli.errors import UserError
-from ssdcli.priors import PRESETS, PriorSpec, generate_priors, layer_box_sizes, prior_layer_index
+from ssdcli.priors import PRESETS, PriorSpec, generate_priors, layer_box_sizes, preset_spec, prior_layer_index
 
 HELP = "Show the default boxes (priors) of an architecture: per layer, every box, or a picture."
 EPILOG = """\
@@ -122,12 +122,10 @@ def priors(
         typer.Option(metavar="MIN MAX", help="Spread the sizes linearly from MIN to MAX of the input (SSD paper eq. 4) in the arch's layout, as ssd train --prior-scales does."),
     ] = None,
 ) -> None:
-    spec = PRESETS[arch.value]()
-    if prior_scales is not None:
-        try:
-            spec = spec.with_linear_scales(*prior_scales)
-        except ValueError as exc:
-            raise UserError(f"--prior-scales: {exc}") from None
+    try:
+        spec = preset_spec(arch.value, prior_scales)
+    except ValueError as exc:
+        raise UserError(f"--prior-scales: {exc}") from None
 
     if data is not None:
         text = _coverage_text(spec, data, classes, fmt, to_terminal=output is None and out.is_terminal)
