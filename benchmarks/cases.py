@@ -25,11 +25,11 @@ from benchmarks.reference import (
 )
 from benchmarks.workloads import torchvision_targets
 from ssdcli.data.transforms import to_model_input
-from ssdcli.engine import forward_backward, micro_batch_size
+from ssdcli.engine import forward_backward
 from ssdcli.inference import PostprocessSettings, TorchDetector
 from ssdcli.loss import MultiBoxLoss
 from ssdcli.matching import assign_targets
-from ssdcli.models import SSD, priors_for_model
+from ssdcli.models import SSD, micro_batch_size, priors_for_model
 from ssdcli.postprocess import postprocess
 
 Case = tuple[Callable[[], object], Callable[[], object] | None]

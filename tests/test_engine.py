@@ -349,10 +349,10 @@ def test_eval_scores_a_model_from_a_tiny_training_run_end_to_end(synth, tmp_path
 def test_micro_batches_give_the_loss_and_gradients_of_the_whole_batch():
     """CPU training of a BatchNorm-free network goes image by image (engine.CPU_MICRO_BATCH); the
     slices' losses, divided by the batch's number of positives, must add up to the batch's."""
-    from ssdcli.engine import forward_backward, micro_batch_size
+    from ssdcli.engine import forward_backward
     from ssdcli.loss import MultiBoxLoss
     from ssdcli.matching import assign_targets
-    from ssdcli.models import build_model, priors_for_model
+    from ssdcli.models import build_model, micro_batch_size, priors_for_model
 
     torch.manual_seed(0)
     model = build_model("ssd300", num_classes=3)
@@ -374,3 +374,4 @@ def test_micro_batches_give_the_loss_and_gradients_of_the_whole_batch():
 
     assert micro_batch_size(model, torch.device("cpu")) == 1
     assert micro_batch_size(build_model("ssdlite320", num_classes=3), torch.device("cpu")) is None  # BatchNorm
+    assert micro_batch_size(model, torch.device("cuda")) is None  # GPUs take whole batches

@@ -154,11 +154,11 @@ class TorchDetector:
         amp: bool = False,
         class_names: Sequence[str] = (),
     ) -> None:
-        from ssdcli.models import cpu_micro_batch, priors_for_model
+        from ssdcli.models import micro_batch_size, priors_for_model
 
         self.model = model.eval()
         self.device = device
-        self.micro_batch = cpu_micro_batch(model) if device.type == "cpu" else None
+        self.micro_batch = micro_batch_size(model, device)
         self.settings = settings
         self.amp = amp
         self.priors = priors_for_model(model).to(device)  # (P, 4) cxcywh normalised
@@ -175,7 +175,7 @@ class TorchDetector:
         with torch.inference_mode(), torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp):
             if self.micro_batch is None or batch.shape[0] <= self.micro_batch:
                 cls_logits, box_deltas = self.model(batch)
-            else:  # image by image on the CPU (models.cpu_micro_batch)
+            else:  # image by image on the CPU (models.micro_batch_size)
                 outputs = [self.model(chunk) for chunk in batch.split(self.micro_batch)]
                 cls_logits = torch.cat([logits for logits, _ in outputs])  # (B, P, C + 1)
                 box_deltas = torch.cat([deltas for _, deltas in outputs])  # (B, P, 4)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import torch
 from torch import Tensor, nn
 
 from ssdcli.models.mobilenet import ssdlite320
@@ -34,7 +35,7 @@ __all__ = [
     "SSD",
     "build_from_settings",
     "build_model",
-    "cpu_micro_batch",
+    "micro_batch_size",
     "load_vgg16_backbone",
     "model_from_checkpoint",
     "model_settings",
@@ -70,17 +71,19 @@ CPU_MICRO_BATCH = 1
 """Images per forward (and backward) call for networks of full convolutions on the CPU."""
 
 
-def cpu_micro_batch(model: nn.Module) -> int | None:
-    """How many images at a time ``model`` should see on the CPU; ``None`` = the whole batch.
+def micro_batch_size(model: nn.Module, device: torch.device) -> int | None:
+    """How many images at a time ``model`` should see on ``device``; ``None`` = the whole batch.
 
-    VGG16 SSDs (no BatchNorm, no depthwise convolutions) go image by image: one image's
-    activations stay closer to the caches than a batch's, and there is plenty of work per layer
-    for the threads even so. Measured on the 2-core development machine, batch 8: SSD300
+    On the CPU, VGG16 SSDs (no BatchNorm, no depthwise convolutions) go image by image: one
+    image's activations stay closer to the caches than a batch's, and there is plenty of work per
+    layer for the threads even so. Measured on the 2-core development machine, batch 8: SSD300
     inference 2411 ms by one against 2550 ms in one call, SSD512 7389 against 7964 ms, an SSD300
     training step 7.6 s against 8.1 s. MobileNet SSDLite keeps whole batches: one image leaves its
-    thin depthwise layers too little work (225 against 213 ms), and its BatchNorm statistics in
-    training depend on the batch.
+    thin depthwise layers too little work (225 against 213 ms), and in training its BatchNorm
+    statistics depend on the images seen together. GPUs get whole batches.
     """
+    if device.type != "cpu":
+        return None
     if any(isinstance(m, (nn.modules.batchnorm._BatchNorm, nn.GroupNorm)) for m in model.modules()):
         return None
     return CPU_MICRO_BATCH
