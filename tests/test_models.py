@@ -403,3 +403,18 @@ def test_prior_spec_dict_round_trip_keeps_arch_checks() -> None:
     spec = replace(ssd300_spec(), name="custom")
     model = build_model("ssd300", num_classes=1, prior_spec=spec)
     assert build_from_settings(model_settings(model)).prior_spec.name == "custom"
+
+
+def test_forward_in_slices_equals_one_call() -> None:
+    torch.manual_seed(0)
+    model = build_model("ssdlite320", num_classes=2, width_mult=0.25).eval()
+    images = torch.randn(3, 3, 320, 320)
+    from ssdcli.models import forward_in_slices
+
+    with torch.no_grad():
+        whole = model(images)
+        for micro_batch in (None, 1, 2, 5):
+            sliced = forward_in_slices(model, images, micro_batch)
+            for a, b in zip(sliced, whole):
+                assert a.shape == b.shape
+                torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)

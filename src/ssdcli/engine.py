@@ -51,7 +51,7 @@ from ssdcli.errors import DataError, UserError
 from ssdcli.inference import PostprocessSettings, detections_to_coco, resolve_device
 from ssdcli.loss import LossOutput, MultiBoxLoss
 from ssdcli.matching import assign_targets
-from ssdcli.models import SSD, build_model, micro_batch_size, model_settings, priors_for_model
+from ssdcli.models import SSD, build_model, forward_in_slices, micro_batch_size, model_settings, priors_for_model
 from ssdcli.postprocess import postprocess
 from ssdcli.priors import preset_spec
 from ssdcli.runs import MetricsLog, next_run_dir, write_json, write_manifest
@@ -393,6 +393,7 @@ def validate(
         DetectionTrainDataset(dataset.records, transform), batch_size, shuffle=False, workers=workers, seed=0
     )
     loss_fn = MultiBoxLoss()
+    micro_batch = micro_batch_size(model, device)  # the slicing ssd eval uses
     callbacks.on_validation_start(epoch, len(loader))
     sums = [0.0, 0]
     detections: list[dict] = []
@@ -401,7 +402,7 @@ def validate(
         gt_boxes, gt_labels = pad_targets(targets)
         target_labels, target_deltas = assign_targets(gt_boxes.to(device), gt_labels.to(device), priors, iou_threshold)
         with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
-            cls_logits, box_deltas = model(images)
+            cls_logits, box_deltas = forward_in_slices(model, images, micro_batch)
         cls_logits, box_deltas = cls_logits.float(), box_deltas.float()
         loss = loss_fn(cls_logits, box_deltas, target_labels, target_deltas)
         sums[0] += loss.total.item() * images.shape[0]

@@ -170,15 +170,12 @@ class TorchDetector:
     def predict(
         self, images: Tensor, sizes: Sequence[tuple[int, int]], timings: Timings | None = None
     ) -> list[Detections]:
+        from ssdcli.models import forward_in_slices
+
         batch = images.to(self.device, non_blocking=True)
         start = time.perf_counter()
         with torch.inference_mode(), torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp):
-            if self.micro_batch is None or batch.shape[0] <= self.micro_batch:
-                cls_logits, box_deltas = self.model(batch)
-            else:  # image by image on the CPU (models.micro_batch_size)
-                outputs = [self.model(chunk) for chunk in batch.split(self.micro_batch)]
-                cls_logits = torch.cat([logits for logits, _ in outputs])  # (B, P, C + 1)
-                box_deltas = torch.cat([deltas for _, deltas in outputs])  # (B, P, 4)
+            cls_logits, box_deltas = forward_in_slices(self.model, batch, self.micro_batch)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         forwarded = time.perf_counter()

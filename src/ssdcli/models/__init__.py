@@ -35,6 +35,7 @@ __all__ = [
     "SSD",
     "build_from_settings",
     "build_model",
+    "forward_in_slices",
     "micro_batch_size",
     "load_vgg16_backbone",
     "model_from_checkpoint",
@@ -87,6 +88,18 @@ def micro_batch_size(model: nn.Module, device: torch.device) -> int | None:
     if any(isinstance(m, (nn.modules.batchnorm._BatchNorm, nn.GroupNorm)) for m in model.modules()):
         return None
     return CPU_MICRO_BATCH
+
+
+def forward_in_slices(model: nn.Module, images: Tensor, micro_batch: int | None) -> tuple[Tensor, Tensor]:
+    """``model(images)`` run ``micro_batch`` images at a time (``None``: all at once), for
+    inference: the slices' outputs are concatenated, ``(cls_logits Tensor[N, P, K + 1],
+    box_deltas Tensor[N, P, 4])`` as one call would give them."""
+    if micro_batch is None or images.shape[0] <= micro_batch:
+        return model(images)
+    outputs = [model(chunk) for chunk in images.split(micro_batch)]
+    cls_logits = torch.cat([logits for logits, _ in outputs])  # (N, P, K + 1)
+    box_deltas = torch.cat([deltas for _, deltas in outputs])  # (N, P, 4)
+    return cls_logits, box_deltas
 
 
 def priors_for_model(model: SSD) -> Tensor:
