@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 
+import ssdcli  # noqa: F401  first, as the `ssd` command does: it sets the OpenMP spin before torch loads
+
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
