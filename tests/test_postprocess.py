@@ -2,9 +2,9 @@ import pytest
 import torch
 from torchvision.ops import nms
 
+from ssdcli import postprocess as pp
 from ssdcli.boxes import cxcywh_to_xyxy
 from ssdcli.codec import decode
-from ssdcli import postprocess as pp
 from ssdcli.postprocess import postprocess, postprocess_flat
 from ssdcli.priors import VARIANCES, generate_priors, ssd300_spec
 
@@ -151,6 +151,75 @@ def test_prefix_grows_when_the_first_one_holds_too_few_survivors():
     eager, traced = _flat_both(logits, deltas, priors, max_detections=20)
     for a, b in zip(eager, traced):
         assert torch.equal(a, b)
+
+
+def _crowded_then_spread(logits, deltas, priors, image, crowd, spread, score):
+    """In ``image``: ``crowd`` near-copies of the first prior's box (class 1, scores from
+    ``score``), then ``spread`` boxes over the whole image 5 logits lower."""
+    same_place = torch.arange(crowd)  # first-layer priors at neighbouring locations
+    logits[image, same_place, 1] = torch.linspace(score, score - 1.0, crowd)
+    spread_at = torch.arange(0, priors.shape[0], priors.shape[0] // spread)[:spread]
+    logits[image, spread_at, 1] = torch.linspace(score - 5.0, score - 6.0, spread)
+    first = priors[0]
+    deltas[image, same_place, :2] = (first[:2] - priors[same_place, :2]) / (0.1 * priors[same_place, 2:])
+    deltas[image, same_place, 2:] = torch.log(first[2:] / priors[same_place, 2:]) / 0.2
+
+
+def test_images_of_a_batch_need_different_numbers_of_rounds():
+    """Image 0 needs several growth rounds (its first 40 candidates hold one survivor), image 1
+    is answered by its first stretch, image 2 has no candidate, image 3 needs one more round; all
+    must equal NMS over every candidate, and the traceable path."""
+    priors = generate_priors(ssd300_spec())
+    logits = torch.zeros(4, priors.shape[0], 3)
+    logits[..., 0] = 10.0
+    deltas = torch.zeros(4, priors.shape[0], 4)
+    _crowded_then_spread(logits, deltas, priors, image=0, crowd=300, spread=50, score=20.0)
+    _crowded_then_spread(logits, deltas, priors, image=1, crowd=5, spread=60, score=20.0)
+    _crowded_then_spread(logits, deltas, priors, image=3, crowd=30, spread=40, score=20.0)
+    logits[3, 1000:1030, 2] = torch.linspace(17.0, 16.5, 30)  # a second class below the crowd
+    got = postprocess(logits, deltas, priors, max_detections=20)
+    expected = reference_postprocess(logits, deltas, priors, keep=20)
+    assert [len(d.scores) for d in got] == [len(e) for e in expected] == [20, 20, 0, 20]
+    for dets, ref in zip(got, expected):
+        assert dets.scores.tolist() == pytest.approx([r[0] for r in ref], abs=1e-6)
+        assert dets.labels.tolist() == [r[1] for r in ref]
+    eager, traced = _flat_both(logits, deltas, priors, max_detections=20)
+    for a, b in zip(eager, traced):
+        assert torch.equal(a, b)
+
+
+def test_threads_do_not_change_the_detections():
+    """The per-image NMS calls of a round share the CPU threads: one thread gives the same."""
+    logits, deltas, priors = realistic_outputs(7, batch=4)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        pooled = postprocess_flat(logits, deltas, priors)
+        torch.set_num_threads(1)
+        alone = postprocess_flat(logits, deltas, priors)
+    finally:
+        torch.set_num_threads(before)
+    for a, b in zip(pooled, alone):
+        assert torch.equal(a, b)
+
+
+def test_nms_helper_threads_belong_to_one_process_and_thread_count(monkeypatch):
+    """A forked child (a DataLoader worker) must not reuse the parent's pool: its threads do not
+    exist there, and work handed to them would wait forever. (A real fork cannot be tested here:
+    libgomp itself hangs in a child whose parent ran OpenMP, which is why DataLoader workers run
+    one thread.)"""
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        first = pp._nms_helpers()
+        assert first is not None and pp._nms_helpers() is first
+        monkeypatch.setattr(pp.os, "getpid", lambda: -1)  # as seen from a child process
+        child = pp._nms_helpers()
+        assert child is not None and child is not first
+        torch.set_num_threads(1)
+        assert pp._nms_helpers() is None
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_traced_postprocess_takes_the_traceable_path(monkeypatch):

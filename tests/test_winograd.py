@@ -9,8 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import ssdcli
-from ssdcli.models import build_model
-from ssdcli.models import winograd
+from ssdcli.models import build_model, winograd
 from ssdcli.models.vgg import ChannelsLastMaxPool2d
 from ssdcli.models.winograd import WinogradConv2d
 

@@ -16,7 +16,9 @@ torchvision's ``batched_nms`` chooses its own:
   order, a prefix at a time: once a prefix holds ``max_detections`` survivors, nothing after it
   can enter the answer. At score 0.01 an image has thousands of candidates (all classes) but its
   200 survivors sit in the first few hundred, so this does a fraction of the IoU work of NMS over
-  every candidate, and one ``nms`` call per image instead of one per (image, class).
+  every candidate, and one ``nms`` call per image instead of one per (image, class). The images
+  go through together, a round at a time (the next stretch of every image that still needs
+  survivors), and a round's ``nms`` calls share the CPU threads: ``nms`` releases the GIL.
 - traced / scripted (``ssd export --postprocess``): :func:`_postprocess_flat_traceable`, with no
   Python branch on tensor values and only operators ONNX has (``batched_nms`` becomes
   ``NonMaxSuppression``; no ``bincount``, no ``sort(stable=True)``).
@@ -30,7 +32,8 @@ equal-score overlapping boxes of a class survives NMS depends on that order, in 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+import os
+from concurrent.futures import ThreadPoolExecutor
 from typing import NamedTuple
 
 import torch
@@ -104,8 +107,8 @@ def postprocess_flat(
     return _postprocess_flat_eager(cls_logits, box_deltas, priors_cxcywh, *settings)
 
 
-# The first prefix holds FIRST_PREFIX times ``max_detections`` candidates. Later stretches are
-# sized from the survival rate so far, GROWTH_SLACK times what it predicts (_grow_survivors).
+# The first stretch of each image holds FIRST_PREFIX times ``max_detections`` candidates. Later
+# stretches are sized from the survival rate so far, GROWTH_SLACK times what it predicts.
 FIRST_PREFIX = 2
 GROWTH_SLACK = 1.5
 
@@ -120,143 +123,181 @@ def _postprocess_flat_eager(
     max_detections: int,
     variances: tuple[float, float],
 ) -> FlatDetections:
-    """:func:`postprocess_flat` outside a trace: NMS on score-ordered prefixes (module docstring)."""
-    batch, num_priors, _ = cls_logits.shape
+    """:func:`postprocess_flat` outside a trace: NMS on score-ordered stretches (module docstring).
+
+    Every image's candidates wait in one row of a score grid; a round takes the next stretch of
+    each image that still needs survivors (one ``topk`` for all of them), decodes it, and runs
+    NMS over the image's survivors so far plus the stretch. Survivors can only be suppressed by
+    better boxes, which they outscore, so this continues the greedy pass exactly (a suppressed box
+    suppresses nothing). The per-image NMS calls of a round run on a thread pool: torchvision's
+    ``nms`` releases the GIL.
+    """
+    batch, num_priors, num_logits = cls_logits.shape
+    num_classes = num_logits - 1
     device = cls_logits.device
     scores = torch.softmax(cls_logits.float(), dim=-1)[..., 1:]  # (B, P, C), background dropped
-    image_idx, prior_idx, class_idx = (scores > score_threshold).nonzero().unbind(1)  # (M,), by image
+    candidate = scores > score_threshold  # (B, P, C)
+    _keep_top_k_per_class(candidate, scores, min(top_k_candidates, num_priors))
+    flat = candidate.reshape(-1).nonzero().squeeze(1)  # (M,), by image, prior, class
+    image_idx = flat // (num_priors * num_classes)
+    prior_idx = flat // num_classes % num_priors
+    class_idx = flat % num_classes
     cand_scores = scores[image_idx, prior_idx, class_idx]  # (M,)
 
-    def decode_candidates(indices: Tensor) -> Tensor:
-        """Tensor[n, 4]: boxes of candidates ``indices``, xyxy normalised, clipped to the image."""
-        priors = priors_cxcywh[prior_idx[indices]].float()
-        deltas = box_deltas[image_idx[indices], prior_idx[indices]].float()
-        return cxcywh_to_xyxy(decode(deltas, priors, variances)).clamp(0.0, 1.0)
-
-    # Each image's best candidates first: scores laid out in a [B, most] grid (padding -1), the
-    # first prefix of every image from one topk. It stays within Caffe's per-class top_k: a
-    # candidate among the first k of its image is among the first k of its class.
+    # One row per image, its candidates' scores in candidate order; -inf pads and marks the taken.
     counts = torch.bincount(image_idx, minlength=batch)  # (B,)
     starts = torch.cumsum(counts, 0) - counts  # (B,)
-    most = int(counts.max()) if image_idx.shape[0] > 0 else 0
-    grid = cand_scores.new_full((batch, most), -1.0)
-    grid[image_idx, torch.arange(image_idx.shape[0], device=device) - starts[image_idx]] = cand_scores
-    top_k = min(top_k_candidates, num_priors)
-    first = min(most, FIRST_PREFIX * max_detections, top_k)
-    slots = grid.topk(first, dim=1).indices  # (B, first), score-descending
-    lengths = counts.clamp(max=first)  # (B,)
-    in_first = torch.arange(first, device=device).unsqueeze(0) < lengths.unsqueeze(1)  # (B, first)
-    prefix = (slots + starts.unsqueeze(1))[in_first]  # by image
-    prefix_boxes = decode_candidates(prefix)  # (sum of lengths, 4)
+    num_candidates = counts.tolist()
+    grid = cand_scores.new_full((batch, max(num_candidates, default=0)), -math.inf)
+    column = torch.arange(image_idx.shape[0], device=device) - starts[image_idx]  # (M,)
+    grid[image_idx, column] = cand_scores
 
-    kept, kept_boxes = [], []
-    # A loop over the images of the batch, not over boxes: NMS cost grows with the square of the
-    # boxes in one call, so images are never mixed in one call.
-    for image, (stretch, boxes) in enumerate(zip(prefix.split(lengths.tolist()), prefix_boxes.split(lengths.tolist()))):
-        keep = _nms_by_class(boxes, cand_scores[stretch], class_idx[stretch], nms_iou)  # (n,), by score
-        survivors, survivor_boxes = stretch[keep], boxes[keep]
-        count, start = int(counts[image]), int(starts[image])
-        if survivors.shape[0] < max_detections and count > first:
-            # The rest of the image's candidates in score order (ties in candidate order), within
-            # the per-class top_k and without the prefix.
-            rest = start + grid[image, :count].argsort(descending=True, stable=True)  # (count,)
-            rest = _top_k_per_class(rest, class_idx, top_k)
-            in_prefix = torch.zeros(count, dtype=torch.bool, device=device)
-            in_prefix[stretch - start] = True
-            rest = rest[~in_prefix[rest - start]]
-            survivors, survivor_boxes = _grow_survivors(
-                rest, first, survivors, survivor_boxes, cand_scores, class_idx, decode_candidates,
-                nms_iou, max_detections,
-            )
-        kept.append(survivors[:max_detections])
-        kept_boxes.append(survivor_boxes[:max_detections])
-    kept_idx = torch.cat(kept) if kept else image_idx
+    survivors = [image_idx.new_empty(0)] * batch  # candidate indices, score-descending
+    # NMS input: float64 boxes moved to one square per class (see _nms_by_class), float64 scores.
+    survivor_boxes = [cand_scores.new_empty((0, 4), dtype=torch.float64)] * batch
+    survivor_scores = [cand_scores.new_empty(0, dtype=torch.float64)] * batch
+    examined = [0] * batch
+    take = {i: min(n, FIRST_PREFIX * max_detections) for i, n in enumerate(num_candidates) if n > 0}
+    while take:
+        images = list(take)
+        lengths = list(take.values())
+        rows = torch.tensor(images, device=device)
+        slots = grid[rows].topk(max(lengths), dim=1).indices  # (n, most taken), score-descending
+        if min(lengths) < slots.shape[1]:
+            taken = torch.arange(slots.shape[1], device=device) < torch.tensor(lengths, device=device).unsqueeze(1)
+            row_of_taken, slots = rows.unsqueeze(1).expand_as(slots)[taken], slots[taken]  # (T,) each
+        else:
+            row_of_taken, slots = rows.repeat_interleave(slots.shape[1]), slots.reshape(-1)  # (T,) each
+        grid[row_of_taken, slots] = -math.inf
+        stretch = starts[row_of_taken] + slots  # (T,) candidate indices
+        boxes = _separated_boxes(
+            _decode_candidates(box_deltas, priors_cxcywh, image_idx[stretch], prior_idx[stretch], variances),
+            class_idx[stretch],
+        )  # (T, 4)
+        jobs = []
+        for image, new, new_boxes, new_scores in zip(
+            images, stretch.split(lengths), boxes.split(lengths), cand_scores[stretch].double().split(lengths)
+        ):
+            survivors[image] = torch.cat((survivors[image], new))
+            survivor_boxes[image] = torch.cat((survivor_boxes[image], new_boxes))
+            survivor_scores[image] = torch.cat((survivor_scores[image], new_scores))
+            jobs.append((survivor_boxes[image], survivor_scores[image]))
+        take = {}
+        for image, length, kept in zip(images, lengths, _nms_each(jobs, nms_iou)):
+            survivors[image] = survivors[image][kept]
+            survivor_boxes[image] = survivor_boxes[image][kept]
+            survivor_scores[image] = survivor_scores[image][kept]
+            examined[image] += length
+            found, left = survivors[image].shape[0], num_candidates[image] - examined[image]
+            if found < max_detections and left > 0:
+                rate = max(found, 1) / examined[image]
+                wanted = math.ceil(GROWTH_SLACK * (max_detections - found) / rate)
+                take[image] = min(left, max(wanted, examined[image] // 2, 1))
+
+    kept = torch.cat([s[:max_detections] for s in survivors]) if batch else image_idx  # (K,), by image
+    separated = torch.cat([b[:max_detections] for b in survivor_boxes]) if batch else scores.new_empty((0, 4))
     return FlatDetections(
-        batch_index=image_idx[kept_idx],
-        boxes_xyxy_norm=torch.cat(kept_boxes) if kept else prefix_boxes,
-        scores=cand_scores[kept_idx],
-        labels=class_idx[kept_idx] + 1,
+        batch_index=image_idx[kept],
+        boxes_xyxy_norm=(separated - _class_offsets(class_idx[kept])).float(),  # exact: see _separated_boxes
+        scores=cand_scores[kept],
+        labels=class_idx[kept] + 1,
     )
 
 
-def _nms_by_class(boxes_xyxy: Tensor, scores: Tensor, classes: Tensor, nms_iou: float) -> Tensor:
-    """Greedy NMS within each class of one image, in one ``torchvision.ops.nms`` call.
-
-    Classes are kept apart by moving each to its own square: boxes in [0, 1] shifted by
-    2 * class never meet another class. The shift is done in float64, where it is exact (a
-    float32 coordinate plus a small integer fits in 53 bits), so IoUs within a class are those of
-    the boxes themselves. (One call beats one per class here, measured: most pairs it compares
-    across classes have IoU 0 and cost little.)
+def _keep_top_k_per_class(candidate: Tensor, scores: Tensor, top_k: int) -> None:
+    """Unmark, in place, the candidates beyond the ``top_k`` best default boxes of their (image,
+    class): Caffe's per-class ``top_k``. The cut is ``topk`` on the same score rows as
+    :func:`_postprocess_flat_traceable` takes them from, so both paths keep the same candidates.
 
     Args:
-        boxes_xyxy: Tensor[n, 4], normalised; scores: Tensor[n]; classes: Tensor[n] int64.
+        candidate: Tensor[B, P, C] bool, above the score threshold; changed in place.
+        scores: Tensor[B, P, C], class probabilities.
+    """
+    per_group = candidate.sum(dim=1)  # (B, C)
+    if per_group.numel() == 0 or int(per_group.max()) <= top_k:
+        return
+    image, cls = (per_group > top_k).nonzero().unbind(1)  # (R,) each: the (image, class) over the cap
+    best = scores[image, :, cls].topk(top_k, dim=1, sorted=False).indices  # (R, top_k)
+    allowed = torch.zeros_like(candidate[image, :, cls]).scatter_(1, best, True)  # (R, P)
+    candidate[image, :, cls] = candidate[image, :, cls] & allowed
+
+
+def _decode_candidates(
+    box_deltas: Tensor, priors_cxcywh: Tensor, image_idx: Tensor, prior_idx: Tensor, variances: tuple[float, float]
+) -> Tensor:
+    """Tensor[n, 4]: the boxes of candidates (image, prior), xyxy normalised, clipped to the image."""
+    deltas = box_deltas[image_idx, prior_idx].float()  # (n, 4)
+    return cxcywh_to_xyxy(decode(deltas, priors_cxcywh[prior_idx].float(), variances)).clamp(0.0, 1.0)
+
+
+def _class_offsets(classes: Tensor) -> Tensor:
+    """Tensor[n, 1] float64: 2 * class, the shift that gives each class its own square."""
+    return 2.0 * classes.double().unsqueeze(1)
+
+
+def _separated_boxes(boxes_xyxy: Tensor, classes: Tensor) -> Tensor:
+    """Boxes in [0, 1] moved by 2 * class in float64, so that one ``nms`` call keeps classes apart.
+
+    Boxes of two classes never meet. The shift is exact in float64 (a float32 coordinate plus a
+    small integer fits in 53 bits), so IoUs within a class are those of the boxes themselves and
+    subtracting the shift gives back the float32 box bit for bit. (One call beats one per class
+    here, measured: most pairs it compares across classes have IoU 0 and cost little.)
+
+    Args:
+        boxes_xyxy: Tensor[n, 4], normalised; classes: Tensor[n] int64.
 
     Returns:
-        Tensor[s] int64, positions of the survivors, score-descending (ties in input order).
+        Tensor[n, 4] float64.
     """
-    separated = boxes_xyxy.double() + 2.0 * classes.double().unsqueeze(1)  # (n, 4)
-    return nms(separated, scores.double(), nms_iou)
+    return boxes_xyxy.double() + _class_offsets(classes)
 
 
-def _top_k_per_class(order: Tensor, class_idx: Tensor, top_k: int) -> Tensor:
-    """``order`` without the candidates beyond the ``top_k`` best of their class (Caffe's per-class
-    ``top_k``); the others keep their order.
+def _nms_each(jobs: list[tuple[Tensor, Tensor]], nms_iou: float) -> list[Tensor]:
+    """``torchvision.ops.nms`` on each ``(boxes_xyxy Tensor[n, 4], scores Tensor[n])``.
 
-    Args:
-        order: Tensor[n] int64, one image's candidate indices, score-descending.
-        class_idx: Tensor[M], every candidate's 0-based class.
-    """
-    classes = class_idx[order]  # (n,)
-    class_counts = torch.bincount(classes)
-    if int(class_counts.max()) <= top_k:
-        return order
-    by_class = classes.argsort(stable=True)  # (n,), score order within each class
-    class_starts = torch.cumsum(class_counts, 0) - class_counts
-    rank = torch.empty_like(order)
-    rank[by_class] = torch.arange(order.shape[0], device=order.device) - class_starts[classes[by_class]]
-    return order[rank < top_k]
-
-
-def _grow_survivors(
-    rest: Tensor,
-    examined: int,
-    survivors: Tensor,
-    survivor_boxes: Tensor,
-    scores: Tensor,
-    class_idx: Tensor,
-    decode_candidates: Callable[[Tensor], Tensor],
-    nms_iou: float,
-    max_detections: int,
-) -> tuple[Tensor, Tensor]:
-    """One image's survivors of per-class greedy NMS, continued a stretch of ``rest`` at a time
-    until there are ``max_detections`` of them or no candidate is left.
-
-    A box can only be suppressed by a better box of its class that survives (a suppressed box
-    suppresses nothing), so NMS over the survivors so far plus the next stretch continues the
-    greedy pass exactly: the survivors outscore the stretch, do not suppress each other, and come
-    first among equal scores as they did before. Each stretch is sized from the survival rate so
-    far, GROWTH_SLACK times what it predicts, so that one more usually suffices.
-
-    Args:
-        rest: Tensor[n] int64, the image's remaining candidate indices, score-descending.
-        examined: how many candidates the survivors were found among.
-        survivors, survivor_boxes: Tensor[s] and Tensor[s, 4] found so far, score-descending.
-        scores, class_idx: Tensor[M], every candidate's score and 0-based class.
-        decode_candidates: candidate indices -> Tensor[n, 4], xyxy normalised.
+    On the CPU the jobs are dealt round-robin to ``torch.get_num_threads()`` threads, this one
+    included: ``nms`` releases the GIL, so two threads run two images at once (one submission per
+    helper thread, not per job: a submission costs about as much as a small ``nms``).
 
     Returns:
-        ``(indices Tensor[K], boxes_xyxy_norm Tensor[K, 4])``, score-descending.
+        For each job, Tensor[s] int64: positions of the survivors, score-descending (ties in
+        input order).
     """
-    done = 0
-    while survivors.shape[0] < max_detections and done < rest.shape[0]:
-        rate = max(survivors.shape[0], 1) / max(examined + done, 1)
-        wanted = math.ceil(GROWTH_SLACK * (max_detections - survivors.shape[0]) / rate)
-        length = min(rest.shape[0], done + max(wanted, (examined + done) // 2, 1))
-        stretch = torch.cat((survivors, rest[done:length]))  # still score-descending
-        boxes = torch.cat((survivor_boxes, decode_candidates(rest[done:length])))  # (n, 4)
-        keep = _nms_by_class(boxes, scores[stretch], class_idx[stretch], nms_iou)
-        survivors, survivor_boxes, done = stretch[keep], boxes[keep], length
-    return survivors, survivor_boxes
+    results: list[Tensor | None] = [None] * len(jobs)
+
+    def run(positions: range) -> None:
+        for position in positions:
+            boxes, scores = jobs[position]
+            results[position] = nms(boxes, scores, nms_iou)
+
+    helpers = _nms_helpers() if len(jobs) > 1 and jobs[0][0].device.type == "cpu" else None
+    if helpers is None:
+        run(range(len(jobs)))
+        return results
+    hands = min(len(jobs), torch.get_num_threads())  # the helpers and this thread
+    futures = [helpers.submit(run, range(hand, len(jobs), hands)) for hand in range(1, hands)]
+    run(range(0, len(jobs), hands))
+    for future in futures:
+        future.result()
+    return results
+
+
+_HELPERS: tuple[tuple[int, int], ThreadPoolExecutor] | None = None  # ((pid, threads), pool)
+
+
+def _nms_helpers() -> ThreadPoolExecutor | None:
+    """``torch.get_num_threads() - 1`` helper threads per process (``None`` with one thread).
+    A forked child (a DataLoader worker) gets its own: the parent's threads do not exist there."""
+    global _HELPERS
+    threads = torch.get_num_threads()
+    if threads < 2:
+        return None
+    key = (os.getpid(), threads)
+    if _HELPERS is None or _HELPERS[0] != key:
+        if _HELPERS is not None and _HELPERS[0][0] == key[0]:
+            _HELPERS[1].shutdown(wait=False)  # same process, another thread count
+        _HELPERS = (key, ThreadPoolExecutor(max_workers=threads - 1, thread_name_prefix="ssdcli-nms"))
+    return _HELPERS[1]
 
 
 def _postprocess_flat_traceable(
