@@ -36,11 +36,15 @@ def compare(
     repeats: int,
     device: torch.device,
     warmup: int = 1,
+    min_seconds: float = 0.0,
 ) -> tuple[float, float | None]:
     """Median milliseconds of ``ours`` and ``reference``, measured alternately.
 
     Args:
-        repeats: timed calls of each side (after ``warmup`` untimed calls of each).
+        repeats: timed calls of each side at least (after ``warmup`` untimed calls of each).
+        min_seconds: go on (up to :data:`MAX_REPEATS` calls of each side) until both sides
+            together took this long: a median of 5 calls of a few milliseconds moves by 10 % from
+            run to run on a shared machine, one of 2 s worth of calls does not.
         reference: ``None`` times ours alone.
 
     Returns:
@@ -51,11 +55,17 @@ def compare(
         if reference is not None:
             reference()
     ours_times, reference_times = [], []
-    for _ in range(repeats):
+    while len(ours_times) < repeats or (
+        sum(ours_times) + sum(reference_times) < min_seconds * 1000.0 and len(ours_times) < MAX_REPEATS
+    ):
         ours_times.append(time_ms(ours, device))
         if reference is not None:
             reference_times.append(time_ms(reference, device))
     return statistics.median(ours_times), (statistics.median(reference_times) if reference_times else None)
+
+
+MAX_REPEATS = 200
+"""Most timed calls of each side :func:`compare` makes to fill ``min_seconds``."""
 
 
 def gemm_peak_gflops(device: torch.device, size: int = 2048, repeats: int = 5) -> float:

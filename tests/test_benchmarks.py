@@ -5,6 +5,7 @@ work on both sides."""
 from __future__ import annotations
 
 import json
+import time
 import sys
 from pathlib import Path
 
@@ -140,3 +141,25 @@ def test_eval_case_scores_like_pycocotools(coco128):
     stats = ours()
     reference = theirs()
     assert [stats[name] if stats[name] is not None else -1.0 for name in stats] == pytest.approx(list(reference))
+
+
+def test_compare_times_fast_cases_for_min_seconds_and_slow_ones_repeats_times():
+    from benchmarks import timing
+
+    calls = {"ours": 0, "reference": 0}
+
+    def sleeper(side: str, seconds: float):
+        def run():
+            calls[side] += 1
+            time.sleep(seconds)
+
+        return run
+
+    timing.compare(sleeper("ours", 0.001), sleeper("reference", 0.001), 5, torch.device("cpu"), 0, 0.1)
+    assert calls["ours"] == calls["reference"] > 5  # ~2 ms per pair: on past 5 pairs to fill 0.1 s
+    calls.update(ours=0, reference=0)
+    timing.compare(sleeper("ours", 0.03), sleeper("reference", 0.03), 5, torch.device("cpu"), 0, 0.1)
+    assert calls["ours"] == calls["reference"] == 5  # 5 pairs already take 0.3 s
+    calls.update(ours=0, reference=0)
+    timing.compare(sleeper("ours", 0.0), None, 5, torch.device("cpu"), 0, 1e9)
+    assert calls["ours"] == timing.MAX_REPEATS

@@ -145,6 +145,25 @@ def test_ssd300_onnx_with_postprocess_matches_pytorch_at_batch_1(tmp_path):
     _assert_same_detections(expected, _flat(detector.run(images)))
 
 
+def test_parity_reference_computes_convolutions_directly(lite, tmp_path, monkeypatch):
+    """The exported graph has direct convolutions; so must the PyTorch side of the check, or a
+    trained SSD300's Winograd differences (~1e-5 of the largest logit) would eat the tolerance."""
+    from ssdcli import export
+    from ssdcli.models import winograd
+
+    seen = []
+    original = export.check_parity
+
+    def spy(*args, **kwargs):
+        seen.append(winograd._DIRECT.get())
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(export, "check_parity", spy)
+    report = export_checkpoint(lite, tmp_path / "lite.onnx", ExportOptions(postprocess=False))
+    assert report.passed and seen == [True]
+    assert not winograd._DIRECT.get()
+
+
 def test_ssdlite_onnx_detections_match_and_metadata_round_trips(lite, lite_onnx):
     onnx.checker.check_model(str(lite_onnx))
     checkpoint = load_checkpoint(lite)

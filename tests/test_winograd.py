@@ -75,7 +75,10 @@ def test_batches_are_convolved_image_by_image_equally(nnpack_calls) -> None:
 
 @pytest.mark.parametrize(
     "case",
-    ["training", "small map", "few channels", "stride 2", "dilated", "float64", "exact env", "spinning openmp", "traced"],
+    [
+        "training", "small map", "few channels", "stride 2", "dilated", "float64", "exact env",
+        "spinning openmp", "traced", "direct block",
+    ],
 )
 def test_direct_convolution_where_winograd_does_not_apply(nnpack_calls, monkeypatch, case) -> None:
     size, in_channels, options = 32, 64, {}
@@ -100,6 +103,9 @@ def test_direct_convolution_where_winograd_does_not_apply(nnpack_calls, monkeypa
         with torch.no_grad():
             traced = torch.jit.trace(conv, (x,), check_trace=False)
         out = traced(x)
+    elif case == "direct block":
+        with winograd.direct_convolutions():
+            out = conv(x)
     else:
         out = conv(x)
     assert nnpack_calls == []
@@ -156,3 +162,4 @@ def test_channels_last_max_pool_equals_max_pool() -> None:
     assert out.shape == (2, 8, 38, 38)  # pool3: 75 -> 38 as in Caffe
     assert out.is_contiguous(memory_format=torch.channels_last)
     assert torch.equal(out, nn.MaxPool2d(2, stride=2, ceil_mode=True)(x))
+

@@ -24,8 +24,11 @@ off when torch was imported before ssdcli without an OpenMP spin limit: see
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
 import os
+from collections.abc import Iterator
 
 import torch
 from torch import Tensor, nn
@@ -38,6 +41,19 @@ MIN_CHANNELS = 64
 """Smallest number of input and of output channels that goes through Winograd."""
 EXACT_ENV = "SSDCLI_EXACT_CONV"
 """Environment variable: set to 1 to compute every convolution directly."""
+
+_DIRECT = contextvars.ContextVar("ssdcli_direct_convolutions", default=False)
+
+
+@contextlib.contextmanager
+def direct_convolutions() -> Iterator[None]:
+    """Inside this block every :class:`WinogradConv2d` computes directly: the reference an
+    exported model (which has the direct convolutions) is checked against."""
+    token = _DIRECT.set(True)
+    try:
+        yield
+    finally:
+        _DIRECT.reset(token)
 
 
 @functools.cache
@@ -98,5 +114,6 @@ class WinogradConv2d(nn.Conv2d):
             and min(x.shape[-2], x.shape[-1]) >= MIN_SIDE
             and ssdcli.OPENMP_YIELDS  # else OpenMP's spinning threads eat the gain (ssdcli.OPENMP_SPIN_COUNT)
             and nnpack_ready()
+            and not _DIRECT.get()
             and not exact_requested()
         )
