@@ -178,10 +178,12 @@ def _postprocess_flat_eager(
         for image, new, new_boxes, new_scores in zip(
             images, stretch.split(lengths), boxes.split(lengths), cand_scores[stretch].double().split(lengths)
         ):
-            survivors[image] = torch.cat((survivors[image], new))
-            survivor_boxes[image] = torch.cat((survivor_boxes[image], new_boxes))
-            survivor_scores[image] = torch.cat((survivor_scores[image], new_scores))
-            jobs.append((survivor_boxes[image], survivor_scores[image]))
+            if examined[image] > 0:  # after the first round: survivors first, then the stretch
+                new = torch.cat((survivors[image], new))
+                new_boxes = torch.cat((survivor_boxes[image], new_boxes))
+                new_scores = torch.cat((survivor_scores[image], new_scores))
+            survivors[image], survivor_boxes[image], survivor_scores[image] = new, new_boxes, new_scores
+            jobs.append((new_boxes, new_scores))
         take = {}
         for image, length, kept in zip(images, lengths, _nms_each(jobs, nms_iou)):
             survivors[image] = survivors[image][kept]
@@ -218,8 +220,8 @@ def _keep_top_k_per_class(candidate: Tensor, scores: Tensor, top_k: int) -> None
         return
     image, cls = (per_group > top_k).nonzero().unbind(1)  # (R,) each: the (image, class) over the cap
     best = scores[image, :, cls].topk(top_k, dim=1, sorted=False).indices  # (R, top_k)
-    allowed = torch.zeros_like(candidate[image, :, cls]).scatter_(1, best, True)  # (R, P)
-    candidate[image, :, cls] = candidate[image, :, cls] & allowed
+    allowed = torch.zeros((image.shape[0], scores.shape[1]), dtype=torch.bool, device=scores.device)
+    candidate[image, :, cls] &= allowed.scatter_(1, best, True)  # (R, P)
 
 
 def _decode_candidates(
