@@ -130,7 +130,7 @@ def test_eager_and_traceable_paths_give_identical_detections(seed, settings):
 
 def test_prefix_grows_when_the_first_one_holds_too_few_survivors():
     """100 near-copies of one box outscore 50 boxes spread over the image: with max_detections 20
-    the first prefix (2 x 20 = 40 candidates) holds one survivor, so the prefix has to grow until
+    the first stretch (2.5 x 20 = 50 candidates) holds one survivor, so the prefix has to grow until
     the spread boxes are reached; the answer must still be NMS over every candidate."""
     priors = generate_priors(ssd300_spec())
     logits = torch.zeros(1, priors.shape[0], 2)
@@ -166,7 +166,7 @@ def _crowded_then_spread(logits, deltas, priors, image, crowd, spread, score):
 
 
 def test_images_of_a_batch_need_different_numbers_of_rounds():
-    """Image 0 needs several growth rounds (its first 40 candidates hold one survivor), image 1
+    """Image 0 needs several growth rounds (its first 50 candidates hold one survivor), image 1
     is answered by its first stretch, image 2 has no candidate, image 3 needs one more round; all
     must equal NMS over every candidate, and the traceable path."""
     priors = generate_priors(ssd300_spec())

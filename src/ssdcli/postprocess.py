@@ -108,8 +108,12 @@ def postprocess_flat(
 
 
 # The first stretch of each image holds FIRST_PREFIX times ``max_detections`` candidates. Later
-# stretches are sized from the survival rate so far, GROWTH_SLACK times what it predicts.
-FIRST_PREFIX = 2
+# stretches are sized from the survival rate so far, GROWTH_SLACK times what it predicts. 2.5
+# measured best of 1.25 / 1.5 / 2 / 2.5 / 3 on the bench's score-0.01 inputs (an 8-epoch SSDLite,
+# about 40 % of each image's best candidates survive: 6.0 ms against 6.6 ms with 2) and no worse on
+# those of an undertrained one (5.9 ms both); a short first stretch costs a second round, a long
+# one IoU work on candidates the answer does not need.
+FIRST_PREFIX = 2.5
 GROWTH_SLACK = 1.5
 
 
@@ -157,7 +161,7 @@ def _postprocess_flat_eager(
     survivor_boxes = [cand_scores.new_empty((0, 4), dtype=torch.float64)] * batch
     survivor_scores = [cand_scores.new_empty(0, dtype=torch.float64)] * batch
     examined = [0] * batch
-    take = {i: min(n, FIRST_PREFIX * max_detections) for i, n in enumerate(num_candidates) if n > 0}
+    take = {i: min(n, math.ceil(FIRST_PREFIX * max_detections)) for i, n in enumerate(num_candidates) if n > 0}
     while take:
         images = list(take)
         lengths = list(take.values())
