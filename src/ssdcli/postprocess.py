@@ -157,7 +157,7 @@ def _postprocess_flat_eager(
     grid[image_idx, column] = cand_scores
 
     survivors = [image_idx.new_empty(0)] * batch  # candidate indices, score-descending
-    # NMS input: float64 boxes moved to one square per class (see _nms_by_class), float64 scores.
+    # NMS input: float64 boxes moved to one square per class (_separated_boxes), float64 scores.
     survivor_boxes = [cand_scores.new_empty((0, 4), dtype=torch.float64)] * batch
     survivor_scores = [cand_scores.new_empty(0, dtype=torch.float64)] * batch
     examined = [0] * batch
