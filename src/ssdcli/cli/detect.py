@@ -52,6 +52,8 @@ results (image_id = file stem, category_id = class_id), the format `ssd eval --d
 
 [bold]Weights[/]: without --weights, the newest runs/*/best.pt under the current folder (else the \
 newest last.pt). Pre-processing and class names come from the checkpoint.
+
+[bold]CPU speed[/]: SSD300 / SSD512 compute their large 3x3 convolutions with Winograd's algorithm (NNPACK, inside torch), about a third faster; outputs move by ~1e-5 of their largest value. SSDCLI_EXACT_CONV=1 in the environment computes them directly.
 """
 
 # Extensions cv2.imwrite encodes; a rendered copy of any other image type is written as .png.
