@@ -157,9 +157,8 @@ def _postprocess_flat_eager(
     grid[image_idx, column] = cand_scores
 
     survivors = [image_idx.new_empty(0)] * batch  # candidate indices, score-descending
-    # NMS input: float64 boxes moved to one square per class (_separated_boxes), float64 scores.
+    # NMS input boxes: float64, moved to one square per class (_separated_boxes).
     survivor_boxes = [cand_scores.new_empty((0, 4), dtype=torch.float64)] * batch
-    survivor_scores = [cand_scores.new_empty(0, dtype=torch.float64)] * batch
     examined = [0] * batch
     take = {i: min(n, math.ceil(FIRST_PREFIX * max_detections)) for i, n in enumerate(num_candidates) if n > 0}
     while take:
@@ -179,20 +178,16 @@ def _postprocess_flat_eager(
             class_idx[stretch],
         )  # (T, 4)
         jobs = []
-        for image, new, new_boxes, new_scores in zip(
-            images, stretch.split(lengths), boxes.split(lengths), cand_scores[stretch].double().split(lengths)
-        ):
+        for image, new, new_boxes in zip(images, stretch.split(lengths), boxes.split(lengths)):
             if examined[image] > 0:  # after the first round: survivors first, then the stretch
                 new = torch.cat((survivors[image], new))
                 new_boxes = torch.cat((survivor_boxes[image], new_boxes))
-                new_scores = torch.cat((survivor_scores[image], new_scores))
-            survivors[image], survivor_boxes[image], survivor_scores[image] = new, new_boxes, new_scores
-            jobs.append((new_boxes, new_scores))
+            survivors[image], survivor_boxes[image] = new, new_boxes
+            jobs.append((new_boxes, cand_scores[new].double()))
         take = {}
         for image, length, kept in zip(images, lengths, _nms_each(jobs, nms_iou)):
             survivors[image] = survivors[image][kept]
             survivor_boxes[image] = survivor_boxes[image][kept]
-            survivor_scores[image] = survivor_scores[image][kept]
             examined[image] += length
             found, left = survivors[image].shape[0], num_candidates[image] - examined[image]
             if found < max_detections and left > 0:
