@@ -29,7 +29,6 @@ import collections
 import os
 import pickle
 import random
-import secrets
 import warnings
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -40,6 +39,7 @@ import torch
 from torch import Tensor, nn
 
 from ssdcli.errors import CheckpointError
+from ssdcli.files import atomic_write
 from ssdcli.priors import PriorSpec
 
 FORMAT = "ssdcli-checkpoint"
@@ -191,12 +191,10 @@ def _field_problems(payload: Mapping[str, Any]) -> list[str]:
 def save_checkpoint(path: str | os.PathLike[str], payload: Mapping[str, Any]) -> None:
     """Write ``payload`` to ``path`` atomically, in a form ``torch.load(weights_only=True)`` reads.
 
-    ``format`` / ``format_version`` are filled in when absent. The write goes to a hidden temp file
-    in the same folder, is flushed and fsync'ed, then ``os.replace``'d onto ``path`` (atomic on
-    POSIX and Windows) and the folder is fsync'ed so the rename itself survives a power cut. Any
-    failure (including KeyboardInterrupt) removes the temp file and leaves an existing ``path``
-    untouched; only SIGKILL or a power cut can leave a stale ``.<name>.*.tmp`` behind, never a
-    partial ``path``.
+    ``format`` / ``format_version`` are filled in when absent. The write is atomic
+    (:func:`ssdcli.files.atomic_write`): any failure, KeyboardInterrupt included, leaves an
+    existing ``path`` untouched, and only SIGKILL or a power cut can leave a stale
+    ``.<name>.*.tmp`` behind, never a partial ``path``.
 
     Args:
         path: target file (``last.pt``, ``best.pt``); its folder must exist.
@@ -224,38 +222,7 @@ def save_checkpoint(path: str | os.PathLike[str], payload: Mapping[str, Any]) ->
             bad = _first_non_finite(payload[key], key)
             if bad is not None:
                 raise ValueError(f"refusing to write {os.fspath(path)}: {bad} holds NaN or inf values")
-    _atomic_torch_save(Path(path), payload)
-
-
-def _atomic_torch_save(path: Path, payload: dict[str, Any]) -> None:
-    """``torch.save`` to a temp file next to ``path``, fsync, rename onto ``path``, fsync folder."""
-    folder = path.parent
-    tmp = folder / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
-    # os.open with 0o666 lets the umask decide the mode, as for any file the user creates
-    # (tempfile.mkstemp would force 0o600 onto every checkpoint).
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
-    try:
-        with os.fdopen(fd, "wb") as file:
-            torch.save(payload, file)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_folder(folder)
-
-
-def _fsync_folder(folder: Path) -> None:
-    """Make a rename in ``folder`` durable (POSIX: fsync the directory). Windows cannot open a
-    directory for fsync; its ``MoveFileEx`` replace is already durable enough there."""
-    if os.name == "nt":
-        return
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    atomic_write(path, lambda file: torch.save(payload, file))
 
 
 # --------------------------------------------------------------------------------------------

@@ -27,7 +27,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import secrets
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -37,6 +36,7 @@ import torch
 from torch import Tensor, nn
 
 from ssdcli.errors import UserError
+from ssdcli.files import replace_atomically, temp_file_for
 from ssdcli.export_metadata import INPUT_NAME, ExportMetadata, metadata_for
 from ssdcli.export_parity import (
     OutputCheck,
@@ -372,8 +372,7 @@ def export_checkpoint(
         output.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise UserError(f"--output {output}: cannot create its folder ({exc.strerror})") from exc
-    tmp = output.parent / f".{output.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
-    try:
+    with temp_file_for(output) as tmp:
         step(f"tracing {metadata.arch} ({'with' if options.postprocess else 'without'} post-processing)")
         traced = trace_graph(graph, trace_batch)
         step(f"writing {options.format}")
@@ -405,7 +404,7 @@ def export_checkpoint(
             size_bytes=tmp.stat().st_size,
         )
         if report.passed:
-            os.replace(tmp, output)
+            replace_atomically(tmp, output)
         elif options.postprocess and has_tied_scores(network, samples, settings.top_k_candidates):
             report.note = (
                 "the network gives many default boxes exactly the same score (typical of an untrained "
@@ -413,8 +412,6 @@ def export_checkpoint(
                 "checkpoint, or export with --no-postprocess"
             )
         return report
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def default_output(weights: str | os.PathLike[str], fmt: str, postprocess: bool) -> Path:

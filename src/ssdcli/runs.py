@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import csv
-import json
-import os
 import platform
 import socket
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import torch
+
+from ssdcli.files import atomic_write_json
 
 METRIC_COLUMNS = (
     "epoch", "train_loss", "train_loc", "train_conf", "val_loss", "val_map", "lr", "images_per_s", "seconds",
@@ -33,10 +32,7 @@ def next_run_dir(base: Path) -> Path:
 def write_json(path: Path, data: object) -> None:
     """Write JSON atomically (temp file + rename)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as handle:
-        json.dump(data, handle, indent=2)
-        handle.write("\n")
-    os.replace(handle.name, path)
+    atomic_write_json(path, data)
 
 
 def git_commit() -> str | None:

@@ -1,0 +1,62 @@
+"""Atomic writes (ssdcli.files): the target is the old file or the new one, never a partial one."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+import sys
+
+import pytest
+
+from ssdcli.files import atomic_write, atomic_write_json, remove_stale_temps, temp_path_beside
+
+
+def test_json_written_and_replaced(tmp_path):
+    target = tmp_path / "config.json"
+    atomic_write_json(target, {"a": 1})
+    atomic_write_json(target, {"a": [1, 2]})
+    assert json.loads(target.read_text()) == {"a": [1, 2]}
+    assert [p.name for p in tmp_path.iterdir()] == ["config.json"]  # no temp left behind
+
+
+def test_failure_keeps_the_old_file_and_removes_the_temp(tmp_path):
+    target = tmp_path / "last.pt"
+    target.write_bytes(b"old")
+
+    def broken(file):
+        file.write(b"half")
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        atomic_write(target, broken)
+    assert target.read_bytes() == b"old"
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
+
+
+def test_mode_follows_the_umask(tmp_path):
+    old = os.umask(0o022)
+    try:
+        atomic_write_json(tmp_path / "m.json", {})
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "m.json").stat().st_mode) == 0o644  # not mkstemp's 0o600
+
+
+def test_missing_folder_is_an_os_error(tmp_path):
+    with pytest.raises(OSError):
+        atomic_write_json(tmp_path / "no" / "such" / "x.json", {})
+
+
+def test_stale_temps_of_dead_writers_are_removed(tmp_path):
+    target = tmp_path / "last.pt"
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stale = tmp_path / f".last.pt.{int(dead.stdout)}.abcd1234.tmp"
+    stale.write_bytes(b"x")
+    live = temp_path_beside(target)  # this process's own: a writer still running
+    live.write_bytes(b"y")
+    other = tmp_path / ".best.pt.1.abcd.tmp"  # another file's temp: not ours to touch
+    other.write_bytes(b"z")
+    assert remove_stale_temps(target) == [stale]
+    assert live.exists() and other.exists() and not stale.exists()
