@@ -27,6 +27,13 @@ def test_cli_exports_prints_the_parity_table_and_exits_0(lite, tmp_path):
     assert OnnxDetector(output).metadata.settings.score_threshold == 0.05
 
 
+def test_cli_prints_an_output_path_with_rich_markup_as_it_is(lite, tmp_path):
+    output = tmp_path / "a[/]b" / "[bold]lite.onnx"
+    result = runner.invoke(app, ["export", "--weights", str(lite), "--output", str(output)])
+    assert result.exit_code == 0, result.output
+    assert output.is_file() and f"wrote {output}" in result.stderr.replace("\n", "")
+
+
 def test_cli_exits_1_and_keeps_nothing_when_parity_fails(lite, tmp_path, monkeypatch):
     from ssdcli.export import pipeline
 
