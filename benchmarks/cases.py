@@ -112,7 +112,9 @@ def postprocess_case(
 
     @torch.inference_mode()
     def ours():
-        return postprocess(cls_logits, box_deltas, priors_cxcywh, score_threshold=score)
+        return postprocess(
+            cls_logits, box_deltas, priors_cxcywh, score_threshold=score, variances=model.prior_spec.variances
+        )
 
     @torch.inference_mode()
     def theirs():
@@ -137,6 +139,7 @@ def train_step_case(model: SSD, inputs_01: Tensor, boxes_xyxy_norm: Tensor, labe
     reference = build_reference(copy.deepcopy(model)).train().to(device)
     model = copy.deepcopy(model).train().to(device)
     priors = priors_for_model(model).to(device)
+    variances = model.prior_spec.variances
     mean = torch.tensor(model.mean, device=device).view(1, 3, 1, 1)
     std = torch.tensor(model.std, device=device).view(1, 3, 1, 1)
     inputs = (inputs_01 - mean) / std  # (B, 3, S, S)
@@ -152,7 +155,7 @@ def train_step_case(model: SSD, inputs_01: Tensor, boxes_xyxy_norm: Tensor, labe
 
     def ours():
         with torch.no_grad():
-            target_labels, target_deltas = assign_targets(boxes_xyxy_norm, labels, priors)
+            target_labels, target_deltas = assign_targets(boxes_xyxy_norm, labels, priors, variances=variances)
         ours_opt.zero_grad(set_to_none=True)
         loss = forward_backward(model, inputs, target_labels, target_deltas, loss_fn, micro_batch=micro_batch)
         ours_opt.step()
@@ -180,7 +183,7 @@ def target_assignment_case(model: SSD, boxes_xyxy_norm: Tensor, labels: Tensor) 
 
     @torch.no_grad()
     def ours():
-        return assign_targets(boxes_xyxy_norm, labels, priors)
+        return assign_targets(boxes_xyxy_norm, labels, priors, variances=model.prior_spec.variances)
 
     @torch.no_grad()
     def theirs():

@@ -102,7 +102,7 @@ def test_target_assignment_agrees_with_torchvision(models, coco128):
     dataset, _ = coco128
     boxes, labels = workloads.batch_targets(dataset, 4)
     priors = priors_for_model(model)
-    our_labels, our_deltas = assign_targets(boxes, labels, priors)
+    our_labels, our_deltas = assign_targets(boxes, labels, priors, variances=model.prior_spec.variances)
     anchors = anchors_xyxy_px(priors, 300)
     theirs = reference_target_assignment(reference, workloads.torchvision_targets(boxes, labels, 300), anchors)
     for image, (classes, regression) in enumerate(theirs):

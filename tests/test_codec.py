@@ -6,11 +6,13 @@ import torch
 from ssdcli.codec import MAX_LOG_SIZE_DELTA, decode, encode
 from ssdcli.priors import generate_priors, ssd300_spec
 
+CAFFE = (0.1, 0.2)  # Caffe's prior_variance: centre, size
+
 
 def test_encode_literal():
     prior = torch.tensor([[0.5, 0.5, 0.2, 0.4]])
     box = torch.tensor([[0.52, 0.46, 0.4, 0.2]])
-    deltas = encode(box, prior)
+    deltas = encode(box, prior, CAFFE)
     # dcx = (0.52 - 0.5) / (0.1 * 0.2) = 1.0; dcy = (0.46 - 0.5) / (0.1 * 0.4) = -1.0
     # dw = log(0.4 / 0.2) / 0.2 = 5 log 2; dh = log(0.2 / 0.4) / 0.2 = -5 log 2
     expected = torch.tensor([[1.0, -1.0, 5 * math.log(2), -5 * math.log(2)]])
@@ -21,15 +23,15 @@ def test_decode_inverts_encode_on_real_priors():
     priors = generate_priors(ssd300_spec())
     g = torch.Generator().manual_seed(0)
     boxes = torch.cat([torch.rand(2, priors.shape[0], 2, generator=g), 0.01 + torch.rand(2, priors.shape[0], 2, generator=g)], dim=-1)
-    round_trip = decode(encode(boxes, priors), priors)
+    round_trip = decode(encode(boxes, priors, CAFFE), priors, CAFFE)
     assert torch.allclose(round_trip, boxes, atol=1e-5, rtol=1e-5)
     deltas = torch.randn(2, priors.shape[0], 4, generator=g)
-    assert torch.allclose(encode(decode(deltas, priors), priors), deltas, atol=1e-4)
+    assert torch.allclose(encode(decode(deltas, priors, CAFFE), priors, CAFFE), deltas, atol=1e-4)
 
 
 def test_zero_deltas_decode_to_the_prior():
     priors = generate_priors(ssd300_spec())
-    assert torch.allclose(decode(torch.zeros_like(priors), priors), priors)
+    assert torch.allclose(decode(torch.zeros_like(priors), priors, CAFFE), priors)
 
 
 def test_custom_variances():
@@ -41,6 +43,6 @@ def test_custom_variances():
 
 def test_decode_of_huge_size_delta_stays_finite():
     prior = torch.tensor([[0.5, 0.5, 0.1, 0.1]])
-    out = decode(torch.tensor([[0.0, 0.0, 1e4, 1e4]]), prior)
+    out = decode(torch.tensor([[0.0, 0.0, 1e4, 1e4]]), prior, CAFFE)
     assert torch.isfinite(out).all()
     assert out[0, 2].item() == pytest.approx(0.1 * math.exp(MAX_LOG_SIZE_DELTA), rel=1e-5)

@@ -359,7 +359,7 @@ def test_micro_batches_give_the_loss_and_gradients_of_the_whole_batch():
     images = torch.randn(2, 3, 300, 300)
     boxes = torch.tensor([[[0.1, 0.1, 0.5, 0.6], [0.6, 0.2, 0.9, 0.5]], [[0.3, 0.3, 0.7, 0.9], [0, 0, 0, 0]]])
     labels = torch.tensor([[1, 3], [2, 0]])  # image 2 has one box (the second row is padding)
-    target_labels, target_deltas = assign_targets(boxes, labels, priors_for_model(model))
+    target_labels, target_deltas = assign_targets(boxes, labels, priors_for_model(model), variances=model.prior_spec.variances)
     loss_fn = MultiBoxLoss()
 
     whole = forward_backward(model, images, target_labels, target_deltas, loss_fn)

@@ -5,6 +5,8 @@ from ssdcli.codec import decode
 from ssdcli.matching import assign_targets, match
 from ssdcli.priors import generate_priors, ssd300_spec
 
+CAFFE = (0.1, 0.2)  # Caffe's prior_variance: centre, size
+
 # Five default boxes, written as corners: the four quadrants and a centred half-size box.
 PRIORS_XYXY = torch.tensor(
     [
@@ -59,9 +61,9 @@ def test_forcing_overrides_a_better_threshold_match_and_collisions_are_determini
 
 def test_no_objects_give_all_background():
     gt = torch.zeros(2, 3, 4)
-    labels, deltas = assign_targets(gt, torch.zeros(2, 3, dtype=torch.long), PRIORS)
+    labels, deltas = assign_targets(gt, torch.zeros(2, 3, dtype=torch.long), PRIORS, variances=CAFFE)
     assert labels.eq(0).all() and deltas.eq(0).all()
-    labels, deltas = assign_targets(torch.zeros(2, 0, 4), torch.zeros(2, 0, dtype=torch.long), PRIORS)
+    labels, deltas = assign_targets(torch.zeros(2, 0, 4), torch.zeros(2, 0, dtype=torch.long), PRIORS, variances=CAFFE)
     assert labels.shape == (2, 5) and labels.eq(0).all() and deltas.shape == (2, 5, 4)
 
 
@@ -112,9 +114,9 @@ def test_batched_equals_per_image_reference_on_real_priors():
 def test_assigned_deltas_decode_to_the_matched_boxes():
     priors = generate_priors(ssd300_spec())
     gt = torch.tensor([[[0.1, 0.2, 0.4, 0.6], [0.5, 0.5, 0.9, 0.8]]])
-    labels, deltas = assign_targets(gt, torch.tensor([[1, 2]]), priors)
+    labels, deltas = assign_targets(gt, torch.tensor([[1, 2]]), priors, variances=CAFFE)
     positive = labels[0] > 0
-    decoded = cxcywh_to_xyxy(decode(deltas[0][positive], priors[positive]))
+    decoded = cxcywh_to_xyxy(decode(deltas[0][positive], priors[positive], CAFFE))
     _, gt_index = match(gt, torch.tensor([[1, 2]]), priors)
     assert torch.allclose(decoded, gt[0][gt_index[0][positive]], atol=1e-5)
     assert torch.isfinite(deltas).all() and deltas[0][~positive].eq(0).all()

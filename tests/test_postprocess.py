@@ -14,7 +14,7 @@ def reference_postprocess(logits, deltas, priors, thr=0.01, iou=0.45, top_k=400,
     results = []
     scores_all = torch.softmax(logits, -1)
     for b in range(logits.shape[0]):
-        boxes_all = cxcywh_to_xyxy(decode(deltas[b], priors)).clamp(0, 1)
+        boxes_all = cxcywh_to_xyxy(decode(deltas[b], priors, VARIANCES)).clamp(0, 1)
         dets = []
         for c in range(1, logits.shape[2]):
             s = scores_all[b, :, c]
@@ -43,7 +43,7 @@ def realistic_outputs(seed, batch=2, classes=4):
 @pytest.mark.parametrize("seed", [0, 1])
 def test_keep_sets_equal_per_class_torchvision_nms(seed):
     logits, deltas, priors = realistic_outputs(seed)
-    got = postprocess(logits, deltas, priors)
+    got = postprocess(logits, deltas, priors, variances=VARIANCES)
     expected = reference_postprocess(logits, deltas, priors)
     for dets, ref in zip(got, expected):
         assert len(dets.scores) == len(ref)
@@ -55,7 +55,9 @@ def test_keep_sets_equal_per_class_torchvision_nms(seed):
 
 def test_top_k_and_max_detections_are_applied():
     logits, deltas, priors = realistic_outputs(2)
-    got = postprocess(logits, deltas, priors, score_threshold=0.0, max_detections=50, top_k_candidates=30)
+    got = postprocess(
+        logits, deltas, priors, score_threshold=0.0, max_detections=50, top_k_candidates=30, variances=VARIANCES
+    )
     expected = reference_postprocess(logits, deltas, priors, thr=0.0, keep=50, top_k=30)
     for dets, ref in zip(got, expected):
         assert len(dets.scores) == len(ref) == 50
@@ -67,7 +69,7 @@ def test_nothing_above_threshold_gives_empty_detections():
     priors = generate_priors(ssd300_spec())
     logits = torch.zeros(3, priors.shape[0], 6)
     logits[..., 0] = 20.0  # certain background everywhere
-    out = postprocess(logits, torch.zeros(3, priors.shape[0], 4), priors, image_sizes=[(640, 480)] * 3)
+    out = postprocess(logits, torch.zeros(3, priors.shape[0], 4), priors, image_sizes=[(640, 480)] * 3, variances=VARIANCES)
     assert len(out) == 3
     for dets in out:
         assert dets.boxes_xyxy.shape == (0, 4) and dets.scores.shape == (0,) and dets.labels.shape == (0,)
@@ -78,20 +80,20 @@ def test_boxes_are_scaled_to_each_image_and_stay_inside():
     logits = torch.zeros(2, priors.shape[0], 3)
     logits[..., 0] = 10.0
     logits[:, 8728, 2] = 30.0  # the big centred box of the last layer, class 2
-    out = postprocess(logits, torch.zeros(2, priors.shape[0], 4), priors, image_sizes=[(640, 480), (100, 200)])
+    out = postprocess(logits, torch.zeros(2, priors.shape[0], 4), priors, image_sizes=[(640, 480), (100, 200)], variances=VARIANCES)
     # prior 8728 is (0.5, 0.5, 0.88, 0.88): x from 0.06 to 0.94
     assert out[0].labels.tolist() == [2]
     assert out[0].boxes_xyxy[0].tolist() == pytest.approx([0.06 * 640, 0.06 * 480, 0.94 * 640, 0.94 * 480], abs=1e-3)
     assert out[1].boxes_xyxy[0].tolist() == pytest.approx([6.0, 12.0, 94.0, 188.0], abs=1e-3)
     # prior 8731 (0.622 x 1.245) sticks out vertically: clipped to the image
     logits[:, 8731, 1] = 40.0
-    out = postprocess(logits, torch.zeros(2, priors.shape[0], 4), priors, image_sizes=[(640, 480), (100, 200)])
+    out = postprocess(logits, torch.zeros(2, priors.shape[0], 4), priors, image_sizes=[(640, 480), (100, 200)], variances=VARIANCES)
     assert out[0].boxes_xyxy[:, 3].max().item() <= 480 and out[0].boxes_xyxy.min().item() >= 0
 
 
 def test_flat_form_groups_by_image():
     logits, deltas, priors = realistic_outputs(3, batch=3)
-    flat = postprocess_flat(logits, deltas, priors)
+    flat = postprocess_flat(logits, deltas, priors, variances=VARIANCES)
     assert (flat.batch_index[:-1] <= flat.batch_index[1:]).all()
     assert flat.labels.min() >= 1 and flat.boxes_xyxy_norm.min() >= 0 and flat.boxes_xyxy_norm.max() <= 1
 
@@ -144,7 +146,7 @@ def test_prefix_grows_when_the_first_one_holds_too_few_survivors():
     first = priors[0]
     deltas[0, same_place, :2] = (first[:2] - priors[same_place, :2]) / (0.1 * priors[same_place, 2:])
     deltas[0, same_place, 2:] = torch.log(first[2:] / priors[same_place, 2:]) / 0.2
-    got = postprocess(logits, deltas, priors, max_detections=20)
+    got = postprocess(logits, deltas, priors, max_detections=20, variances=VARIANCES)
     expected = reference_postprocess(logits, deltas, priors, keep=20)
     assert len(got[0].scores) == len(expected[0]) == 20
     assert got[0].scores.tolist() == pytest.approx([r[0] for r in expected[0]], abs=1e-6)
@@ -177,7 +179,7 @@ def test_images_of_a_batch_need_different_numbers_of_rounds():
     _crowded_then_spread(logits, deltas, priors, image=1, crowd=5, spread=60, score=20.0)
     _crowded_then_spread(logits, deltas, priors, image=3, crowd=30, spread=40, score=20.0)
     logits[3, 1000:1030, 2] = torch.linspace(17.0, 16.5, 30)  # a second class below the crowd
-    got = postprocess(logits, deltas, priors, max_detections=20)
+    got = postprocess(logits, deltas, priors, max_detections=20, variances=VARIANCES)
     expected = reference_postprocess(logits, deltas, priors, keep=20)
     assert [len(d.scores) for d in got] == [len(e) for e in expected] == [20, 20, 0, 20]
     for dets, ref in zip(got, expected):
@@ -194,9 +196,9 @@ def test_threads_do_not_change_the_detections():
     before = torch.get_num_threads()
     try:
         torch.set_num_threads(2)
-        pooled = postprocess_flat(logits, deltas, priors)
+        pooled = postprocess_flat(logits, deltas, priors, variances=VARIANCES)
         torch.set_num_threads(1)
-        alone = postprocess_flat(logits, deltas, priors)
+        alone = postprocess_flat(logits, deltas, priors, variances=VARIANCES)
     finally:
         torch.set_num_threads(before)
     for a, b in zip(pooled, alone):
@@ -229,7 +231,7 @@ def test_traced_postprocess_takes_the_traceable_path(monkeypatch):
     monkeypatch.setattr(pp, "_postprocess_flat_eager", lambda *a: pytest.fail("eager path traced"))
 
     def graph(cls_logits, box_deltas):
-        return tuple(pp.postprocess_flat(cls_logits, box_deltas, priors))
+        return tuple(pp.postprocess_flat(cls_logits, box_deltas, priors, variances=VARIANCES))
 
     import warnings
 
@@ -242,9 +244,11 @@ def test_traced_postprocess_takes_the_traceable_path(monkeypatch):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_tensors_give_the_cpu_detections():
     logits, deltas, priors = realistic_outputs(6, batch=3)
-    expected = postprocess_flat(logits, deltas, priors, score_threshold=0.0, top_k_candidates=30, max_detections=50)
+    expected = postprocess_flat(
+        logits, deltas, priors, score_threshold=0.0, top_k_candidates=30, max_detections=50, variances=VARIANCES
+    )
     got = postprocess_flat(logits.cuda(), deltas.cuda(), priors.cuda(), score_threshold=0.0, top_k_candidates=30,
-                           max_detections=50)
+                           max_detections=50, variances=VARIANCES)
     for a, b in zip(got, expected):
         assert a.device.type == "cuda"
         torch.testing.assert_close(a.cpu(), b, rtol=0, atol=1e-5)

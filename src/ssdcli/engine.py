@@ -320,7 +320,9 @@ def train_one_epoch(
         gt_boxes, gt_labels = pad_targets(targets)
         gt_boxes, gt_labels = gt_boxes.to(device), gt_labels.to(device)
         with torch.no_grad():
-            target_labels, target_deltas = assign_targets(gt_boxes, gt_labels, priors, iou_threshold)
+            target_labels, target_deltas = assign_targets(
+                gt_boxes, gt_labels, priors, iou_threshold, variances=getattr(model, "module", model).prior_spec.variances
+            )
         optimizer.zero_grad(set_to_none=True)
         # Gradients of a non-finite loss are computed too, then thrown away with the step.
         loss = forward_backward(model, images, target_labels, target_deltas, loss_fn, scaler, amp, micro_batch)
@@ -400,7 +402,9 @@ def validate(
     for batch_index, (images, targets) in enumerate(iterate_loader(loader)):
         images = images.to(device)
         gt_boxes, gt_labels = pad_targets(targets)
-        target_labels, target_deltas = assign_targets(gt_boxes.to(device), gt_labels.to(device), priors, iou_threshold)
+        target_labels, target_deltas = assign_targets(
+            gt_boxes.to(device), gt_labels.to(device), priors, iou_threshold, variances=model.prior_spec.variances
+        )
         with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
             cls_logits, box_deltas = forward_in_slices(model, images, micro_batch)
         cls_logits, box_deltas = cls_logits.float(), box_deltas.float()
@@ -410,7 +414,7 @@ def validate(
         records = [dataset.records[int(t["index"])] for t in targets]
         per_image = postprocess(
             cls_logits, box_deltas, priors, image_sizes=[(r.width, r.height) for r in records],
-            **PostprocessSettings().to_dict(),
+            variances=model.prior_spec.variances, **PostprocessSettings().to_dict(),
         )
         for record, dets in zip(records, per_image):
             detections += detections_to_coco(record.image_id, dets, dataset.category_ids)

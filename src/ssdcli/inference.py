@@ -162,6 +162,7 @@ class TorchDetector:
         self.settings = settings
         self.amp = amp
         self.priors = priors_for_model(model).to(device)  # (P, 4) cxcywh normalised
+        self.variances = model.prior_spec.variances
         self.image_size: int = model.image_size
         self.mean = list(model.mean)
         self.std = list(model.std)
@@ -181,7 +182,8 @@ class TorchDetector:
         forwarded = time.perf_counter()
         with torch.inference_mode():
             detections = postprocess(
-                cls_logits.float(), box_deltas.float(), self.priors, image_sizes=list(sizes), **self.settings.to_dict()
+                cls_logits.float(), box_deltas.float(), self.priors, image_sizes=list(sizes),
+                variances=self.variances, **self.settings.to_dict(),
             )
             detections = [Detections(*(t.cpu() for t in d)) for d in detections]
         if timings is not None:

@@ -19,7 +19,6 @@ from torch import Tensor
 
 from ssdcli.boxes import batched_box_iou_xyxy, cxcywh_to_xyxy, xyxy_to_cxcywh
 from ssdcli.codec import encode
-from ssdcli.priors import VARIANCES
 
 
 def match(
@@ -78,7 +77,8 @@ def assign_targets(
     gt_labels: Tensor,
     priors_cxcywh: Tensor,
     iou_threshold: float = 0.5,
-    variances: tuple[float, float] = VARIANCES,
+    *,
+    variances: tuple[float, float],
 ) -> tuple[Tensor, Tensor]:
     """Training targets for a batch: :func:`match` followed by :func:`ssdcli.codec.encode`.
 
@@ -86,6 +86,8 @@ def assign_targets(
         gt_boxes_xyxy: Tensor[B, G, 4], xyxy normalised, padded (see :func:`match`).
         gt_labels: Tensor[B, G] int64, 0 = padding.
         priors_cxcywh: Tensor[P, 4], cxcywh normalised.
+        iou_threshold: as :func:`match`.
+        variances: ``(centre, size)`` of the model's prior spec (``model.prior_spec.variances``).
 
     Returns:
         labels: Tensor[B, P] int64, 0 = background.

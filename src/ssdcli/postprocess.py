@@ -42,7 +42,6 @@ from torchvision.ops import batched_nms, nms
 
 from ssdcli.boxes import cxcywh_to_xyxy
 from ssdcli.codec import decode
-from ssdcli.priors import VARIANCES
 
 
 class Detections(NamedTuple):
@@ -84,7 +83,8 @@ def postprocess_flat(
     nms_iou: float = 0.45,
     top_k_candidates: int = 400,
     max_detections: int = 200,
-    variances: tuple[float, float] = VARIANCES,
+    *,
+    variances: tuple[float, float],
 ) -> FlatDetections:
     """Final detections of a batch, normalised coordinates.
 
@@ -93,10 +93,12 @@ def postprocess_flat(
         box_deltas: Tensor[B, P, 4], predicted deltas.
         priors_cxcywh: Tensor[P, 4], default boxes, cxcywh normalised.
         score_threshold: keep class probabilities strictly above this; a 0-dim float32 tensor
-            compares the same and lets an exported graph read it from a buffer (export.py).
+            compares the same and lets an exported graph read it from a buffer (export/graphs.py).
         nms_iou: suppress a box whose IoU with a better box of the same class and image is above this.
         top_k_candidates: at most this many default boxes per class and image enter NMS.
         max_detections: at most this many detections per image leave.
+        variances: ``(centre, size)`` box-coding variances of the network's prior spec
+            (``model.prior_spec.variances``; the checkpoint stores them).
 
     Returns:
         :class:`FlatDetections`.
@@ -364,7 +366,8 @@ def postprocess(
     nms_iou: float = 0.45,
     top_k_candidates: int = 400,
     max_detections: int = 200,
-    variances: tuple[float, float] = VARIANCES,
+    *,
+    variances: tuple[float, float],
 ) -> list[Detections]:
     """Final detections per image, in original-image pixels.
 

@@ -86,7 +86,7 @@ def load_detector(weights: Path, device_name: str, settings: PostprocessSettings
     from ssdcli.models import model_from_checkpoint
 
     if weights.suffix.lower() == ".onnx":
-        from ssdcli.onnx_model import OnnxDetector
+        from ssdcli.export.runtime import OnnxDetector
 
         return OnnxDetector(weights, settings)
     device = resolve_device(device_name)

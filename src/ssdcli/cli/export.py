@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from ssdcli.cli.common import EXIT_INTERNAL, err, error_boundary, out
@@ -128,7 +129,7 @@ def export(
     if not report.passed:
         err.print(
             f"[bold red]error:[/] the exported {report.format} model differs from PyTorch beyond tolerance "
-            f"(table above); {target} was not written." + (f" Likely cause: {report.note}." if report.note else ""),
+            f"(table above); {escape(str(target))} was not written." + (f" Likely cause: {report.note}." if report.note else ""),
             highlight=False,
         )
         raise typer.Exit(EXIT_INTERNAL)
@@ -138,4 +139,4 @@ def export(
         if postprocess
         else "raw outputs"
     )
-    err.print(f"wrote {target} ({report.metadata.arch}, {embedded}, {_size(report.size_bytes)})", highlight=False)
+    err.print(f"wrote {escape(str(target))} ({report.metadata.arch}, {embedded}, {_size(report.size_bytes)})", highlight=False)

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ssdcli.export_metadata import RAW_OUTPUTS
+from ssdcli.export.metadata import RAW_OUTPUTS
 from ssdcli.postprocess import FlatDetections
 
 RAW_TOLERANCE = 1e-4

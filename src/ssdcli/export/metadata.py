@@ -2,7 +2,7 @@
 
 ``ssd export`` stores :class:`ExportMetadata` in the file (ONNX ``metadata_props``, all strings,
 lists and dicts as json; TorchScript ``_extra_files["ssdcli.json"]``) so that a deployment needs
-nothing else: :mod:`ssdcli.onnx_model` and ``examples/onnx_inference.py`` read it back.
+nothing else: :mod:`ssdcli.export.runtime` and ``examples/onnx_inference.py`` read it back.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ssdcli.inference import PostprocessSettings
-from ssdcli.priors import VARIANCES
+from ssdcli.priors import PriorSpec
 
 RAW_OUTPUTS: tuple[str, ...] = ("cls_logits", "box_deltas", "priors")
 DETECTION_OUTPUTS: tuple[str, ...] = ("boxes", "scores", "labels", "batch_index")
@@ -40,7 +40,8 @@ class ExportMetadata:
         mean, std: per-channel RGB normalisation for pixels scaled to [0, 1].
         postprocess: True when the graph outputs detections, False for raw outputs.
         settings: the embedded post-processing (detections) or the recommended one (raw).
-        variances: box-coding variances ``(centre, size)`` of :mod:`ssdcli.codec`.
+        variances: box-coding variances ``(centre, size)`` of :mod:`ssdcli.codec`: the
+            checkpoint's own (its prior spec), which the graph decodes with.
         prior_spec: :meth:`ssdcli.priors.PriorSpec.to_dict` of the default boxes.
         ssdcli_version: the version that wrote the file.
     """
@@ -52,7 +53,7 @@ class ExportMetadata:
     std: tuple[float, ...]
     postprocess: bool
     settings: PostprocessSettings
-    variances: tuple[float, float] = VARIANCES
+    variances: tuple[float, float]
     prior_spec: dict = field(default_factory=dict)
     ssdcli_version: str = ""
 
@@ -122,7 +123,7 @@ class ExportMetadata:
                 std=tuple(float(s) for s in parsed["std"]),
                 postprocess=kind == "detections",
                 settings=PostprocessSettings(**parsed["postprocess_settings"]),
-                variances=tuple(float(v) for v in parsed.get("variances", VARIANCES)),
+                variances=_pair(parsed["variances"]),
                 prior_spec=dict(parsed.get("prior_spec", {})),
                 ssdcli_version=str(parsed.get("ssdcli_version", "")),
             )
@@ -130,10 +131,17 @@ class ExportMetadata:
             raise ValueError(f"malformed ssdcli export metadata: {exc!r}") from exc
 
 
+def _pair(values: Any) -> tuple[float, float]:
+    """``[v0, v1]`` -> ``(v0, v1)`` as floats; anything else is malformed."""
+    centre, size = values  # ValueError / TypeError unless exactly two
+    return float(centre), float(size)
+
+
 def metadata_for(checkpoint: dict, postprocess: bool, settings: PostprocessSettings) -> ExportMetadata:
     """The metadata an export of ``checkpoint`` carries."""
     from ssdcli import __version__
 
+    spec = PriorSpec.from_dict(checkpoint["priors"])
     return ExportMetadata(
         arch=str(checkpoint["arch"]),
         class_names=[str(name) for name in checkpoint["class_names"]],
@@ -142,6 +150,7 @@ def metadata_for(checkpoint: dict, postprocess: bool, settings: PostprocessSetti
         std=tuple(float(s) for s in checkpoint["std"]),
         postprocess=postprocess,
         settings=settings,
+        variances=spec.variances,
         prior_spec=dict(checkpoint["priors"]),
         ssdcli_version=__version__,
     )

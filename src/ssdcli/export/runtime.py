@@ -1,10 +1,12 @@
-"""Run a model written by ``ssd export --format onnx`` with onnxruntime.
+"""Run a model written by ``ssd export --format onnx`` with onnxruntime (imported when a model is
+opened: the ``[export]`` extra).
 
 :class:`OnnxDetector` is a :class:`ssdcli.inference.Detector`, so ``ssd detect --weights
 model.onnx`` uses it exactly where it would use a checkpoint. A raw export (``--no-postprocess``)
-gets the same :func:`ssdcli.postprocess.postprocess` as the checkpoint it came from; a detections
-export already ran that function inside the graph, and its outputs are only scaled to pixels and,
-when asked, cut to a higher score threshold or fewer detections.
+gets the same :func:`ssdcli.postprocess.postprocess` as the checkpoint it came from, with the
+variances stored in the file; a detections export already ran that function inside the graph,
+and its outputs are only scaled to pixels and, when asked, cut to a higher score threshold or
+fewer detections.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import torch
 from torch import Tensor
 
 from ssdcli.errors import UserError
-from ssdcli.export_metadata import INPUT_NAME, ExportMetadata
+from ssdcli.export.metadata import INPUT_NAME, ExportMetadata
 from ssdcli.inference import PostprocessSettings, Timings
 from ssdcli.postprocess import Detections, FlatDetections, postprocess, split_by_image
 
@@ -35,7 +37,7 @@ class OnnxDetector:
         providers: onnxruntime execution providers; CPU by default.
 
     Attributes:
-        metadata: the :class:`~ssdcli.export.ExportMetadata` stored in the file.
+        metadata: the :class:`~ssdcli.export.metadata.ExportMetadata` stored in the file.
         image_size, mean, std, class_names: from the metadata (the :class:`Detector` protocol).
 
     Raises:
@@ -160,6 +162,7 @@ class OnnxDetector:
                 box_deltas,
                 priors,
                 image_sizes=list(sizes),
+                variances=self.metadata.variances,
                 **self.settings.to_dict(),
             )
         if timings is not None:

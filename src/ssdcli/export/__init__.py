@@ -1,0 +1,29 @@
+"""``ssd export``: a checkpoint to ONNX or TorchScript, proved to compute what PyTorch does.
+
+- :mod:`~ssdcli.export.graphs`: the traced graphs (raw outputs + priors, or detections with the
+  post-processing inside) and the trace;
+- :mod:`~ssdcli.export.formats`: ONNX / TorchScript writers and the TorchScript loader;
+- :mod:`~ssdcli.export.metadata`: what an exported file says about itself;
+- :mod:`~ssdcli.export.parity`: sample inputs and the comparison with PyTorch;
+- :mod:`~ssdcli.export.runtime`: :class:`OnnxDetector`, an exported ONNX model behind ``ssd detect``;
+- :mod:`~ssdcli.export.pipeline`: :func:`export_checkpoint`, the whole export.
+
+``onnx`` and ``onnxruntime`` (the ``[export]`` extra) are imported only by the functions that
+need them, so this package imports without them.
+"""
+
+from ssdcli.export.formats import FORMATS, load_torchscript
+from ssdcli.export.metadata import ExportMetadata
+from ssdcli.export.pipeline import ExportOptions, ExportReport, default_output, export_checkpoint
+from ssdcli.export.runtime import OnnxDetector
+
+__all__ = [
+    "FORMATS",
+    "ExportMetadata",
+    "ExportOptions",
+    "ExportReport",
+    "OnnxDetector",
+    "default_output",
+    "export_checkpoint",
+    "load_torchscript",
+]
