@@ -32,10 +32,9 @@ from ssdcli.export import (
 )
 from ssdcli.export_metadata import ExportMetadata, metadata_for
 from ssdcli.export_parity import compare_detections, sample_images
-from ssdcli.inference import PostprocessSettings
 from ssdcli.models import build_model, model_from_checkpoint, model_settings, priors_for_model
 from ssdcli.onnx_model import OnnxDetector
-from ssdcli.postprocess import FlatDetections, postprocess, postprocess_flat
+from ssdcli.postprocess import FlatDetections, PostprocessSettings, postprocess, postprocess_flat
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "onnx_inference.py"
 CLASSES = ["circle", "square", "star"]

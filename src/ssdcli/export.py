@@ -45,10 +45,9 @@ from ssdcli.export_parity import (
     parity_batches,
     sample_images,
 )
-from ssdcli.inference import PostprocessSettings
 from ssdcli.models import SSD, model_from_checkpoint, priors_for_model
 from ssdcli.models.winograd import direct_convolutions
-from ssdcli.postprocess import postprocess_flat
+from ssdcli.postprocess import PostprocessSettings, postprocess_flat
 
 FORMATS: tuple[str, ...] = ("onnx", "torchscript")
 TORCHSCRIPT_METADATA_FILE = "ssdcli.json"
@@ -72,7 +71,8 @@ class ExportOptions:
         dynamic_batch: ONNX input batch dimension is symbolic; otherwise fixed at 1. TorchScript
             graphs always take any batch size.
         score_threshold, nms_iou, max_detections: embedded post-processing; ``None`` takes the
-            checkpoint's ``postprocess`` settings (0.01 / 0.45 / 200 when it has none).
+            checkpoint's ``postprocess`` settings (0.01 / 0.45 / 200 when it has none); their
+            ranges are checked by :class:`~ssdcli.postprocess.PostprocessSettings`.
     """
 
     format: str = "onnx"
@@ -88,12 +88,6 @@ class ExportOptions:
             raise UserError(f"--format {self.format}: choose one of {', '.join(FORMATS)}")
         if not MIN_OPSET <= self.opset <= MAX_OPSET:
             raise UserError(f"--opset {self.opset}: choose an ONNX opset from {MIN_OPSET} to {MAX_OPSET}")
-        if self.score_threshold is not None and not 0.0 <= self.score_threshold < 1.0:
-            raise UserError(f"--min-score {self.score_threshold}: must be in [0, 1)")
-        if self.nms_iou is not None and not 0.0 < self.nms_iou <= 1.0:
-            raise UserError(f"--nms-iou {self.nms_iou}: must be in (0, 1]")
-        if self.max_detections is not None and self.max_detections < 1:
-            raise UserError(f"--top-k {self.max_detections}: must be at least 1")
 
     def postprocess_settings(self, checkpoint: dict) -> PostprocessSettings:
         """The checkpoint's post-processing settings with the options' overrides applied."""

@@ -22,25 +22,7 @@ from ssdcli.data.images import read_image_rgb
 from ssdcli.data.records import DetectionDataset
 from ssdcli.data.transforms import normalize, resize_uint8
 from ssdcli.errors import DataError
-from ssdcli.postprocess import Detections, postprocess
-
-
-@dataclass(frozen=True)
-class PostprocessSettings:
-    """Caffe ``DetectionOutput`` settings; the defaults are the evaluation ones."""
-
-    score_threshold: float = 0.01
-    nms_iou: float = 0.45
-    top_k_candidates: int = 400
-    max_detections: int = 200
-
-    def to_dict(self) -> dict:
-        return {
-            "score_threshold": self.score_threshold,
-            "nms_iou": self.nms_iou,
-            "top_k_candidates": self.top_k_candidates,
-            "max_detections": self.max_detections,
-        }
+from ssdcli.postprocess import Detections, PostprocessSettings, postprocess
 
 
 @dataclass
