@@ -18,10 +18,11 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from ssdcli.checkpoint import save_checkpoint
-from ssdcli.cli.detect import EPILOG, HELP, detect, find_default_weights
+from ssdcli.cli.detect import EPILOG, HELP, detect
 from ssdcli.data.reader import load_dataset
-from ssdcli.inference import PostprocessSettings, predict_dataset
+from ssdcli.inference import find_default_weights, predict_dataset
 from ssdcli.models import build_model, model_settings
+from ssdcli.postprocess import PostprocessSettings
 
 runner = CliRunner()
 CLASSES = ["circle", "square", "star", "triangle"]
