@@ -1,10 +1,10 @@
-"""`ssd detect`: real images, folders, globs and a video through the CLI; same detections as eval."""
+"""`ssd detect` through Typer: flags, messages, tables; real images, folders, globs and a video (the
+library pipeline itself is tested on synthetic data in test_detect.py)."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import shutil
 import sys
 from pathlib import Path
@@ -20,7 +20,8 @@ from typer.testing import CliRunner
 from ssdcli.checkpoint import save_checkpoint
 from ssdcli.cli.detect import EPILOG, HELP, detect
 from ssdcli.data.reader import load_dataset
-from ssdcli.inference import find_default_weights, predict_dataset
+from ssdcli.data.synth import make_synthetic_dataset
+from ssdcli.inference import predict_dataset
 from ssdcli.models import build_model, model_settings
 from ssdcli.postprocess import PostprocessSettings
 
@@ -211,21 +212,6 @@ def test_output_never_overwrites_inputs(shared_data, weights, tmp_path):
     assert (folder / "000001.jpg").read_bytes() == before
 
 
-def test_newest_best_pt_is_found_else_last_pt(tmp_path):
-    assert find_default_weights(tmp_path) is None
-    for run_name, file_name, mtime in (("a", "best.pt", 1000), ("b", "best.pt", 2000), ("c", "last.pt", 3000),
-                                       ("b", "last.pt", 4000)):
-        target = tmp_path / "runs" / run_name / file_name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(b"x")
-        os.utime(target, (mtime, mtime))
-    # any best.pt wins over a newer last.pt; of the best.pt files the newest
-    assert find_default_weights(tmp_path) == tmp_path / "runs" / "b" / "best.pt"
-    for best in tmp_path.glob("runs/*/best.pt"):
-        best.unlink()
-    assert find_default_weights(tmp_path) == tmp_path / "runs" / "b" / "last.pt"
-
-
 def test_without_weights_the_run_checkpoint_is_used_and_named(shared_data, weights, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     image = shared_data / "voc2007_sample" / "VOC2007" / "JPEGImages" / "000001.jpg"
@@ -251,3 +237,73 @@ def test_webcam_show_and_onnx_errors_are_one_clear_line(shared_data, weights, tm
     (tmp_path / "model.onnx").write_bytes(b"")
     result = run(str(image), "--weights", str(tmp_path / "model.onnx"))
     assert result.exit_code == 2 and "not an ONNX model onnxruntime can load" in result.stderr
+
+
+@pytest.fixture(scope="module")
+def synth_images(tmp_path_factory) -> list[Path]:
+    root = tmp_path_factory.mktemp("synth") / "data"
+    make_synthetic_dataset(root, num_images=3, seed=7)
+    return sorted((root / "JPEGImages").glob("*.jpg"))
+
+
+def test_synthetic_images_summary_tables_and_written_files(synth_images, weights, tmp_path):
+    out_json, coco_json, rendered = tmp_path / "d.json", tmp_path / "c.json", tmp_path / "rendered"
+    result = run(*map(str, synth_images), "--weights", str(weights), "--min-score", "0.01", "--top-k", "5",
+                 "--workers", "0", "--json", str(out_json), "--coco-json", str(coco_json), "--output", str(rendered))
+    assert result.exit_code == 0, result.output
+    entries, coco = json.loads(out_json.read_text()), json.loads(coco_json.read_text())
+    assert len(entries) == 3 and all(len(e["detections"]) == 5 for e in entries)  # ~0.2 scores: always 5
+    assert "detections: 3 images, 0 video frames" in result.stdout
+    rows = [[cell.strip() for cell in line.split("│")[1:-1]] for line in result.stdout.splitlines()]
+    expected_rows = []  # one row per class found, in label order: name, detections, images with it
+    for label, name in enumerate(CLASSES, start=1):
+        count = sum(d["category_id"] == label for d in coco)
+        images = sum(any(d["label"] == name for d in e["detections"]) for e in entries)
+        if count:
+            expected_rows.append([name, str(count), str(images)])
+    assert [row for row in rows if row and row[0] in CLASSES] == expected_rows and expected_rows
+    assert ["all", "15", ""] in rows
+    assert f"wrote {out_json} (3 entries)" in result.stderr
+    assert f"wrote {coco_json} ({len(coco)} entries)" in result.stderr and len(coco) == 15
+    assert f"rendered images and videos are in {rendered}" in result.stderr
+    assert sorted(p.name for p in rendered.iterdir()) == [p.name for p in synth_images]
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--min-score", "1.5"], "--min-score 1.5: must be in [0, 1)"),
+        (["--nms-iou", "0"], "--nms-iou 0.0: must be in (0, 1]"),
+        (["--top-k", "0"], "--top-k 0: must be at least 1"),
+        (["--batch-size", "0"], "--batch-size must be >= 1 and --workers >= 0"),
+        (["--workers", "-1"], "--batch-size must be >= 1 and --workers >= 0"),
+        (["--classes", "circle,dog"], "--classes: dog not among the model's classes: circle, square, star, triangle"),
+    ],
+)
+def test_bad_values_are_one_line_naming_the_flag(synth_images, weights, flags, message):
+    result = run(str(synth_images[0]), "--weights", str(weights), "--workers", "0", *flags)
+    assert result.exit_code == 2
+    assert result.stderr.strip() == f"error: {message}"
+
+
+def test_paths_with_rich_markup_are_printed_as_they_are(synth_images, weights, tmp_path):
+    odd = tmp_path / "odd[/]name [bold]"  # folders "odd[" and "]name [bold]"
+    odd.mkdir(parents=True)
+    shutil.copy(synth_images[0], odd / "a.jpg")
+    gone = tmp_path / "gone[/].jpg"
+    out_json = tmp_path / "x[/]" / "d.json"
+    result = run(str(odd), str(gone), "--weights", str(weights), "--workers", "0", "--json", str(out_json))
+    assert result.exit_code == 0, result.output
+    # "gone[/].jpg" holds "[", so it is taken for a glob pattern that matches nothing
+    assert f"warning: {gone}: the pattern matches no image or video files" in result.stderr
+    assert f"wrote {out_json} (1 entries)" in result.stderr
+    assert json.loads(out_json.read_text())[0]["file"] == str(odd / "a.jpg")
+    result = run(str(gone), "--weights", str(weights))
+    assert result.exit_code == 2 and result.stderr.strip() == f"error: {gone}: the pattern matches no image or video files"
+
+
+def test_help_shows_examples_and_the_json_format():
+    result = run("--help")
+    assert result.exit_code == 0
+    assert "ssd detect photos/ --output rendered/ --json dets.json" in result.stdout
+    assert '"detections"' in result.stdout and "--coco-json" in result.stdout
