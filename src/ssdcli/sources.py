@@ -1,9 +1,11 @@
-"""What ``ssd detect`` reads: source arguments -> image files and videos, and video frames.
+"""What ``ssd detect`` reads: source arguments -> image files and videos (and where their rendered
+copies go), and video frames.
 
 A source argument is an image file, a folder (searched recursively for image extensions), a
 glob pattern (expanded here, so it works when the shell did not expand it: quoted, or on
 Windows) or a video file. Each image keeps a path relative to its source (``relative``), which
-is where its rendered copy goes under ``--output``, so a folder's sub-folder structure survives.
+is where its rendered copy goes under ``--output`` (:func:`plan_outputs`), so a folder's
+sub-folder structure survives.
 
 Video and webcam frames are read by :class:`VideoFrames`, an ``IterableDataset``: a DataLoader
 worker reads and pre-processes the next frames while the model runs on the current batch.
