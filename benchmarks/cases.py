@@ -26,11 +26,11 @@ from benchmarks.reference import (
 from benchmarks.workloads import torchvision_targets
 from ssdcli.data.transforms import to_model_input
 from ssdcli.engine import forward_backward
-from ssdcli.inference import PostprocessSettings, TorchDetector
+from ssdcli.inference import TorchDetector
 from ssdcli.loss import MultiBoxLoss
 from ssdcli.matching import assign_targets
 from ssdcli.models import SSD, micro_batch_size, priors_for_model
-from ssdcli.postprocess import postprocess
+from ssdcli.postprocess import PostprocessSettings, postprocess
 
 Case = tuple[Callable[[], object], Callable[[], object] | None]
 

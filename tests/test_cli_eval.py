@@ -172,3 +172,47 @@ def test_plot_dir_needs_a_voc_metric(voc, tmp_path):
     result = runner.invoke(APP, ["eval", "--detections", str(dets), "--data", str(data), "--metric", "coco",
                                  "--plot-dir", str(tmp_path / "plots")])
     assert result.exit_code == 2 and "--plot-dir" in result.stderr
+
+
+def test_weights_are_loaded_by_load_detector_checkpoint_and_onnx(tmp_path):
+    """--weights goes through inference.load_detector: a checkpoint is run with the evaluation
+    post-processing and scored as --detections would score its output; a .onnx file is
+    onnxruntime's (an empty one is refused in one line)."""
+    import torch
+
+    from ssdcli.checkpoint import save_checkpoint
+    from ssdcli.data.reader import load_dataset
+    from ssdcli.data.synth import make_synthetic_dataset
+    from ssdcli.inference import predict_dataset
+    from ssdcli.models import build_model, model_settings
+
+    classes = ["circle", "square", "star", "triangle"]
+    torch.manual_seed(0)
+    model = build_model("ssdlite320", num_classes=len(classes), width_mult=0.5).eval()
+    settings = model_settings(model)
+    weights = tmp_path / "best.pt"
+    save_checkpoint(weights, {
+        "model": model.state_dict(), "arch": settings["arch"], "num_classes": len(classes),
+        "options": settings["options"], "class_names": classes, "image_size": settings["image_size"],
+        "mean": settings["mean"], "std": settings["std"], "priors": settings["prior_spec"],
+    })
+    data = tmp_path / "synth"
+    make_synthetic_dataset(data, num_images=5, seed=4)
+    expected = predict_dataset(model, load_dataset(data, split="val", classes=classes), torch.device("cpu"), workers=0)
+    (tmp_path / "expected.json").write_text(json.dumps(expected))
+    (tmp_path / "classes.txt").write_text("\n".join(classes) + "\n")  # the model's list, as --weights reads with
+
+    metrics = {}
+    for kind, flags in (("weights", ["--weights", str(weights), "--device", "cpu", "--workers", "0"]),
+                        ("detections", ["--detections", str(tmp_path / "expected.json"),
+                                        "--classes", str(tmp_path / "classes.txt")])):
+        target = tmp_path / f"{kind}.json"
+        result = runner.invoke(APP, ["eval", *flags, "--data", str(data), "--split", "val", "--json", str(target)])
+        assert result.exit_code == 0, result.output
+        metrics[kind] = json.loads(target.read_text())
+    assert metrics["weights"] == metrics["detections"] and metrics["weights"]["num_detections"] == len(expected) > 0
+
+    (tmp_path / "model.onnx").write_bytes(b"")
+    result = runner.invoke(APP, ["eval", "--weights", str(tmp_path / "model.onnx"), "--data", str(data)])
+    assert result.exit_code == 2 and "not an ONNX model onnxruntime can load" in result.stderr
+    assert len(result.stderr.splitlines()) == 1

@@ -1,252 +1,322 @@
-"""`ssd detect`: real images, folders, globs and a video through the CLI; same detections as eval."""
+"""ssdcli.detect: the pipeline on `ssd data synth` images and a video made here, no shared data.
+
+The model is an untrained SSDLite320 at half width: its class scores are about 1/5 everywhere,
+so a low score threshold yields many boxes of every class to compare. Expected detections come
+from eval's path (``predict_dataset``) or from calling the detector on frames decoded here.
+"""
 
 from __future__ import annotations
 
-import dataclasses
 import json
-import os
 import shutil
-import sys
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 import torch
-import typer
 from PIL import Image
-from typer.testing import CliRunner
 
-from ssdcli.checkpoint import save_checkpoint
-from ssdcli.cli.detect import EPILOG, HELP, detect, find_default_weights
 from ssdcli.data.reader import load_dataset
-from ssdcli.inference import PostprocessSettings, predict_dataset
-from ssdcli.models import build_model, model_settings
+from ssdcli.data.synth import make_synthetic_dataset
+from ssdcli.data.transforms import normalize, resize_uint8
+from ssdcli.detect import DetectEvents, DetectOptions, DetectPlan, plan_detection, run_detection
+from ssdcli.errors import UserError
+from ssdcli.inference import TorchDetector, predict_dataset
+from ssdcli.models import build_model
+from ssdcli.postprocess import PostprocessSettings
 
-runner = CliRunner()
-CLASSES = ["circle", "square", "star", "triangle"]
-VOC_IMAGES = ("000001.jpg", "000004.jpg", "000005.jpg")
-GREY_RACCOONS = ("raccoon-150.jpg", "raccoon-152.jpg")  # single-channel (L) JPEGs, see SOURCES.md
-
-
-def make_app() -> typer.Typer:
-    """The `detect` command in an app of its own, as cli/app.py registers it."""
-    app = typer.Typer(rich_markup_mode="rich")
-
-    @app.callback()
-    def _root() -> None:
-        """Test app."""
-
-    app.command("detect", help=HELP, epilog=EPILOG)(detect)
-    return app
-
-
-APP = make_app()
-
-
-def run(*args: str):
-    return runner.invoke(APP, ["detect", *args])
+CLASSES = ["circle", "square", "star", "triangle"]  # ssd data synth's
+SETTINGS = PostprocessSettings(score_threshold=0.05, nms_iou=0.45, top_k_candidates=400, max_detections=20)
 
 
 @pytest.fixture(scope="module")
 def model():
-    """An untrained SSDLite320 at half width (fast on a CPU); its scores are ~1/5 everywhere, so a
-    low --min-score yields plenty of boxes."""
     torch.manual_seed(0)
     return build_model("ssdlite320", num_classes=len(CLASSES), width_mult=0.5)
 
 
 @pytest.fixture(scope="module")
-def weights(model, tmp_path_factory) -> Path:
-    settings = model_settings(model)
-    path = tmp_path_factory.mktemp("ckpt") / "best.pt"
-    save_checkpoint(path, {
-        "model": model.state_dict(), "arch": settings["arch"], "num_classes": len(CLASSES),
-        "options": settings["options"], "class_names": CLASSES, "image_size": settings["image_size"],
-        "mean": settings["mean"], "std": settings["std"], "priors": settings["prior_spec"],
-    })
-    return path
+def detector(model) -> TorchDetector:
+    return TorchDetector(model, torch.device("cpu"), SETTINGS, class_names=CLASSES)
 
 
-def write_video(path: Path, frames: int = 5, size: tuple[int, int] = (160, 120), fps: float = 10.0) -> None:
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, size)
-    for k in range(frames):
-        frame = np.full((size[1], size[0], 3), 30 * k, np.uint8)
-        frame[30:90, 20 + 15 * k : 80 + 15 * k] = (0, 200, 255)
-        writer.write(frame)
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory) -> Path:
+    """6 synthetic VOC images (JPEGImages/000000.jpg ...) with their annotations."""
+    root = tmp_path_factory.mktemp("synth") / "data"
+    make_synthetic_dataset(root, num_images=6, seed=5)
+    return root
+
+
+def images_of(synth: Path) -> list[Path]:
+    return sorted((synth / "JPEGImages").glob("*.jpg"))
+
+
+class Recorder(DetectEvents):
+    """Every event in order; raises KeyboardInterrupt (as Ctrl-C would) at result ``interrupt_at``."""
+
+    def __init__(self, interrupt_at: int | None = None, on_each=None) -> None:
+        self.calls: list[tuple] = []
+        self.results = []
+        self.interrupt_at = interrupt_at
+        self.on_each = on_each
+
+    def on_progress_start(self, description, total):
+        self.calls.append(("start", description, total))
+
+    def on_progress_advance(self, count):
+        self.calls.append(("advance", count))
+
+    def on_warning(self, message):
+        self.calls.append(("warning", message))
+
+    def on_result(self, result):
+        self.results.append(result)
+        if self.on_each is not None:
+            self.on_each(result)
+        if len(self.results) == self.interrupt_at:
+            raise KeyboardInterrupt
+
+    @property
+    def warnings(self) -> list[str]:
+        return [call[1] for call in self.calls if call[0] == "warning"]
+
+
+def coco_key(d: dict):
+    return d["image_id"], d["category_id"], -d["score"], d["bbox"]
+
+
+def write_video(path: Path, frames: list[np.ndarray], fps: float = 8.0) -> list[np.ndarray]:
+    """An mp4v video of ``frames`` (RGB, one size); returns the frames as OpenCV decodes them
+    back, RGB: what the pipeline reads."""
+    height, width = frames[0].shape[:2]
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (width, height))
+    assert writer.isOpened()
+    for frame in frames:
+        writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
     writer.release()
+    capture = cv2.VideoCapture(str(path))
+    decoded = []
+    while True:
+        ok, frame = capture.read()
+        if not ok:
+            break
+        decoded.append(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB))
+    capture.release()
+    return decoded
 
 
-def boxes_inside(entry: dict) -> bool:
-    return all(
-        0 <= x1 <= x2 <= entry["width"] and 0 <= y1 <= y2 <= entry["height"]
-        for x1, y1, x2, y2 in (d["box"] for d in entry["detections"])
-    )
-
-
-def test_detect_gives_eval_inference_detections_on_real_images(shared_data, model, weights, tmp_path):
-    voc = shared_data / "voc2007_sample" / "VOC2007"
-    # eval's inference on 5 of the images, with the settings ssd detect is given below
-    settings = PostprocessSettings(score_threshold=0.05, nms_iou=0.45, top_k_candidates=400, max_detections=20)
-    dataset = dataclasses.replace(load_dataset(voc), records=load_dataset(voc).records[:5])
-    expected = predict_dataset(model, dataset, torch.device("cpu"), settings, batch_size=4, workers=0)
+def test_images_give_evals_detections_in_both_json_files(synth, model, detector, tmp_path):
+    dataset = load_dataset(synth, classes=CLASSES)
+    expected = predict_dataset(model, dataset, torch.device("cpu"), SETTINGS, batch_size=4, workers=0)
     assert len(expected) > 50  # an untrained model: many low-score boxes to compare
 
-    files = [str(record.image_path) for record in dataset.records]
-    out_json, coco_json = tmp_path / "dets.json", tmp_path / "coco.json"
-    result = run(*files, "--weights", str(weights), "--min-score", "0.05", "--top-k", "20",
-                 "--batch-size", "4", "--workers", "0", "--device", "cpu",
-                 "--json", str(out_json), "--coco-json", str(coco_json))
-    assert result.exit_code == 0, result.output
-    assert "5 images" in result.stdout and "forward" in result.stdout and "post-process" in result.stdout
+    files = [str(r.image_path) for r in dataset.records]
+    options = DetectOptions(json_file=tmp_path / "dets.json", coco_json=tmp_path / "out" / "coco.json",
+                            batch_size=4, workers=0)
+    events = Recorder()
+    summary = run_detection(detector, files, options, events)
+    assert (summary.images, summary.frames, summary.unreadable) == (len(files), 0, 0)
+    # progress: one stretch of len(files) images, advanced batch by batch (4 + the rest)
+    assert events.calls == [("start", "images", len(files)), ("advance", 4), ("advance", len(files) - 4)]
+    assert summary.timings.images == len(files) and summary.seconds > 0
 
-    key = lambda d: (d["image_id"], d["category_id"], -d["score"], d["bbox"])
-    got = sorted(json.loads(coco_json.read_text()), key=key)
-    assert got == sorted(expected, key=key)
-
-    entries = json.loads(out_json.read_text())
-    assert [e["file"] for e in entries] == files
+    coco = json.loads((tmp_path / "out" / "coco.json").read_text())
+    assert sorted(coco, key=coco_key) == sorted(expected, key=coco_key)
+    entries = json.loads((tmp_path / "dets.json").read_text())
+    assert [e["file"] for e in entries] == files == [r.file for r in events.results]
+    assert (summary.json_entries, summary.coco_entries) == (len(entries), len(coco))
+    counted = sum(len(e["detections"]) for e in entries)
+    assert counted == len(coco) == sum(summary.detections_per_class.values())
     for entry in entries:
-        assert (entry["width"], entry["height"]) == Image.open(entry["file"]).size
-        assert boxes_inside(entry) and len(entry["detections"]) <= 20
-        assert all(d["label"] == CLASSES[d["class_id"] - 1] and d["score"] > 0.05 for d in entry["detections"])
-        # the --json boxes are the COCO ones in xyxy: x2 - x1 = w, same order (score-descending)
-        coco = [d for d in json.loads(coco_json.read_text()) if d["image_id"] == Path(entry["file"]).stem]
+        width, height = Image.open(entry["file"]).size
+        assert (entry["width"], entry["height"]) == (width, height) and "frame" not in entry
+        assert 0 < len(entry["detections"]) <= 20
+        for d in entry["detections"]:
+            x1, y1, x2, y2 = d["box"]
+            assert 0 <= x1 <= x2 <= width and 0 <= y1 <= y2 <= height
+            assert d["label"] == CLASSES[d["class_id"] - 1] and d["score"] > 0.05
+        # the --json boxes are the COCO ones in xyxy, same order: x2 - x1 = w, y2 - y1 = h
+        mine = [d for d in coco if d["image_id"] == Path(entry["file"]).stem]
         assert [d["box"][2] - d["box"][0] for d in entry["detections"]] == pytest.approx(
-            [d["bbox"][2] for d in coco], abs=0.02)
-        assert [d["score"] for d in entry["detections"]] == pytest.approx([d["score"] for d in coco], abs=1e-5)
+            [d["bbox"][2] for d in mine], abs=0.02)
+        assert [d["box"][3] - d["box"][1] for d in entry["detections"]] == pytest.approx(
+            [d["bbox"][3] for d in mine], abs=0.02)
+        assert [d["class_id"] for d in entry["detections"]] == [d["category_id"] for d in mine]
+    # per class: detections and images holding at least one, counted from the json
+    for label in range(1, len(CLASSES) + 1):
+        assert summary.detections_per_class[label] == sum(d["category_id"] == label for d in coco)
+        assert summary.images_per_class[label] == sum(
+            any(d["class_id"] == label for d in e["detections"]) for e in entries)
 
 
-def test_glob_greyscale_images_and_a_video_are_rendered(shared_data, weights, tmp_path):
-    raccoons = shared_data / "raccoon" / "images"
-    photos = tmp_path / "in"
-    (photos / "grey").mkdir(parents=True)
-    for name in GREY_RACCOONS:
-        shutil.copy(raccoons / name, photos / "grey" / name)
-    write_video(photos / "clip.mp4")
-    rendered, out_json = tmp_path / "rendered", tmp_path / "dets.json"
-    result = run(str(photos / "**" / "raccoon-15*.jpg"), str(photos / "clip.mp4"), "--weights", str(weights),
-                 "--min-score", "0.01", "--top-k", "10", "--workers", "1", "--batch-size", "2",
-                 "--output", str(rendered), "--json", str(out_json))
-    assert result.exit_code == 0, result.output
-    assert "2 images, 5 video frames" in result.stdout
+def test_a_folder_keeps_its_sub_folders_under_output_and_renames_clashes(synth, detector, tmp_path):
+    photos = tmp_path / "photos"
+    jpgs = images_of(synth)
+    (photos / "a" / "deep").mkdir(parents=True)
+    (photos / "b").mkdir()
+    shutil.copy(jpgs[0], photos / "a" / "deep" / "x.jpg")
+    shutil.copy(jpgs[1], photos / "b" / "x.jpg")
+    Image.open(jpgs[2]).save(photos / "b" / "y.ppm")  # cv2.imwrite-able? no: its copy becomes y.png
+    (photos / "notes.txt").write_text("not an image: skipped silently")
+    loose = tmp_path / "x.jpg"
+    shutil.copy(jpgs[3], loose)
 
-    for name in GREY_RACCOONS:  # the path below the glob's fixed part is kept
-        original = cv2.imread(str(photos / "grey" / name))
-        drawn = cv2.imread(str(rendered / "grey" / name))
-        assert drawn is not None and drawn.shape == original.shape
-        assert np.abs(drawn.astype(int) - original.astype(int)).sum() > 0
-    capture = cv2.VideoCapture(str(rendered / "clip.mp4"))
-    assert int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) == 5 and capture.get(cv2.CAP_PROP_FPS) == pytest.approx(10.0)
-    assert (int(capture.get(cv2.CAP_PROP_FRAME_WIDTH)), int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT))) == (160, 120)
-    ok, frame = capture.read()
+    out = tmp_path / "rendered"
+    events = Recorder()
+    summary = run_detection(detector, [photos, loose], DetectOptions(output=out, workers=0), events)
+    assert summary.images == 4
+    written = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
+    assert written == ["a/deep/x.jpg", "b/x.jpg", "b/y.png", "x.jpg"]  # the folder's layout kept
+    for source, copy in ((photos / "a" / "deep" / "x.jpg", out / "a" / "deep" / "x.jpg"),
+                         (photos / "b" / "y.ppm", out / "b" / "y.png")):
+        original = np.asarray(Image.open(source).convert("RGB"))
+        drawn = cv2.cvtColor(cv2.imread(str(copy)), cv2.COLOR_BGR2RGB)
+        assert drawn.shape == original.shape
+        assert np.abs(drawn.astype(int) - original.astype(int)).max() > 100  # boxes drawn on it
+    assert events.warnings == []
+
+    # the loose x.jpg and photos/x.jpg (an image at the folder's top) would share out/x.jpg
+    shutil.copy(jpgs[4], photos / "x.jpg")
+    events = Recorder()
+    run_detection(detector, [photos, loose], DetectOptions(output=out, workers=0), events)
+    assert (out / "x.jpg").is_file() and (out / "x-2.jpg").is_file()
+    assert events.warnings == [f"{loose}: {out / 'x.jpg'} is taken by another source; writing {out / 'x-2.jpg'}"]
+
+
+def test_a_video_is_read_frame_by_frame_rendered_at_its_fps_and_written_per_frame(synth, detector, tmp_path):
+    size = (224, 176)  # width, height: every synth image cut to one size
+    frames = [np.asarray(Image.open(p).convert("RGB"))[: size[1], : size[0]] for p in images_of(synth)[:4]]
+    clip = tmp_path / "clip.mp4"
+    decoded = write_video(clip, frames, fps=8.0)
+    assert len(decoded) == 4
+
+    out, dets = tmp_path / "rendered", tmp_path / "dets.json"
+    events = Recorder()
+    options = DetectOptions(output=out, json_file=dets, coco_json=tmp_path / "coco.json", batch_size=3, workers=1)
+    summary = run_detection(detector, [clip], options, events)
+    assert (summary.images, summary.frames) == (0, 4)
+    assert events.calls == [("start", str(clip), None), ("advance", 3), ("advance", 1)]
+
+    # the same detections as the detector on the frames decoded here
+    inputs = torch.stack([normalize(resize_uint8(torch.from_numpy(f).permute(2, 0, 1), 320),
+                                    detector.mean, detector.std) for f in decoded])
+    expected = detector.predict(inputs[:3], [size] * 3) + detector.predict(inputs[3:], [size])  # same batches
+    entries = json.loads(dets.read_text())
+    assert [e["frame"] for e in entries] == [0, 1, 2, 3]
+    for entry, want in zip(entries, expected):
+        assert entry["file"] == str(clip) and (entry["width"], entry["height"]) == size
+        assert [d["score"] for d in entry["detections"]] == pytest.approx(want.scores.tolist(), abs=1e-5)
+        assert [v for d in entry["detections"] for v in d["box"]] == pytest.approx(
+            want.boxes_xyxy.flatten().tolist(), abs=0.01)
+    coco = json.loads((tmp_path / "coco.json").read_text())
+    assert {d["image_id"] for d in coco} == {f"clip_{k:06d}" for k in range(4)}
+
+    capture = cv2.VideoCapture(str(out / "clip.mp4"))
+    assert int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) == 4 and capture.get(cv2.CAP_PROP_FPS) == pytest.approx(8.0)
+    assert (int(capture.get(cv2.CAP_PROP_FRAME_WIDTH)), int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT))) == size
+    ok, first = capture.read()
     capture.release()
-    source = cv2.VideoCapture(str(photos / "clip.mp4"))
-    _, source_frame = source.read()
-    source.release()
-    assert ok and np.abs(frame.astype(int) - source_frame.astype(int)).mean() > 1  # boxes were drawn
-
-    entries = json.loads(out_json.read_text())
-    frames = [e for e in entries if "frame" in e]
-    assert [e["frame"] for e in frames] == [0, 1, 2, 3, 4]
-    assert all(e["file"] == str(photos / "clip.mp4") and (e["width"], e["height"]) == (160, 120) for e in frames)
-    assert all(boxes_inside(e) and e["detections"] for e in entries)
+    assert ok and np.abs(cv2.cvtColor(first, cv2.COLOR_BGR2RGB).astype(int) - decoded[0]).mean() > 1  # boxes drawn
 
 
-def test_classes_filter_unknown_class_and_one_missing_source_among_others(shared_data, weights, tmp_path):
-    image = shared_data / "voc2007_sample" / "VOC2007" / "JPEGImages" / "000004.jpg"
-    out_json = tmp_path / "d.json"
-    result = run(str(tmp_path / "gone.jpg"), str(image), "--weights", str(weights), "--min-score", "0.01",
-                 "--classes", "star, circle", "--workers", "0", "--json", str(out_json))
-    assert result.exit_code == 0, result.output
-    assert "gone.jpg: no such file or folder" in result.stderr and "1 images" in result.stdout
-    detections = json.loads(out_json.read_text())[0]["detections"]
-    assert detections and {d["label"] for d in detections} <= {"star", "circle"}
-    result = run(str(image), "--weights", str(weights), "--classes", "circle,dog")
-    assert result.exit_code == 2
-    assert "dog" in result.stderr and "circle, square, star, triangle" in result.stderr
+def test_the_class_filter_keeps_exactly_those_classes_of_the_full_run(synth, detector, tmp_path):
+    files = [str(p) for p in images_of(synth)[:3]]
+    run_detection(detector, files, DetectOptions(json_file=tmp_path / "all.json", workers=0))
+    summary = run_detection(detector, files, DetectOptions(json_file=tmp_path / "some.json", workers=0,
+                                                           classes=(" star", "circle ", "")))
+    full = json.loads((tmp_path / "all.json").read_text())
+    some = json.loads((tmp_path / "some.json").read_text())
+    for entry_all, entry_some in zip(full, some, strict=True):
+        wanted = [d for d in entry_all["detections"] if d["label"] in {"star", "circle"}]
+        assert entry_some["detections"] == wanted  # same boxes, same order, nothing else
+    assert set(summary.detections_per_class) <= {1, 3} and sum(summary.detections_per_class.values()) > 0
+
+    with pytest.raises(UserError, match=r"--classes: dog not among the model's classes: circle, square, star, triangle"):
+        run_detection(detector, files, DetectOptions(classes=("circle", "dog"), workers=0))
+    with pytest.raises(UserError, match=r"--classes: \(empty\)"):
+        run_detection(detector, files, DetectOptions(classes=(" ", ""), workers=0))
 
 
-def test_a_corrupt_image_and_an_unsupported_file_in_a_folder(shared_data, weights, tmp_path):
+def test_ctrl_c_leaves_valid_json_holding_every_finished_result(synth, detector, tmp_path):
+    files = [str(p) for p in images_of(synth)]
+    dets, coco = tmp_path / "dets.json", tmp_path / "coco.json"
+    run_detection(detector, files, DetectOptions(json_file=dets, coco_json=coco, batch_size=2, workers=0))
+    full, full_coco = json.loads(dets.read_text()), json.loads(coco.read_text())
+
+    out = tmp_path / "rendered"
+    seen = []
+
+    def check_streaming(result):
+        # drawn and written as soon as its batch is done; the next batch not read yet; the old
+        # json files stay in place until the run ends
+        seen.append(sorted(p.name for p in out.iterdir()))
+        assert json.loads(dets.read_text()) == full
+
+    events = Recorder(interrupt_at=3, on_each=check_streaming)
+    options = DetectOptions(json_file=dets, coco_json=coco, output=out, batch_size=2, workers=0)
+    with pytest.raises(KeyboardInterrupt):
+        run_detection(detector, files, options, events)
+    names = [Path(f).name for f in files]
+    assert seen == [names[:1], names[:2], names[:3]]
+    assert json.loads(dets.read_text()) == full[:3]  # a valid list of the results before Ctrl-C
+    assert json.loads(coco.read_text()) == [d for d in full_coco if d["image_id"] in {Path(f).stem for f in files[:3]}]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["coco.json", "dets.json", "rendered"]  # no temp left
+
+
+def test_unreadable_and_missing_sources_are_warnings_until_nothing_is_left(synth, detector, tmp_path):
     folder = tmp_path / "mixed"
     folder.mkdir()
-    for name in VOC_IMAGES[:2]:
-        shutil.copy(shared_data / "voc2007_sample" / "VOC2007" / "JPEGImages" / name, folder / name)
-    good = (folder / VOC_IMAGES[0]).read_bytes()
+    good = images_of(synth)[0].read_bytes()
+    (folder / "good.jpg").write_bytes(good)
     (folder / "broken.jpg").write_bytes(good[: len(good) // 3])  # truncated JPEG
-    (folder / "notes.txt").write_text("skipped silently")
-    out_json = tmp_path / "d.json"
-    result = run(str(folder), "--weights", str(weights), "--workers", "0", "--json", str(out_json))
-    assert result.exit_code == 0, result.output
-    assert "broken.jpg" in result.stderr and "notes.txt" not in result.stderr
-    assert sorted(Path(e["file"]).name for e in json.loads(out_json.read_text())) == sorted(VOC_IMAGES[:2])
-    assert "2 images" in result.stdout and "1 unreadable" in result.stdout
+    (tmp_path / "bad.mp4").write_bytes(b"not a video")
+    events = Recorder()
+    summary = run_detection(detector, [folder, tmp_path / "gone.jpg", tmp_path / "bad.mp4"],
+                            DetectOptions(json_file=tmp_path / "d.json", workers=0), events)
+    assert (summary.images, summary.unreadable) == (1, 2)
+    assert [Path(e["file"]).name for e in json.loads((tmp_path / "d.json").read_text())] == ["good.jpg"]
+    assert events.warnings[0] == f"{tmp_path / 'gone.jpg'}: no such file or folder"
+    assert "broken.jpg" in events.warnings[1] and events.warnings[1].endswith("; skipped")
+    assert events.warnings[2].startswith(f"{tmp_path / 'bad.mp4'}: cannot open this video")
 
-    # named explicitly, an unsupported file is a warning; when nothing else is left, exit 2
-    result = run(str(folder / "notes.txt"), str(folder / VOC_IMAGES[0]), "--weights", str(weights), "--workers", "0")
-    assert result.exit_code == 0 and "notes.txt: not an image or video file" in result.stderr
-    result = run(str(folder / "broken.jpg"), "--weights", str(weights), "--workers", "0")
-    assert result.exit_code == 2 and "could be read" in result.stderr
-
-
-def test_missing_sources(weights, tmp_path):
-    result = run(str(tmp_path / "nope.jpg"), "--weights", str(weights))
-    assert result.exit_code == 2
-    assert result.stderr.strip() == f"error: {tmp_path / 'nope.jpg'}: no such file or folder"
-    result = run(str(tmp_path / "*.png"), "--weights", str(weights))
-    assert result.exit_code == 2 and "matches no image or video files" in result.stderr
-    assert "Traceback" not in result.output
-    result = run()
-    assert result.exit_code == 2 and "SOURCE" in result.stderr
+    with pytest.raises(UserError, match=r"none of the 1 image\(s\) / video\(s\) could be read"):
+        run_detection(detector, [folder / "broken.jpg"], DetectOptions(json_file=tmp_path / "e.json", workers=0))
+    assert json.loads((tmp_path / "e.json").read_text()) == []  # still a valid (empty) list
+    with pytest.raises(UserError, match=r"^.*nope\.jpg: no such file or folder$"):
+        run_detection(detector, [tmp_path / "nope.jpg"], DetectOptions(workers=0))
+    with pytest.raises(UserError, match="give at least one SOURCE"):
+        run_detection(detector, [], DetectOptions(workers=0))
 
 
-def test_output_never_overwrites_inputs(shared_data, weights, tmp_path):
+def test_planning_refuses_to_overwrite_an_input_and_bad_options(synth, tmp_path):
     folder = tmp_path / "photos"
     folder.mkdir()
-    shutil.copy(shared_data / "voc2007_sample" / "VOC2007" / "JPEGImages" / "000001.jpg", folder)
-    before = (folder / "000001.jpg").read_bytes()
-    result = run(str(folder), "--weights", str(weights), "--output", str(folder))
-    assert result.exit_code == 2 and "would overwrite the input" in result.stderr
-    assert (folder / "000001.jpg").read_bytes() == before
+    shutil.copy(images_of(synth)[0], folder / "p.jpg")
+    before = (folder / "p.jpg").read_bytes()
+    with pytest.raises(UserError, match="would overwrite the input"):
+        plan_detection([folder], DetectOptions(output=folder))
+    assert (folder / "p.jpg").read_bytes() == before
+
+    (folder / "notes.txt").write_text("named explicitly: a warning")
+    sources = [str(folder / "p.jpg"), str(folder / "notes.txt"), str(folder / "gone.png")]
+    plan = plan_detection(sources, DetectOptions(output=tmp_path / "o"))
+    assert isinstance(plan, DetectPlan) and plan.image_targets == [tmp_path / "o" / "p.jpg"]
+    assert plan.warnings == [f"{folder / 'gone.png'}: no such file or folder",
+                             f"{folder / 'notes.txt'}: not an image or video file by its extension (.txt); skipped"]
+    plan = plan_detection([folder], DetectOptions(output=tmp_path / "o", webcam=3))
+    assert [v.name for v in plan.videos] == ["webcam:3"] and plan.video_targets == [tmp_path / "o" / "webcam3.mp4"]
+
+    for changes in ({"batch_size": 0}, {"workers": -1}):
+        with pytest.raises(UserError, match=r"--batch-size must be >= 1 and --workers >= 0"):
+            DetectOptions(**changes)
 
 
-def test_newest_best_pt_is_found_else_last_pt(tmp_path):
-    assert find_default_weights(tmp_path) is None
-    for run_name, file_name, mtime in (("a", "best.pt", 1000), ("b", "best.pt", 2000), ("c", "last.pt", 3000),
-                                       ("b", "last.pt", 4000)):
-        target = tmp_path / "runs" / run_name / file_name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(b"x")
-        os.utime(target, (mtime, mtime))
-    # any best.pt wins over a newer last.pt; of the best.pt files the newest
-    assert find_default_weights(tmp_path) == tmp_path / "runs" / "b" / "best.pt"
-    for best in tmp_path.glob("runs/*/best.pt"):
-        best.unlink()
-    assert find_default_weights(tmp_path) == tmp_path / "runs" / "b" / "last.pt"
-
-
-def test_without_weights_the_run_checkpoint_is_used_and_named(shared_data, weights, tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    image = shared_data / "voc2007_sample" / "VOC2007" / "JPEGImages" / "000001.jpg"
-    result = run(str(image))
-    assert result.exit_code == 2 and "no runs/*/best.pt or runs/*/last.pt" in result.stderr
-    assert "--weights" in result.stderr
-    (tmp_path / "runs" / "train").mkdir(parents=True)
-    shutil.copy(weights, tmp_path / "runs" / "train" / "best.pt")
-    result = run(str(image), "--workers", "0")
-    assert result.exit_code == 0, result.output
-    assert "using runs/train/best.pt (the newest runs/*/best.pt" in result.stderr
-
-
-def test_webcam_show_and_onnx_errors_are_one_clear_line(shared_data, weights, tmp_path, monkeypatch):
-    image = shared_data / "voc2007_sample" / "VOC2007" / "JPEGImages" / "000001.jpg"
-    result = run("--webcam", "97", "--weights", str(weights), "--workers", "0")
-    assert result.exit_code == 2 and "--webcam 97: cannot open camera 97" in result.stderr
-    monkeypatch.delenv("DISPLAY", raising=False)
-    monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
-    if sys.platform.startswith("linux"):
-        result = run(str(image), "--weights", str(weights), "--show")
-        assert result.exit_code == 2 and "--show needs a display" in result.stderr
-    (tmp_path / "model.onnx").write_bytes(b"")
-    result = run(str(image), "--weights", str(tmp_path / "model.onnx"))
-    assert result.exit_code == 2 and "not an ONNX model onnxruntime can load" in result.stderr
+def test_a_plan_made_beforehand_is_run_without_reporting_its_warnings_again(synth, detector, tmp_path):
+    options = DetectOptions(json_file=tmp_path / "d.json", workers=0)
+    plan = plan_detection([images_of(synth)[0], tmp_path / "gone.jpg"], options)
+    assert len(plan.warnings) == 1
+    events = Recorder()
+    summary = run_detection(detector, plan, options, events)
+    assert summary.images == 1 and events.warnings == []

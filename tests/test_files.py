@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from ssdcli.files import atomic_write, atomic_write_json, remove_stale_temps, temp_path_beside
+from ssdcli.files import JsonListWriter, atomic_write, atomic_write_json, remove_stale_temps, temp_path_beside
 
 
 def test_json_written_and_replaced(tmp_path):
@@ -60,3 +60,53 @@ def test_stale_temps_of_dead_writers_are_removed(tmp_path):
     other.write_bytes(b"z")
     assert remove_stale_temps(target) == [stale]
     assert live.exists() and other.exists() and not stale.exists()
+
+
+def test_json_list_is_streamed_beside_the_target_and_replaces_it_when_closed(tmp_path):
+    target = tmp_path / "out" / "dets.json"  # its folder is created
+    writer = JsonListWriter(target)
+    writer.add({"file": "a.jpg", "detections": []})
+    writer.add([1, 2.5])
+    assert not target.exists()  # nothing at the target until the list is complete
+    writer.close()
+    writer.close()  # a second close does nothing
+    assert json.loads(target.read_text()) == [{"file": "a.jpg", "detections": []}, [1, 2.5]]
+    assert writer.count == 2 and [p.name for p in target.parent.iterdir()] == ["dets.json"]
+
+
+def test_json_list_interrupted_replaces_an_earlier_file_only_when_closed(tmp_path):
+    target = tmp_path / "dets.json"
+    target.write_text('["old"]')
+    writer = JsonListWriter(target)
+    try:
+        writer.add({"n": 1})
+        assert json.loads(target.read_text()) == ["old"]  # still the earlier file while writing
+        raise KeyboardInterrupt
+    except KeyboardInterrupt:
+        pass
+    finally:
+        writer.close()
+    assert json.loads(target.read_text()) == [{"n": 1}]  # a valid list of what was written
+    empty = JsonListWriter(tmp_path / "empty.json")
+    empty.close()
+    assert json.loads((tmp_path / "empty.json").read_text()) == []
+
+
+def test_json_list_clears_a_dead_writers_temp_and_follows_the_umask(tmp_path):
+    target = tmp_path / "dets.json"
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stale = tmp_path / f".dets.json.{int(dead.stdout)}.abcd1234.tmp"
+    stale.write_text("[\n{}")  # what a SIGKILLed run leaves
+    old = os.umask(0o022)
+    try:
+        writer = JsonListWriter(target)
+        writer.close()
+    finally:
+        os.umask(old)
+    assert not stale.exists() and stat.S_IMODE(target.stat().st_mode) == 0o644
+
+
+def test_json_list_in_an_unwritable_place_is_an_os_error(tmp_path):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(OSError):
+        JsonListWriter(tmp_path / "file" / "dets.json")  # a file where its folder should be

@@ -5,7 +5,8 @@ from torchvision.ops import nms
 from ssdcli import postprocess as pp
 from ssdcli.boxes import cxcywh_to_xyxy
 from ssdcli.codec import decode
-from ssdcli.postprocess import postprocess, postprocess_flat
+from ssdcli.errors import UserError
+from ssdcli.postprocess import PostprocessSettings, postprocess, postprocess_flat
 from ssdcli.priors import VARIANCES, generate_priors, ssd300_spec
 
 
@@ -252,3 +253,36 @@ def test_cuda_tensors_give_the_cpu_detections():
     for a, b in zip(got, expected):
         assert a.device.type == "cuda"
         torch.testing.assert_close(a.cpu(), b, rtol=0, atol=1e-5)
+
+
+def test_settings_defaults_are_caffes_evaluation_ones_and_are_postprocess_arguments():
+    settings = PostprocessSettings()
+    # Caffe ssd_pascal.py DetectionOutput: confidence 0.01, nms 0.45, top_k 400, keep_top_k 200
+    assert settings.to_dict() == {"score_threshold": 0.01, "nms_iou": 0.45, "top_k_candidates": 400,
+                                  "max_detections": 200}
+    logits, deltas, priors = realistic_outputs(3, batch=1)
+    by_settings = postprocess(logits, deltas, priors, **PostprocessSettings(score_threshold=0.2).to_dict())
+    assert torch.equal(by_settings[0].scores, postprocess(logits, deltas, priors, score_threshold=0.2)[0].scores)
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"score_threshold": -0.01}, r"^--min-score -0.01: must be in \[0, 1\)$"),
+        ({"score_threshold": 1.0}, r"^--min-score 1.0: must be in \[0, 1\)$"),
+        ({"score_threshold": float("nan")}, r"^--min-score nan: must be in \[0, 1\)$"),
+        ({"nms_iou": 0.0}, r"^--nms-iou 0.0: must be in \(0, 1\]$"),
+        ({"nms_iou": 1.5}, r"^--nms-iou 1.5: must be in \(0, 1\]$"),
+        ({"max_detections": 0}, r"^--top-k 0: must be at least 1$"),
+        ({"top_k_candidates": 0}, r"^top_k_candidates 0: must be at least 1$"),
+    ],
+)
+def test_settings_out_of_range_are_refused_naming_the_flag(changes, message):
+    with pytest.raises(UserError, match=message):
+        PostprocessSettings(**changes)
+
+
+def test_settings_at_the_edges_of_their_ranges_are_accepted():
+    # [0, 1) for the score, (0, 1] for the IoU, >= 1 for both counts
+    edge = PostprocessSettings(score_threshold=0.0, nms_iou=1.0, top_k_candidates=1, max_detections=1)
+    assert edge.to_dict() == {"score_threshold": 0.0, "nms_iou": 1.0, "top_k_candidates": 1, "max_detections": 1}

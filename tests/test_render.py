@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from ssdcli.errors import UserError
-from ssdcli.render import class_colour, draw_detections, open_video_writer
+from ssdcli import render
+from ssdcli.render import check_display, class_colour, draw_detections, open_video_writer
 
 NAMES = ["cat", "dog"]
 
@@ -62,3 +63,17 @@ def test_video_writer_round_trip_and_unwritable_path(tmp_path):
     (tmp_path / "file").write_text("x")
     with pytest.raises(UserError, match="cannot write a video there"):
         open_video_writer(tmp_path / "file" / "v.mp4", 12.0, (64, 48))
+
+
+def test_show_needs_a_display_on_linux(monkeypatch):
+    monkeypatch.setattr(render.sys, "platform", "linux")
+    monkeypatch.delenv("DISPLAY", raising=False)
+    monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
+    with pytest.raises(UserError, match=r"^--show needs a display, and neither DISPLAY nor WAYLAND_DISPLAY is set"):
+        check_display()
+    for name in ("DISPLAY", "WAYLAND_DISPLAY"):
+        monkeypatch.setenv(name, ":0")
+        check_display()  # either one is enough
+        monkeypatch.delenv(name)
+    monkeypatch.setattr(render.sys, "platform", "darwin")
+    check_display()  # elsewhere OpenCV opens its own window system

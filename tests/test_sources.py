@@ -17,6 +17,7 @@ from ssdcli.sources import (
     VideoSource,
     _glob_root,
     expand_sources,
+    plan_outputs,
     probe_video,
 )
 
@@ -128,3 +129,28 @@ def test_unopenable_videos_and_cameras_are_user_errors(tmp_path):
     with pytest.raises(UserError, match="--webcam 97: cannot open camera 97"):
         probe_video(VideoSource(camera=97))
     assert VideoSource(camera=3).name == "webcam:3" and VideoSource(camera=3).stem == "webcam3"
+
+
+def test_plan_outputs_keeps_relative_paths_renames_clashes_and_never_overwrites_inputs(tmp_path):
+    out = tmp_path / "out"
+    images = [
+        ImageSource(tmp_path / "a" / "x.jpg", Path("x.jpg")),
+        ImageSource(tmp_path / "b" / "x.jpg", Path("x.jpg")),
+        ImageSource(tmp_path / "c" / "x.jpg", Path("x.jpg")),
+        ImageSource(tmp_path / "d" / "sub" / "y.gif", Path("sub/y.gif")),  # cv2 cannot write gif: .png
+        ImageSource(tmp_path / "e" / "z.PNG", Path("z.PNG")),  # case of a writable suffix kept
+    ]
+    videos = [VideoSource(path=tmp_path / "clip.avi"), VideoSource(camera=0), VideoSource(path=tmp_path / "v" / "clip.mkv")]
+    image_targets, video_targets, warnings = plan_outputs(images, videos, out)
+    assert image_targets == [out / "x.jpg", out / "x-2.jpg", out / "x-3.jpg", out / "sub" / "y.png", out / "z.PNG"]
+    assert video_targets == [out / "clip.mp4", out / "webcam0.mp4", out / "clip-2.mp4"]
+    assert warnings == [
+        f"{tmp_path / 'b' / 'x.jpg'}: {out / 'x.jpg'} is taken by another source; writing {out / 'x-2.jpg'}",
+        f"{tmp_path / 'c' / 'x.jpg'}: {out / 'x.jpg'} is taken by another source; writing {out / 'x-3.jpg'}",
+        f"{tmp_path / 'v' / 'clip.mkv'}: {out / 'clip.mp4'} is taken by another source; writing {out / 'clip-2.mp4'}",
+    ]
+    assert plan_outputs([], [], out) == ([], [], [])
+
+    inside = [ImageSource(tmp_path / "photos" / "p.jpg", Path("p.jpg"))]
+    with pytest.raises(UserError, match=r"--output .*photos: would overwrite the input .*p\.jpg"):
+        plan_outputs(inside, [], tmp_path / "photos")

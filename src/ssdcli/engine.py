@@ -48,11 +48,11 @@ from ssdcli.data.reader import load_classes_file, load_dataset
 from ssdcli.data.records import DetectionDataset
 from ssdcli.data.transforms import EvalTransform, TrainTransform
 from ssdcli.errors import DataError, UserError
-from ssdcli.inference import PostprocessSettings, detections_to_coco, resolve_device
+from ssdcli.inference import detections_to_coco, resolve_device
 from ssdcli.loss import LossOutput, MultiBoxLoss
 from ssdcli.matching import assign_targets
 from ssdcli.models import SSD, build_model, forward_in_slices, micro_batch_size, model_settings, priors_for_model
-from ssdcli.postprocess import postprocess
+from ssdcli.postprocess import PostprocessSettings, postprocess
 from ssdcli.priors import preset_spec
 from ssdcli.runs import MetricsLog, next_run_dir, write_json, write_manifest
 from ssdcli.sampling import EpochSampler, SeededSamples

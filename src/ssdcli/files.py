@@ -127,3 +127,44 @@ def _process_alive(pid: int) -> bool:
     except OSError:
         return False
     return True
+
+
+class JsonListWriter:
+    """A json list streamed one entry at a time to a temp file beside ``path`` and moved onto
+    ``path`` by :meth:`close`, so nothing accumulates in memory, the target is always a valid
+    list (call :meth:`close` in a ``finally``: after Ctrl-C it holds the entries so far) and an
+    earlier file there is only replaced by a finished one.
+
+    Raises:
+        OSError: the folder cannot be created or written to.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self.count = 0
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temps(self.path)
+        self._tmp = temp_path_beside(self.path)
+        fd = os.open(self._tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        self._file: IO[str] = os.fdopen(fd, "w", encoding="utf-8")
+        self._file.write("[")
+
+    def add(self, entry: object) -> None:
+        """Append one entry (anything ``json.dumps`` takes)."""
+        self._file.write(("\n" if self.count == 0 else ",\n") + json.dumps(entry))
+        self.count += 1
+
+    def close(self) -> None:
+        """End the list and replace ``path`` with it; a second call does nothing."""
+        if self._file.closed:
+            return
+        try:
+            self._file.write("\n]\n")
+            self._file.flush()
+            os.fsync(self._file.fileno())
+            self._file.close()
+            replace_atomically(self._tmp, self.path)
+        except BaseException:
+            self._file.close()
+            self._tmp.unlink(missing_ok=True)
+            raise

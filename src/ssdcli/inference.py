@@ -1,4 +1,5 @@
-"""Batched inference shared by ``ssd eval``, validation during training and ``ssd detect``.
+"""Batched inference shared by ``ssd eval``, validation during training and ``ssd detect``:
+weights file -> :class:`Detector` (:func:`load_detector`), pre-processed batches -> detections.
 
 Images are read and resized in DataLoader workers (``to_model_input`` semantics, the exact
 pre-processing of evaluation) while the model runs; post-processing is
@@ -7,6 +8,7 @@ pre-processing of evaluation) while the model runs; post-processing is
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -21,26 +23,8 @@ from ssdcli.boxes import xyxy_to_xywh
 from ssdcli.data.images import read_image_rgb
 from ssdcli.data.records import DetectionDataset
 from ssdcli.data.transforms import normalize, resize_uint8
-from ssdcli.errors import DataError
-from ssdcli.postprocess import Detections, postprocess
-
-
-@dataclass(frozen=True)
-class PostprocessSettings:
-    """Caffe ``DetectionOutput`` settings; the defaults are the evaluation ones."""
-
-    score_threshold: float = 0.01
-    nms_iou: float = 0.45
-    top_k_candidates: int = 400
-    max_detections: int = 200
-
-    def to_dict(self) -> dict:
-        return {
-            "score_threshold": self.score_threshold,
-            "nms_iou": self.nms_iou,
-            "top_k_candidates": self.top_k_candidates,
-            "max_detections": self.max_detections,
-        }
+from ssdcli.errors import DataError, UserError
+from ssdcli.postprocess import Detections, PostprocessSettings, postprocess
 
 
 @dataclass
@@ -224,29 +208,6 @@ def image_loader(
     return DataLoader(dataset, batch_size=batch_size, num_workers=workers, collate_fn=collate_items)
 
 
-def predict_files(
-    model: nn.Module,
-    paths: Sequence[Path],
-    device: torch.device,
-    settings: PostprocessSettings = PostprocessSettings(),
-    batch_size: int = 8,
-    workers: int = 2,
-    amp: bool = False,
-    timings: Timings | None = None,
-) -> Iterator[BatchResult]:
-    """Run the model over image files, yielding detections in original-image pixels per batch.
-
-    Args:
-        model: an :class:`~ssdcli.models.SSD` (``image_size``, ``mean``, ``std``, ``prior_spec``).
-        paths: image files, in the order results are yielded.
-        settings: post-processing thresholds.
-        amp: autocast the forward pass to float16 on CUDA.
-        timings: filled in when given.
-    """
-    detector = TorchDetector(model, device, settings, amp)
-    yield from predict_batches(detector, image_loader(paths, detector, batch_size, workers), timings)
-
-
 def keep_labels(detections: Detections, labels: Tensor) -> Detections:
     """Only the detections whose label is in ``labels`` (Tensor[L] int64, 1-based); order kept."""
     keep = torch.isin(detections.labels, labels)  # (K,)
@@ -273,6 +234,35 @@ def detections_to_coco(image_id: str | int, detections: Detections, category_ids
     ]
 
 
+def class_labels(names: Sequence[str], class_names: Sequence[str]) -> Tensor:
+    """Class names (``--classes``; blanks ignored) -> Tensor[L] int64 of their 1-based labels.
+
+    Raises:
+        UserError: no name, or a name the model does not know (listing the model's classes).
+    """
+    wanted = [name.strip() for name in names if name.strip()]
+    unknown = [name for name in wanted if name not in class_names]
+    if unknown or not wanted:
+        raise UserError(
+            f"--classes: {', '.join(unknown) or '(empty)'} not among the model's classes: {', '.join(class_names)}"
+        )
+    return torch.tensor([list(class_names).index(name) + 1 for name in wanted], dtype=torch.int64)
+
+
+def detection_entries(detections: Detections, class_names: Sequence[str]) -> list[dict]:
+    """The ``detections`` list of a --json entry: boxes xyxy in original-image pixels."""
+    boxes = detections.boxes_xyxy.tolist()
+    return [
+        {
+            "class_id": label,
+            "label": class_names[label - 1],
+            "score": round(score, 5),
+            "box": [round(v, 2) for v in box],
+        }
+        for box, label, score in zip(boxes, detections.labels.tolist(), detections.scores.tolist())
+    ]
+
+
 def predict_dataset(
     model: nn.Module,
     dataset: DetectionDataset,
@@ -284,17 +274,33 @@ def predict_dataset(
     progress: Callable[[int, int], None] | None = None,
     timings: Timings | None = None,
 ) -> list[dict]:
+    """:func:`detect_dataset` with a :class:`TorchDetector` of ``model`` (training validation,
+    tests and the bench hold a model rather than a weights file)."""
+    detector = TorchDetector(model, device, settings, amp)
+    return detect_dataset(detector, dataset, batch_size, workers, progress, timings)
+
+
+def detect_dataset(
+    detector: Detector,
+    dataset: DetectionDataset,
+    batch_size: int = 8,
+    workers: int = 2,
+    progress: Callable[[int, int], None] | None = None,
+    timings: Timings | None = None,
+) -> list[dict]:
     """Detections for every image of a dataset, as COCO results (what ``ssd eval`` scores).
+
+    Args:
+        progress: called with ``(images done, images in all)`` after each batch.
 
     Raises:
         DataError: an image of the dataset can no longer be read.
     """
     records = dataset.records
+    loader = image_loader([r.image_path for r in records], detector, batch_size, workers)
     results: list[dict] = []
     done = 0
-    for batch in predict_files(
-        model, [r.image_path for r in records], device, settings, batch_size, workers, amp, timings
-    ):
+    for batch in predict_batches(detector, loader, timings):
         if batch.errors:
             raise DataError(batch.errors[0][1])
         for index, detections in zip(batch.indices, batch.detections):
@@ -305,10 +311,50 @@ def predict_dataset(
     return results
 
 
+def find_default_weights(root: Path) -> Path | None:
+    """The newest ``runs/*/best.pt`` below ``root`` by modification time, else the newest
+    ``runs/*/last.pt``, else ``None`` (``ssd detect`` without ``--weights``)."""
+    for name in ("best.pt", "last.pt"):
+        found = [p for p in (root / "runs").glob(f"*/{name}") if p.is_file()]
+        if found:
+            return max(found, key=lambda p: p.stat().st_mtime)
+    return None
+
+
+def load_detector(
+    weights: str | os.PathLike[str], device: str = "auto", settings: PostprocessSettings = PostprocessSettings()
+) -> Detector:
+    """The :class:`Detector` for a weights file: the one place that chooses a backend by file type.
+
+    Args:
+        weights: an ssdcli checkpoint (``.pt``), or a model written by ``ssd export --format onnx``
+            (``.onnx``, run by onnxruntime on the CPU; ``device`` does not apply to it).
+        device: ``auto`` (CUDA when available), ``cpu``, ``cuda``, ``cuda:N``. A checkpoint runs
+            with float16 autocast on CUDA, so ``ssd eval`` and ``ssd detect`` give the same
+            detections on one device.
+        settings: post-processing (the evaluation defaults unless given).
+
+    Raises:
+        UserError: a file that is not a usable checkpoint or ONNX model, or an unusable device.
+    """
+    from ssdcli.checkpoint import load_checkpoint
+    from ssdcli.models import model_from_checkpoint
+
+    weights = Path(weights)
+    if weights.suffix.lower() == ".onnx":
+        from ssdcli.export.runtime import OnnxDetector
+
+        return OnnxDetector(weights, settings)
+    torch_device = resolve_device(device)
+    checkpoint = load_checkpoint(weights)
+    model = model_from_checkpoint(checkpoint).to(torch_device)
+    return TorchDetector(
+        model, torch_device, settings, amp=torch_device.type == "cuda", class_names=checkpoint["class_names"]
+    )
+
+
 def resolve_device(name: str) -> torch.device:
     """``auto`` -> CUDA when available, else CPU; ``cuda`` without a GPU is a user error."""
-    from ssdcli.errors import UserError
-
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():

@@ -34,6 +34,7 @@ from __future__ import annotations
 import math
 import os
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
 from typing import NamedTuple
 
 import torch
@@ -42,6 +43,44 @@ from torchvision.ops import batched_nms, nms
 
 from ssdcli.boxes import cxcywh_to_xyxy
 from ssdcli.codec import decode
+from ssdcli.errors import UserError
+
+
+@dataclass(frozen=True)
+class PostprocessSettings:
+    """Caffe ``DetectionOutput`` settings; the defaults are the evaluation ones.
+
+    Checked when built (the one place these ranges live); the messages name the flags of
+    ``ssd detect`` / ``ssd export`` that set them.
+
+    Attributes:
+        score_threshold: keep class probabilities strictly above this, in [0, 1) (``--min-score``).
+        nms_iou: NMS IoU above which the lower-scored box goes, in (0, 1] (``--nms-iou``).
+        top_k_candidates: default boxes per class and image entering NMS, >= 1.
+        max_detections: detections per image, >= 1 (``--top-k``).
+
+    Raises:
+        UserError: a value out of its range.
+    """
+
+    score_threshold: float = 0.01
+    nms_iou: float = 0.45
+    top_k_candidates: int = 400
+    max_detections: int = 200
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.score_threshold < 1.0:
+            raise UserError(f"--min-score {self.score_threshold}: must be in [0, 1)")
+        if not 0.0 < self.nms_iou <= 1.0:
+            raise UserError(f"--nms-iou {self.nms_iou}: must be in (0, 1]")
+        if self.max_detections < 1:
+            raise UserError(f"--top-k {self.max_detections}: must be at least 1")
+        if self.top_k_candidates < 1:
+            raise UserError(f"top_k_candidates {self.top_k_candidates}: must be at least 1")
+
+    def to_dict(self) -> dict:
+        """The keyword arguments of :func:`postprocess` (also what checkpoints and export metadata store)."""
+        return asdict(self)
 
 
 class Detections(NamedTuple):

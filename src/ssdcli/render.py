@@ -1,8 +1,11 @@
-"""OpenCV drawing: default boxes and detections, image and video writing. Images are HxWx3 uint8 BGR arrays."""
+"""OpenCV drawing: default boxes and detections, image and video writing, the ``--show`` window.
+Images are HxWx3 uint8 BGR arrays."""
 
 from __future__ import annotations
 
 import colorsys
+import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -152,3 +155,36 @@ def open_video_writer(path: Path, fps: float, size: tuple[int, int]):
         writer.release()
         raise UserError(f"{path}: cannot write a video there; use a .mp4 name in a writable folder")
     return writer
+
+
+WINDOW = "ssd detect"
+
+
+def check_display() -> None:
+    """Raise :class:`UserError` when no display is set: on Linux without one OpenCV would abort
+    the process at the first :func:`show_image`."""
+    if sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+        raise UserError("--show needs a display, and neither DISPLAY nor WAYLAND_DISPLAY is set; use --output DIR")
+
+
+def show_image(image_bgr: np.ndarray) -> bool:
+    """Show ``image_bgr`` in the ``ssd detect`` window; ``True`` when q or Esc was pressed (stop).
+
+    Raises:
+        UserError: OpenCV cannot open a window (e.g. a build without GUI support).
+    """
+    import cv2
+
+    try:
+        cv2.imshow(WINDOW, image_bgr)
+        key = cv2.waitKey(1) & 0xFF
+    except cv2.error as exc:
+        raise UserError(f"--show: cannot open a window ({exc.msg.strip()}); use --output DIR instead") from None
+    return key in (ord("q"), 27)
+
+
+def close_windows() -> None:
+    """Close the windows :func:`show_image` opened."""
+    import cv2
+
+    cv2.destroyAllWindows()

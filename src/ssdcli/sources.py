@@ -1,9 +1,11 @@
-"""What ``ssd detect`` reads: source arguments -> image files and videos, and video frames.
+"""What ``ssd detect`` reads: source arguments -> image files and videos (and where their rendered
+copies go), and video frames.
 
 A source argument is an image file, a folder (searched recursively for image extensions), a
 glob pattern (expanded here, so it works when the shell did not expand it: quoted, or on
 Windows) or a video file. Each image keeps a path relative to its source (``relative``), which
-is where its rendered copy goes under ``--output``, so a folder's sub-folder structure survives.
+is where its rendered copy goes under ``--output`` (:func:`plan_outputs`), so a folder's
+sub-folder structure survives.
 
 Video and webcam frames are read by :class:`VideoFrames`, an ``IterableDataset``: a DataLoader
 worker reads and pre-processes the next frames while the model runs on the current batch.
@@ -35,6 +37,9 @@ VIDEO_EXTENSIONS: frozenset[str] = frozenset(
     {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv", ".3gp"}
 )
 """Extensions read as videos, frame by frame, with OpenCV (FFmpeg)."""
+
+RENDER_EXTENSIONS: frozenset[str] = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
+"""Image types ``cv2.imwrite`` encodes; a rendered copy of any other image type is written as ``.png``."""
 
 DEFAULT_FPS = 25.0
 """Frame rate assumed when a video or camera does not report one (OpenCV returns 0)."""
@@ -173,6 +178,46 @@ def expand_sources(sources: Sequence[str]) -> SourcePlan:
         else:
             plan.missing.append(f"{source}: no such file or folder")
     return plan
+
+
+def plan_outputs(
+    images: Sequence[ImageSource], videos: Sequence[VideoSource], output: Path
+) -> tuple[list[Path], list[Path], list[str]]:
+    """Where each image's and video's rendered copy goes under ``output``: an image at its
+    ``relative`` path (``.png`` when OpenCV cannot write its type), a video at ``<stem>.mp4``.
+
+    Returns:
+        ``(image targets, video targets, warnings)``; a name already taken by an earlier source
+        gets ``-2``, ``-3``, ... appended (with a warning).
+
+    Raises:
+        UserError: a target would overwrite an input (e.g. ``--output`` is an input folder).
+    """
+    inputs = {item.path.resolve() for item in images} | {v.path.resolve() for v in videos if v.path}
+    taken: set[Path] = set()
+    warnings: list[str] = []
+
+    def unique(relative: Path, source: Path) -> Path:
+        target = output / relative
+        n = 2
+        while target in taken:
+            target = output / relative.with_name(f"{relative.stem}-{n}{relative.suffix}")
+            n += 1
+        if target != output / relative:
+            warnings.append(f"{source}: {output / relative} is taken by another source; writing {target}")
+        if target.resolve() in inputs:
+            raise UserError(
+                f"--output {output}: would overwrite the input {target}; choose a folder that is not an input"
+            )
+        taken.add(target)
+        return target
+
+    image_targets = []
+    for item in images:
+        relative = item.relative if item.relative.suffix.lower() in RENDER_EXTENSIONS else item.relative.with_suffix(".png")
+        image_targets.append(unique(relative, item.path))
+    video_targets = [unique(Path(f"{video.stem}.mp4"), Path(video.name)) for video in videos]
+    return image_targets, video_targets, warnings
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ from torch import nn
 
 from ssdcli.checkpoint import load_checkpoint, save_checkpoint
 from ssdcli.export.parity import compare_detections, sample_images
-from ssdcli.inference import PostprocessSettings
+from ssdcli.postprocess import PostprocessSettings
 from ssdcli.models import build_model, model_from_checkpoint, model_settings
 from ssdcli.postprocess import FlatDetections
 from ssdcli.priors import PriorSpec

@@ -14,7 +14,7 @@ from ssdcli.checkpoint import load_checkpoint
 from ssdcli.export import OnnxDetector
 from ssdcli.export.metadata import ExportMetadata, metadata_for
 from ssdcli.export.parity import sample_images
-from ssdcli.inference import PostprocessSettings
+from ssdcli.postprocess import PostprocessSettings
 from ssdcli.models import priors_for_model
 from ssdcli.postprocess import postprocess_flat
 

@@ -16,7 +16,7 @@ from ssdcli.export import ExportOptions, export_checkpoint, load_torchscript
 from ssdcli.export.formats import onnx_export_kwargs
 from ssdcli.export.graphs import DetectionGraph, RawGraph
 from ssdcli.export.metadata import metadata_for
-from ssdcli.inference import PostprocessSettings
+from ssdcli.postprocess import PostprocessSettings
 from ssdcli.models import priors_for_model
 
 

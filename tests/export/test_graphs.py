@@ -8,7 +8,7 @@ from export_testing import as_flat, assert_same_detections, network_of
 
 from ssdcli.export.graphs import DetectionGraph, RawGraph, trace_graph
 from ssdcli.export.parity import sample_images
-from ssdcli.inference import PostprocessSettings
+from ssdcli.postprocess import PostprocessSettings
 from ssdcli.models import priors_for_model
 from ssdcli.postprocess import postprocess_flat
 

@@ -17,7 +17,7 @@ from ssdcli.errors import UserError
 from ssdcli.export import ExportOptions, OnnxDetector, export_checkpoint
 from ssdcli.export.formats import onnx_export_kwargs
 from ssdcli.export.parity import sample_images
-from ssdcli.inference import PostprocessSettings
+from ssdcli.postprocess import PostprocessSettings
 from ssdcli.models import priors_for_model
 from ssdcli.postprocess import postprocess
 

@@ -10,6 +10,7 @@ from typing import Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from ssdcli.errors import UserError
 
@@ -33,7 +34,7 @@ class Device(str, Enum):
 
 def user_error(message: str) -> typer.Exit:
     """Print one clear line on stderr and return the exit to raise (code 2)."""
-    err.print(f"[bold red]error:[/] {message}", highlight=False, markup=True)
+    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, markup=True)
     return typer.Exit(EXIT_USER)
 
 
@@ -59,7 +60,7 @@ def error_boundary(fn: F) -> F:
             if os.environ.get("SSD_DEBUG"):
                 raise
             err.print(
-                f"[bold red]internal error:[/] {type(exc).__name__}: {exc}\n"
+                f"[bold red]internal error:[/] {type(exc).__name__}: {escape(str(exc))}\n"
                 "Re-run with SSD_DEBUG=1 for the traceback, and please report it.",
                 highlight=False,
             )

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from rich.markup import escape
 from rich.progress import Progress
 from rich.table import Table
 
@@ -167,22 +168,17 @@ def _predict(
     weights: Path, data: Path, split: Optional[str], classes_file: Optional[Path], batch_size: int, device: str,
     workers: int,
 ) -> tuple[DetectionDataset, list[dict]]:
-    """Run a checkpoint over a dataset with the evaluation post-processing (score 0.01, NMS 0.45,
+    """Run a model over a dataset with the evaluation post-processing (score 0.01, NMS 0.45,
     200 per image); the dataset is read with the model's class list."""
-    from ssdcli.checkpoint import load_checkpoint
-    from ssdcli.inference import predict_dataset, resolve_device
-    from ssdcli.models import model_from_checkpoint
+    from ssdcli.inference import detect_dataset, load_detector
 
-    checkpoint = load_checkpoint(weights)
-    model = model_from_checkpoint(checkpoint)
-    torch_device = resolve_device(device)
-    model.to(torch_device)
-    dataset = _read_dataset(data, split, classes_file, model_classes=checkpoint["class_names"])
+    detector = load_detector(weights, device)
+    dataset = _read_dataset(data, split, classes_file, model_classes=detector.class_names)
     with Progress(console=err, transient=True, disable=not err.is_terminal) as bar:
-        task = bar.add_task(f"detecting with {weights.name}", total=len(dataset.records))
-        detections = predict_dataset(
-            model, dataset, torch_device, batch_size=batch_size, workers=workers,
-            amp=torch_device.type == "cuda", progress=lambda done, total: bar.update(task, completed=done),
+        task = bar.add_task(f"detecting with {escape(weights.name)}", total=len(dataset.records))
+        detections = detect_dataset(
+            detector, dataset, batch_size=batch_size, workers=workers,
+            progress=lambda done, total: bar.update(task, completed=done),
         )
     return dataset, detections
 
@@ -193,7 +189,7 @@ def eval_command(
         Path, typer.Option("--data", help="The ground truth: a VOC folder / VOCdevkit or a COCO instances json.")
     ],
     weights: Annotated[
-        Optional[Path], typer.Option("--weights", help="A checkpoint (best.pt / last.pt) to run over --data and score.")
+        Optional[Path], typer.Option("--weights", help="A checkpoint (best.pt / last.pt) or exported .onnx model to run over --data and score.")
     ] = None,
     detections: Annotated[
         Optional[Path], typer.Option("--detections", help="Or: a COCO results json of detections to score (see below).")

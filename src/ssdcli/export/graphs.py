@@ -21,7 +21,7 @@ from collections.abc import Iterator
 import torch
 from torch import Tensor, nn
 
-from ssdcli.inference import PostprocessSettings
+from ssdcli.postprocess import PostprocessSettings
 from ssdcli.models import SSD
 from ssdcli.postprocess import postprocess_flat
 

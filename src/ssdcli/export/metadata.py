@@ -11,7 +11,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from ssdcli.inference import PostprocessSettings
+from ssdcli.postprocess import PostprocessSettings
 from ssdcli.priors import PriorSpec
 
 RAW_OUTPUTS: tuple[str, ...] = ("cls_logits", "box_deltas", "priors")

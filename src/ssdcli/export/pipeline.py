@@ -29,32 +29,13 @@ from ssdcli.export.graphs import DetectionGraph, RawGraph, trace_graph
 from ssdcli.export.metadata import ExportMetadata, metadata_for
 from ssdcli.export.parity import OutputCheck, check_parity, has_tied_scores, parity_batches, sample_images
 from ssdcli.files import replace_atomically, temp_file_for
-from ssdcli.inference import PostprocessSettings
+from ssdcli.postprocess import PostprocessSettings
 from ssdcli.models import model_from_checkpoint, priors_for_model
 from ssdcli.models.winograd import direct_convolutions
 
 # --------------------------------------------------------------------------------------------
 # Options
 # --------------------------------------------------------------------------------------------
-
-
-def _check_postprocess_overrides(
-    score_threshold: float | None, nms_iou: float | None, max_detections: int | None
-) -> None:
-    """The ranges of the post-processing flags of ``ssd export`` (``None``: not given).
-
-    The same checks as ``ssd detect`` makes; they belong to ``PostprocessSettings`` itself, and
-    this function goes once that class validates its own values.
-
-    Raises:
-        UserError: a value outside its range, naming the flag.
-    """
-    if score_threshold is not None and not 0.0 <= score_threshold < 1.0:
-        raise UserError(f"--min-score {score_threshold}: must be in [0, 1)")
-    if nms_iou is not None and not 0.0 < nms_iou <= 1.0:
-        raise UserError(f"--nms-iou {nms_iou}: must be in (0, 1]")
-    if max_detections is not None and max_detections < 1:
-        raise UserError(f"--top-k {max_detections}: must be at least 1")
 
 
 @dataclass(frozen=True)
@@ -84,7 +65,7 @@ class ExportOptions:
             raise UserError(f"--format {self.format}: choose one of {', '.join(FORMATS)}")
         if not MIN_OPSET <= self.opset <= MAX_OPSET:
             raise UserError(f"--opset {self.opset}: choose an ONNX opset from {MIN_OPSET} to {MAX_OPSET}")
-        _check_postprocess_overrides(self.score_threshold, self.nms_iou, self.max_detections)
+        self.postprocess_settings({})  # the overrides' ranges, checked by PostprocessSettings itself
 
     def postprocess_settings(self, checkpoint: dict) -> PostprocessSettings:
         """The checkpoint's post-processing settings with the options' overrides applied."""

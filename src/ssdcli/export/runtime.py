@@ -22,8 +22,8 @@ from torch import Tensor
 
 from ssdcli.errors import UserError
 from ssdcli.export.metadata import INPUT_NAME, ExportMetadata
-from ssdcli.inference import PostprocessSettings, Timings
-from ssdcli.postprocess import Detections, FlatDetections, postprocess, split_by_image
+from ssdcli.inference import Timings
+from ssdcli.postprocess import Detections, FlatDetections, PostprocessSettings, postprocess, split_by_image
 
 
 class OnnxDetector:
