@@ -104,6 +104,7 @@ def draw_detections(
     labels: ArrayLike,
     scores: ArrayLike,
     class_names: list[str],
+    captions: list[str] | None = None,
 ) -> np.ndarray:
     """Draw detections on a copy of an image: a box per detection in its class colour
     (:func:`class_colour`) and a ``name score`` label on a filled background above the box (inside
@@ -115,6 +116,7 @@ def draw_detections(
         labels: [K] 1-based class indices into ``class_names``.
         scores: [K] in [0, 1].
         class_names: the model's classes; a label outside them is drawn as ``class <n>``.
+        captions: [K] texts to draw instead of ``name score`` (e.g. with an error type added).
 
     Returns:
         A new np.ndarray[H, W, 3] uint8 BGR; drawn lowest score first so the best box is on top.
@@ -137,7 +139,7 @@ def draw_detections(
         x1, y1, x2, y2 = (int(round(v)) for v in boxes[k])
         cv2.rectangle(canvas, (x1, y1), (x2, y2), colour, thickness, cv2.LINE_8)  # crisp: axis-aligned
         name = class_names[label - 1] if 1 <= label <= len(class_names) else f"class {label}"
-        text = f"{name} {scores[k]:.2f}"
+        text = captions[k] if captions is not None else f"{name} {scores[k]:.2f}"
         (text_w, text_h), baseline = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, font_scale, text_thickness)
         pad = thickness
         box_h = text_h + baseline + 2 * pad
@@ -148,6 +150,62 @@ def draw_detections(
             canvas, text, (left + pad, top + pad + text_h), cv2.FONT_HERSHEY_SIMPLEX, font_scale,
             _text_colour(colour), text_thickness, cv2.LINE_AA,
         )
+    return canvas
+
+
+def _line_style(side: float) -> tuple[int, float, int]:
+    """``(thickness, font scale, text thickness)`` for an image of mean side ``side`` pixels:
+    ~2 px lines on 640x480, growing linearly with the image (as :func:`draw_detections`)."""
+    thickness = max(1, round(0.003 * side))
+    return thickness, max(0.4, 0.0011 * side), max(1, thickness - 1)
+
+
+def draw_ground_truth(
+    image_bgr: np.ndarray,
+    boxes_xyxy_px: ArrayLike,
+    labels: ArrayLike,
+    class_names: list[str],
+    missed: ArrayLike | None = None,
+) -> np.ndarray:
+    """Draw ground-truth boxes on a copy of an image in a style apart from detections: dashed
+    outlines in the class colour, the name on a white tag at the box's bottom-left corner;
+    objects marked ``missed`` dashed in red and tagged ``missed: name``.
+
+    Args:
+        image_bgr: np.ndarray[H, W, 3] uint8 BGR.
+        boxes_xyxy_px: [K, 4] xyxy in pixels of this image.
+        labels: [K] 1-based class indices into ``class_names``.
+        missed: [K] bool, or ``None`` for none.
+
+    Returns:
+        A new np.ndarray[H, W, 3] uint8 BGR.
+    """
+    import cv2
+
+    canvas = np.array(image_bgr, dtype=np.uint8, order="C")
+    height, width = canvas.shape[:2]
+    boxes = np.asarray(boxes_xyxy_px, dtype=np.float64).reshape(-1, 4)  # (K, 4)
+    labels = np.asarray(labels, dtype=np.int64).reshape(-1)  # (K,)
+    missed = np.zeros(labels.shape, bool) if missed is None else np.asarray(missed, bool).reshape(-1)
+    thickness, font_scale, text_thickness = _line_style((width + height) / 2)
+    dash = 6 * thickness
+    rows, cols = np.mgrid[0:height, 0:width]  # (H, W) each
+    dashes = ((rows + cols) // dash) % 2 == 0  # diagonal stripes: dashes on every edge direction
+    for k in range(labels.size):
+        label = int(labels[k])
+        colour = (0, 0, 255) if missed[k] else class_colour(label)
+        x1, y1, x2, y2 = (int(round(v)) for v in boxes[k])
+        outline = np.zeros((height, width), np.uint8)
+        cv2.rectangle(outline, (x1, y1), (x2, y2), 1, thickness, cv2.LINE_8)
+        canvas[(outline > 0) & dashes] = colour
+        name = class_names[label - 1] if 1 <= label <= len(class_names) else f"class {label}"
+        text = f"missed: {name}" if missed[k] else f"GT {name}"
+        (text_w, text_h), baseline = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, font_scale, text_thickness)
+        left = min(max(x1, 0), max(width - text_w - 2, 0))
+        bottom = min(max(y2, text_h + baseline + 2), height)
+        cv2.rectangle(canvas, (left, bottom - text_h - baseline - 2), (left + text_w + 2, bottom), (255, 255, 255), cv2.FILLED)
+        cv2.putText(canvas, text, (left + 1, bottom - baseline - 1), cv2.FONT_HERSHEY_SIMPLEX, font_scale,
+                    colour if missed[k] else (0, 0, 0), text_thickness, cv2.LINE_AA)
     return canvas
 
 
