@@ -166,9 +166,9 @@ def draw_training_curves(metrics: dict[str, np.ndarray], title: str = "training"
         loss_ax.legend()
     else:
         empty_panel(loss_ax, "no loss recorded")
-    loss_ax.set(title="loss", xlabel="epoch", ylabel="loss (mean per image)")
+    loss_ax.set(title="loss", xlabel="epoch", ylabel="loss")
     map_columns = [c for c in metrics if c.startswith("val_") and c.endswith("map")]
-    if not any([_plot_series(map_ax, epochs, 100 * metrics[c], c.removeprefix("val_").replace("_", " ")) for c in map_columns]):
+    if not any([_plot_series(map_ax, epochs, 100 * metrics[c], c) for c in map_columns]):
         empty_panel(map_ax, "no validation run")
     else:
         map_ax.legend()
