@@ -215,7 +215,7 @@ def confusion_figure(counts: np.ndarray, classes: list[str], conf_threshold: flo
 
     names = [*classes, "background"]
     side = max(4.5, 0.32 * len(names) + 2)
-    figure = new_figure(2 * side + 1, side + 1.8)
+    figure = new_figure(2 * side + 1, side + 1.2)
     for ax, matrix, title, fmt in zip(
         figure.subplots(1, 2), (counts, row_normalised(counts)), ("counts", "row-normalised (each true class sums to 1)"),
         ("{:d}", "{:.2f}"),
