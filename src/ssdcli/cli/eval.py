@@ -26,9 +26,9 @@ EPILOG = """\
   ssd eval --detections dets.json --data coco/annotations/instances_val2017.json --metric coco
   ssd eval --detections dets.json --data my_voc_folder --json metrics.json --plot-dir pr_curves
   ssd eval --weights runs/train/best.pt --data VOCdevkit --split 2007-test --analysis analysis
-  ssd eval --detections dets.json --data my_data --analysis analysis --similar similar.txt --conf-threshold 0.5
+  ssd eval --detections dets.json --data my_data --analysis analysis --similar similar.txt
 
-[bold]Detections[/] are COCO results json: a list of {"image_id", "category_id", "bbox": [x, y, w, h],
+[bold]Detections[/] are COCO results json: a list of {"image_id", "category_id", "bbox": \\[x, y, w, h],
 "score"} in original-image pixels. For VOC-style data image_id is the image file stem (a string)
 and category_id the 1-based class index (the list `ssd data check` prints); for COCO data both
 are the json's own ids.
