@@ -30,7 +30,10 @@ def check_folder(folder: Path, classes: list[str]) -> dict:
         assert image is not None and image.shape[0] > 100 and image.std() > 0, name
     header = (folder / "confusion_matrix.csv").read_text().splitlines()[0].split(",")
     assert header[1:] == [*classes, "background"]
-    return json.loads((folder / "analysis.json").read_text())
+    def no_nan(constant: str):
+        raise AssertionError(f"analysis.json holds {constant}, which is not json")
+
+    return json.loads((folder / "analysis.json").read_text(), parse_constant=no_nan)
 
 
 @pytest.mark.slow
