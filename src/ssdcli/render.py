@@ -1,5 +1,5 @@
-"""OpenCV drawing: default boxes and detections, image and video writing, the ``--show`` window.
-Images are HxWx3 uint8 BGR arrays."""
+"""Drawing: detections and ground truth on images (OpenCV), the default-box picture (matplotlib),
+image and video writing, the ``--show`` window. Images are HxWx3 uint8 BGR arrays."""
 
 from __future__ import annotations
 
@@ -22,45 +22,62 @@ def class_colour(class_id: int) -> tuple[int, int, int]:
     return int(b * 255), int(g * 255), int(r * 255)
 
 
+def _box_names(layer) -> list[str]:
+    """Legend names of the default boxes at one location, in output order (Caffe's)."""
+    names = ["min square", "sqrt(min*max) square"]
+    for ar in layer.aspect_ratios:
+        names += [f"ar {ar:g}", f"ar 1/{ar:g}"]
+    return names
+
+
 def draw_priors(spec: PriorSpec, panel_size: int = 360) -> np.ndarray:
-    """One panel per source layer: every cell centre as a dot and the full set of default boxes
-    of three locations (centre, and two corners) as outlines, scaled to the network input.
+    """One panel per source layer, drawn with matplotlib (:mod:`ssdcli.plotting`): every cell
+    centre as a dot (up to 40x40 cells) and the full set of default boxes of three locations
+    (centre and two corners) as outlines, in network-input pixels, one colour per box shape.
 
     Returns:
-        np.ndarray[H, W, 3] uint8 BGR, panels laid out in rows of at most 4.
+        np.ndarray[H, W, 3] uint8 BGR, panels in rows of at most 4, each about ``panel_size``
+        pixels wide.
     """
-    import cv2
+    from ssdcli.plotting import new_figure, styled, to_bgr
 
-    margin = 30
-    panels = []
-    for index, layer in enumerate(spec.layers):
-        canvas = np.full((panel_size, panel_size, 3), 255, np.uint8)
-        scale = panel_size / spec.image_size
-        f = layer.feature_map
-        centres = [(j + spec.offset) * layer.step * scale for j in range(f)]
-        if f <= 40:
-            for cy in centres:
-                for cx in centres:
-                    cv2.circle(canvas, (int(round(cx)), int(round(cy))), 1, (160, 160, 160), -1)
-        picks = {(f // 2, f // 2), (0, 0), (f - 1, f - 1)}
-        for i, j in sorted(picks):
-            cx, cy = centres[j], centres[i]
-            for box_index, (w, h) in enumerate(layer_box_sizes(layer)):
-                colour = class_colour(box_index + 1)
-                x1, y1 = int(round(cx - w * scale / 2)), int(round(cy - h * scale / 2))
-                x2, y2 = int(round(cx + w * scale / 2)), int(round(cy + h * scale / 2))
-                cv2.rectangle(canvas, (x1, y1), (x2, y2), colour, 1, cv2.LINE_AA)
-        title = f"layer {index}: {f}x{f}, step {layer.step:g}, {layer.boxes_per_location} boxes/loc"
-        cv2.rectangle(canvas, (0, 0), (panel_size - 1, panel_size - 1), (0, 0, 0), 1)
-        title_bar = np.full((margin, panel_size, 3), 255, np.uint8)
-        cv2.putText(title_bar, title, (6, 20), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 1, cv2.LINE_AA)
-        panels.append(np.concatenate([title_bar, canvas], axis=0))
-    columns = min(4, len(panels))
-    rows = -(-len(panels) // columns)
-    blank = np.full_like(panels[0], 255)
-    panels += [blank] * (rows * columns - len(panels))
-    grid_rows = [np.concatenate(panels[r * columns : (r + 1) * columns], axis=1) for r in range(rows)]
-    return np.concatenate(grid_rows, axis=0)
+    @styled
+    def figure():
+        columns = min(4, len(spec.layers))
+        rows = -(-len(spec.layers) // columns)
+        side = panel_size / 100
+        fig = new_figure(side * columns, (side + 0.35) * rows)
+        axes = np.atleast_1d(fig.subplots(rows, columns, squeeze=False).ravel())
+        for index, (ax, layer) in enumerate(zip(axes, spec.layers)):
+            _priors_panel(ax, spec, layer, index)
+        for ax in axes[len(spec.layers):]:
+            ax.set_axis_off()
+        fig.suptitle(f"default boxes of {spec.name}: {spec.image_size}x{spec.image_size} input", fontweight="bold")
+        return fig
+
+    return to_bgr(figure())
+
+
+def _priors_panel(ax, spec: PriorSpec, layer, index: int) -> None:
+    from matplotlib.patches import Rectangle
+
+    f = layer.feature_map
+    centres = (np.arange(f) + spec.offset) * layer.step  # (f,) input pixels
+    if f <= 40:
+        cx, cy = np.meshgrid(centres, centres)  # (f, f) each
+        ax.scatter(cx.ravel(), cy.ravel(), s=2, color="#999999", linewidths=0)
+    picks = sorted({(f // 2, f // 2), (0, 0), (f - 1, f - 1)})
+    names = _box_names(layer)
+    for i, j in picks:
+        for box_index, (w, h) in enumerate(layer_box_sizes(layer)):
+            b, g, r = class_colour(box_index + 1)
+            ax.add_patch(Rectangle((centres[j] - w / 2, centres[i] - h / 2), w, h, fill=False, linewidth=1,
+                                   edgecolor=(r / 255, g / 255, b / 255), label=names[box_index] if (i, j) == picks[0] else None))
+    ax.set(xlim=(0, spec.image_size), ylim=(spec.image_size, 0), aspect="equal",
+           xlabel="x (input pixels)", ylabel="y (input pixels)",
+           title=f"layer {index}: {f}x{f}, step {layer.step:g}, {layer.boxes_per_location} boxes/loc")
+    ax.grid(False)
+    ax.legend(loc="lower right", fontsize=6, frameon=True, framealpha=0.8)
 
 
 def write_image(path: Path, image_bgr: np.ndarray) -> None:
@@ -89,6 +106,7 @@ def draw_detections(
     labels: ArrayLike,
     scores: ArrayLike,
     class_names: list[str],
+    captions: list[str] | None = None,
 ) -> np.ndarray:
     """Draw detections on a copy of an image: a box per detection in its class colour
     (:func:`class_colour`) and a ``name score`` label on a filled background above the box (inside
@@ -100,6 +118,7 @@ def draw_detections(
         labels: [K] 1-based class indices into ``class_names``.
         scores: [K] in [0, 1].
         class_names: the model's classes; a label outside them is drawn as ``class <n>``.
+        captions: [K] texts to draw instead of ``name score`` (e.g. with an error type added).
 
     Returns:
         A new np.ndarray[H, W, 3] uint8 BGR; drawn lowest score first so the best box is on top.
@@ -122,7 +141,7 @@ def draw_detections(
         x1, y1, x2, y2 = (int(round(v)) for v in boxes[k])
         cv2.rectangle(canvas, (x1, y1), (x2, y2), colour, thickness, cv2.LINE_8)  # crisp: axis-aligned
         name = class_names[label - 1] if 1 <= label <= len(class_names) else f"class {label}"
-        text = f"{name} {scores[k]:.2f}"
+        text = captions[k] if captions is not None else f"{name} {scores[k]:.2f}"
         (text_w, text_h), baseline = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, font_scale, text_thickness)
         pad = thickness
         box_h = text_h + baseline + 2 * pad
@@ -133,6 +152,62 @@ def draw_detections(
             canvas, text, (left + pad, top + pad + text_h), cv2.FONT_HERSHEY_SIMPLEX, font_scale,
             _text_colour(colour), text_thickness, cv2.LINE_AA,
         )
+    return canvas
+
+
+def _line_style(side: float) -> tuple[int, float, int]:
+    """``(thickness, font scale, text thickness)`` for an image of mean side ``side`` pixels:
+    ~2 px lines on 640x480, growing linearly with the image (as :func:`draw_detections`)."""
+    thickness = max(1, round(0.003 * side))
+    return thickness, max(0.4, 0.0011 * side), max(1, thickness - 1)
+
+
+def draw_ground_truth(
+    image_bgr: np.ndarray,
+    boxes_xyxy_px: ArrayLike,
+    labels: ArrayLike,
+    class_names: list[str],
+    missed: ArrayLike | None = None,
+) -> np.ndarray:
+    """Draw ground-truth boxes on a copy of an image in a style apart from detections: dashed
+    outlines in the class colour, the name on a white tag at the box's bottom-left corner;
+    objects marked ``missed`` dashed in red and tagged ``missed: name``.
+
+    Args:
+        image_bgr: np.ndarray[H, W, 3] uint8 BGR.
+        boxes_xyxy_px: [K, 4] xyxy in pixels of this image.
+        labels: [K] 1-based class indices into ``class_names``.
+        missed: [K] bool, or ``None`` for none.
+
+    Returns:
+        A new np.ndarray[H, W, 3] uint8 BGR.
+    """
+    import cv2
+
+    canvas = np.array(image_bgr, dtype=np.uint8, order="C")
+    height, width = canvas.shape[:2]
+    boxes = np.asarray(boxes_xyxy_px, dtype=np.float64).reshape(-1, 4)  # (K, 4)
+    labels = np.asarray(labels, dtype=np.int64).reshape(-1)  # (K,)
+    missed = np.zeros(labels.shape, bool) if missed is None else np.asarray(missed, bool).reshape(-1)
+    thickness, font_scale, text_thickness = _line_style((width + height) / 2)
+    dash = 6 * thickness
+    rows, cols = np.mgrid[0:height, 0:width]  # (H, W) each
+    dashes = ((rows + cols) // dash) % 2 == 0  # diagonal stripes: dashes on every edge direction
+    for k in range(labels.size):
+        label = int(labels[k])
+        colour = (0, 0, 255) if missed[k] else class_colour(label)
+        x1, y1, x2, y2 = (int(round(v)) for v in boxes[k])
+        outline = np.zeros((height, width), np.uint8)
+        cv2.rectangle(outline, (x1, y1), (x2, y2), 1, thickness, cv2.LINE_8)
+        canvas[(outline > 0) & dashes] = colour
+        name = class_names[label - 1] if 1 <= label <= len(class_names) else f"class {label}"
+        text = f"missed: {name}" if missed[k] else f"GT {name}"
+        (text_w, text_h), baseline = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, font_scale, text_thickness)
+        left = min(max(x1, 0), max(width - text_w - 2, 0))
+        bottom = min(max(y2, text_h + baseline + 2), height)
+        cv2.rectangle(canvas, (left, bottom - text_h - baseline - 2), (left + text_w + 2, bottom), (255, 255, 255), cv2.FILLED)
+        cv2.putText(canvas, text, (left + 1, bottom - baseline - 1), cv2.FONT_HERSHEY_SIMPLEX, font_scale,
+                    colour if missed[k] else (0, 0, 0), text_thickness, cv2.LINE_AA)
     return canvas
 
 

@@ -26,8 +26,10 @@ EPILOG = """\
   ssd eval --detections dets.json --data VOCdevkit/VOC2007 --split test
   ssd eval --detections dets.json --data coco/annotations/instances_val2017.json --metric coco
   ssd eval --detections dets.json --data my_voc_folder --json metrics.json --plot-dir pr_curves
+  ssd eval --weights runs/train/best.pt --data VOCdevkit --split 2007-test --analysis analysis
+  ssd eval --detections dets.json --data my_data --analysis analysis --similar similar.txt
 
-[bold]Detections[/] are COCO results json: a list of {"image_id", "category_id", "bbox": [x, y, w, h],
+[bold]Detections[/] are COCO results json: a list of {"image_id", "category_id", "bbox": \\[x, y, w, h],
 "score"} in original-image pixels. For VOC-style data image_id is the image file stem (a string)
 and category_id the 1-based class index (the list `ssd data check` prints); for COCO data both
 are the json's own ids.
@@ -36,6 +38,15 @@ are the json's own ids.
 the interpolated precision-recall curve), both per the PASCAL devkit with "difficult" objects
 ignored; coco = COCO box AP/AR (pycocotools COCOeval bbox numbers, computed by ssdcli's own
 evaluator; difficult VOC boxes become crowd "ignore" regions).
+
+[bold]--analysis DIR[/] explains the errors: what the top-ranked detections are (Cor, Loc = poor
+localisation or duplicate, Sim / Oth = confusion with a similar / other class, BG = background;
+the SSD paper's Fig. 3 after Hoiem et al.), normalised AP by object size and aspect ratio (Fig. 4),
+a confusion matrix with a background row and column (PNG + CSV), TIDE's dAP per error type
+(Cls, Loc, Both, Dupe, Bkg, Miss) and the worst images drawn, plus analysis.json with every number.
+For the PASCAL VOC classes the similar classes and groups are the paper's (animals, vehicles,
+furniture); for other data give --similar FILE, one group per line, names separated by commas,
+optionally named ("pets: cat, dog"). The folder must be new, empty or an earlier analysis.
 """
 
 
@@ -215,14 +226,29 @@ def eval_command(
     batch_size: Annotated[int, typer.Option(help="With --weights: images per forward pass.")] = 8,
     device: Annotated[Device, typer.Option(help="With --weights: auto = CUDA when available.")] = Device.auto,
     workers: Annotated[int, typer.Option(help="With --weights: image-reading worker processes.")] = 2,
+    analysis: Annotated[
+        Optional[Path], typer.Option("--analysis", help="Write the error analysis (figures, analysis.json, worst images) into this folder.")
+    ] = None,
+    similar: Annotated[
+        Optional[Path], typer.Option("--similar", help="With --analysis: groups of similar classes, one group of names per line.")
+    ] = None,
+    conf_threshold: Annotated[
+        float, typer.Option("--conf-threshold", help="With --analysis: score threshold of the confusion matrix and worst images.")
+    ] = 0.3,
+    worst: Annotated[int, typer.Option("--worst", help="With --analysis: how many worst images to draw.")] = 20,
 ) -> None:
     if (weights is None) == (detections is None):
         raise UserError("give exactly one of --weights CKPT (run a model) or --detections FILE (score saved detections)")
     if batch_size < 1 or workers < 0:
         raise UserError("--batch-size must be >= 1 and --workers >= 0")
+    from ssdcli.cli.eval_analysis import analysis_settings, report_analysis
+
+    settings = analysis_settings(analysis, similar, conf_threshold, worst)
     if weights is not None:
         dataset, scored = _predict(weights, data, split, classes, batch_size, device.value, workers)
     else:
         dataset = _read_dataset(data, split, classes)
         scored = load_detections(detections, dataset)
     score_and_report(dataset, scored, metric, json_file, plot_dir, save_detections_file)
+    if settings is not None:
+        report_analysis(dataset, scored, analysis, settings)

@@ -10,7 +10,8 @@ detections:
 
 The modules: :mod:`~ssdcli.evaluation.detections` (reading and checking detections),
 :mod:`~ssdcli.evaluation.voc`, :mod:`~ssdcli.evaluation.coco`, :mod:`~ssdcli.evaluation.cocoeval` and
-:mod:`~ssdcli.evaluation.plots` (precision-recall curves drawn with OpenCV).
+:mod:`~ssdcli.evaluation.plots` (precision-recall curves, matplotlib). The error analysis of
+``ssd eval --analysis`` is :mod:`~ssdcli.evaluation.analysis_report` and the modules it names.
 """
 
 from __future__ import annotations
