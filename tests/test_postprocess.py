@@ -261,8 +261,11 @@ def test_settings_defaults_are_caffes_evaluation_ones_and_are_postprocess_argume
     assert settings.to_dict() == {"score_threshold": 0.01, "nms_iou": 0.45, "top_k_candidates": 400,
                                   "max_detections": 200}
     logits, deltas, priors = realistic_outputs(3, batch=1)
-    by_settings = postprocess(logits, deltas, priors, **PostprocessSettings(score_threshold=0.2).to_dict())
-    assert torch.equal(by_settings[0].scores, postprocess(logits, deltas, priors, score_threshold=0.2)[0].scores)
+    by_settings = postprocess(
+        logits, deltas, priors, variances=VARIANCES, **PostprocessSettings(score_threshold=0.2).to_dict()
+    )
+    direct = postprocess(logits, deltas, priors, variances=VARIANCES, score_threshold=0.2)
+    assert torch.equal(by_settings[0].scores, direct[0].scores)
 
 
 @pytest.mark.parametrize(
