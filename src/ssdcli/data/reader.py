@@ -18,6 +18,7 @@ import re
 from pathlib import Path
 from typing import Literal
 
+from ssdcli.data.classes import load_classes_file  # noqa: F401  re-exported: the CLI and engine import it here
 from ssdcli.data.coco import read_coco
 from ssdcli.data.records import DetectionDataset
 from ssdcli.data.voc import IMAGE_SUFFIXES, ProgressFn, VocItem, read_voc
@@ -33,31 +34,6 @@ _YEAR_DIR = re.compile(r"VOC(\d{4})")
 # A devkit split token: "07", "2007", "VOC2007", optionally followed by -, _, : or / and a split
 # name ("2007-test", "07_trainval", "VOC2012/val"); or a split name alone ("trainval").
 _SPLIT_TOKEN = re.compile(r"^(?:(?:VOC)?(\d{2}|\d{4}))?(?:[-_:/]?([A-Za-z][\w-]*))?$", re.IGNORECASE)
-
-
-def load_classes_file(path: Path) -> list[str]:
-    """Class names, one per line, in label order (blank lines ignored).
-
-    Raises:
-        DataError: the file is missing, empty, names a class twice, or names a background class
-            (label 0 is background already).
-    """
-    path = Path(path)
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except FileNotFoundError:
-        raise DataError(f"{path}: classes file not found") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DataError(f"{path}: cannot read classes file ({exc})") from None
-    names = [line.strip() for line in lines if line.strip()]
-    if not names:
-        raise DataError(f"{path}: classes file is empty; write one class name per line")
-    duplicates = sorted({name for name in names if names.count(name) > 1})
-    if duplicates:
-        raise DataError(f"{path}: class names listed more than once: {', '.join(duplicates)}")
-    if "__background__" in names:
-        raise DataError(f"{path}: remove '__background__'; label 0 is the background class already")
-    return names
 
 
 def load_dataset(
