@@ -238,7 +238,8 @@ def read_csv_labels(
         csv_path: the CSV file.
         coords: ``voc`` (1-based inclusive corners) or ``pixels`` (continuous 0-based).
         image_dir: the only folder to look for images in; None: the search of the module docstring.
-        only: file names (as in the file column) to keep, from a split list; None keeps all.
+        only: file names to keep (as in the file column, or their base names), from a split
+            list; None keeps all.
         classes: the class list to use; other classes are dropped with a problem of severity
             ``unknown_classes``. None: the 20 VOC classes when every name is one, else the sorted names.
         check_images: read each header (true size, missing files); False trusts the CSV's
@@ -253,10 +254,14 @@ def read_csv_labels(
     source = str(csv_path)
     boxes, negatives, sizes, problems = parse_csv(csv_path)
     if only is not None:
+        def listed(filename: str) -> bool:  # the list names files as the CSV does, or by base name
+            return filename in only or filename.rsplit("/", 1)[-1] in only
+
         named = {b.filename for b in boxes} | set(negatives)
+        named |= {n.rsplit("/", 1)[-1] for n in named}
         problems += [Problem(source, "warning", f"split list names '{n}', which no row of the CSV has; skipped")
                      for n in sorted(only - named)]
-        boxes, negatives = [b for b in boxes if b.filename in only], [n for n in negatives if n in only]
+        boxes, negatives = [b for b in boxes if listed(b.filename)], [n for n in negatives if listed(n)]
     class_list = list(classes) if classes is not None else default_class_order({b.name for b in boxes})
     label_of = {name: k for k, name in enumerate(class_list, start=1)}
     by_image: dict[str, list[tuple[CsvBox, list[float]]]] = {name: [] for name in [*(b.filename for b in boxes), *negatives]}

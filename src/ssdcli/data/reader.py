@@ -4,7 +4,8 @@ Layouts read (first match wins):
 
 1. a file: a COCO instances ``.json``, a YOLO ``data.yaml`` (any ``.yaml``), a ``.csv``;
 2. a VOCdevkit: ``VOC2007/``, ``VOC2012/``, ... each with ``Annotations/`` and ``JPEGImages/``;
-3. one VOC folder: ``Annotations/`` + ``JPEGImages/`` (``ImageSets/Main/*.txt`` optional);
+3. one VOC folder: ``Annotations/`` + ``JPEGImages/`` (``ImageSets/Main/*.txt`` optional; a
+   ``classes.txt`` there is the class order, unless ``--classes`` gives one);
 4. a COCO folder: ``annotations/*.json`` or ``instances*.json`` next to the image folder(s);
 5. a YOLO folder: a ``data.yaml``, or ``images/`` + ``labels/`` (or images and ``.txt`` labels
    side by side) with ``classes.txt`` / ``obj.names``;
@@ -26,7 +27,7 @@ import re
 from pathlib import Path
 from typing import Literal
 
-from ssdcli.data.classes import load_classes_file  # noqa: F401  re-exported: the CLI and engine import it here
+from ssdcli.data.classes import load_classes_file  # also imported from here by the CLI and engine
 from ssdcli.data.coco import read_coco
 from ssdcli.data.csv_labels import CsvCoords, read_csv_labels
 from ssdcli.data.labelfiles import read_list_file
@@ -102,12 +103,12 @@ def load_dataset(
     if path.is_file():
         return _read_file(path, split, options, csv_coords, image_dir)
 
-    folder = _resolve_folder(path)
-    year_dirs = _year_dirs(folder)
-    if year_dirs:
-        return read_voc(path, _devkit_items(folder, year_dirs, split), **options)  # type: ignore[arg-type]
+    folder = resolve_folder(path)
+    devkit_years = year_dirs(folder)
+    if devkit_years:
+        return read_voc(path, _devkit_items(folder, devkit_years, split), **options)  # type: ignore[arg-type]
     if (folder / "Annotations").is_dir():
-        return read_voc(path, _voc_folder_items(folder, split), **options)  # type: ignore[arg-type]
+        return read_voc(path, _voc_folder_items(folder, split), **_folder_classes(folder, options))  # type: ignore[arg-type]
     jsons = _coco_jsons(folder)
     strong_coco = [j for j in jsons if j.parent.name == "annotations" or j.name.startswith("instances")]
     yaml_file = None if strong_coco else find_yaml(folder)
@@ -117,9 +118,9 @@ def load_dataset(
         return read_yolo(folder_layout(folder, split), **options)  # type: ignore[arg-type]
     if jsons:
         return _with_root(_read_coco_split(_pick_json(folder, jsons, split, coco_root(folder)), split, options), path)
-    xml_dirs = [d for d in [folder, *_subdirs(folder)] if any(d.glob("*.xml"))]
+    xml_dirs = [d for d in [folder, *subdirs(folder)] if any(d.glob("*.xml"))]
     if xml_dirs:
-        return read_voc(path, _plain_items(folder, xml_dirs, split), **options)  # type: ignore[arg-type]
+        return read_voc(path, _plain_items(folder, xml_dirs, split), **_folder_classes(folder, options))  # type: ignore[arg-type]
     csvs = sorted(folder.glob("*.csv"))
     if csvs:
         return _read_csv(_pick_csv(folder, csvs, split), split, options, csv_coords, image_dir)
@@ -135,6 +136,14 @@ def _read_file(path: Path, split: str | None, options: dict, csv_coords: CsvCoor
     if suffix == ".csv":
         return _read_csv(path, split, options, csv_coords, image_dir)
     raise DataError(f"{path}: not a dataset; give a dataset folder, a COCO .json, a YOLO .yaml or a .csv ({EXPECTED})")
+
+
+def _folder_classes(folder: Path, options: dict) -> dict:
+    """``options`` with the class list of ``folder/classes.txt`` (as ``ssd data convert`` writes
+    it, to keep a class order VOC's sorted default would lose) unless ``--classes`` gave one."""
+    if options["classes"] is None and (folder / "classes.txt").is_file():
+        return {**options, "classes": load_classes_file(folder / "classes.txt")}
+    return options
 
 
 def _with_root(dataset: DetectionDataset, root: Path) -> DetectionDataset:
@@ -193,19 +202,19 @@ def _read_csv(path: Path, split: str | None, options: dict, csv_coords: CsvCoord
     return read_csv_labels(path, csv_coords, image_dir, only, **options)
 
 
-def _subdirs(folder: Path) -> list[Path]:
+def subdirs(folder: Path) -> list[Path]:
     return sorted(d for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
 
 
-def _year_dirs(folder: Path) -> list[Path]:
-    return [d for d in _subdirs(folder) if _YEAR_DIR.fullmatch(d.name) and (d / "Annotations").is_dir()]
+def year_dirs(folder: Path) -> list[Path]:
+    return [d for d in subdirs(folder) if _YEAR_DIR.fullmatch(d.name) and (d / "Annotations").is_dir()]
 
 
-def _resolve_folder(path: Path) -> Path:
+def resolve_folder(path: Path) -> Path:
     """``path``, or its one child that is a VOC folder or devkit (``bccd/`` -> ``bccd/BCCD``)."""
-    if _year_dirs(path) or (path / "Annotations").is_dir() or _coco_jsons(path):
+    if year_dirs(path) or (path / "Annotations").is_dir() or _coco_jsons(path):
         return path
-    children = [d for d in _subdirs(path) if (d / "Annotations").is_dir() or _year_dirs(d)]
+    children = [d for d in subdirs(path) if (d / "Annotations").is_dir() or year_dirs(d)]
     if len(children) > 1:
         names = ", ".join(d.name for d in children)
         raise DataError(f"{path} holds several datasets ({names}); name the one to read")
@@ -295,7 +304,7 @@ def _pick_json(folder: Path, jsons: list[Path], split: str | None, root: Path) -
 def _plain_items(folder: Path, xml_dirs: list[Path], split: str | None) -> list[VocItem]:
     """Each XML's image may lie beside it, in a sibling folder (images/ first), or in ``folder``;
     with ``split``, only the XML stems listed in ``folder/ImageSets/Main/<split>.txt``."""
-    siblings = sorted(_subdirs(folder), key=lambda d: d.name.lower() not in ("images", "jpegimages", "imgs"))
+    siblings = sorted(subdirs(folder), key=lambda d: d.name.lower() not in ("images", "jpegimages", "imgs"))
     items = []
     for xml_dir in xml_dirs:
         image_dirs = tuple(dict.fromkeys([xml_dir, *siblings, folder]))
