@@ -2,10 +2,12 @@
 the dataset's own convention, so that ``--split train`` and ``--val-split val`` then read it.
 
 Stratified by each image's rarest class (the class of its boxes found in the fewest images;
-images without boxes form their own group): every group is shuffled with the seed and shared out
-so that the running totals follow the requested fractions, and a group of at least 2 (3 with
-``--test``) images gives every split at least one, so a rare class reaches val and test where it
-can. Images, labels and annotations are never moved or rewritten; lists are:
+images without boxes form their own group): the groups, rarest first, are shuffled with the seed
+and shared out so that the running totals follow the requested fractions, except that a group
+gives one image to each split that has no image of its class yet (train, then val, then test, as
+far as the group reaches). Rare classes so reach every split where they can, at the cost of exact
+fractions when many classes are rare (coco128, 71 classes in 128 images: ``--val 0.25`` gives 39
+val images rather than 32). Images, labels and annotations are never moved or rewritten; lists are:
 
 - VOC: ``ImageSets/Main/{train,val,trainval,test}.txt`` (annotation stems) in the VOC folder,
   or in a plain folder of XML files;
@@ -66,16 +68,15 @@ def _rarest_class(records: list[ImageRecord], num_classes: int) -> np.ndarray:
     return np.where(present.any(axis=1), rarest, 0)
 
 
-def _share(n: int, want_val: int, want_test: int, val: float, test: float) -> tuple[int, int]:
-    """Val and test counts for a group of ``n``: the running targets, at least one each where the
-    group is big enough, and at least one image left for train."""
-    n_val, n_test = max(want_val, 0), max(want_test, 0)
-    if val > 0 and n >= 2 and n_val == 0:
-        n_val = 1
-    if test > 0 and n >= 3 and n_test == 0:
-        n_test = 1
-    n_test = min(n_test, max(n - 1 - (1 if val > 0 and n >= 2 else 0), 0))
-    n_val = min(n_val, max(n - 1 - n_test, 0))
+def _share(n: int, want_val: int, want_test: int, needs: tuple[bool, bool, bool]) -> tuple[int, int]:
+    """Val and test counts for a group of ``n``: the running targets (``want_*``), and one image
+    for each split that still lacks the group's class (``needs``: train, val, test), train first."""
+    minimum, left = [0, 0, 0], n
+    for k, need in enumerate(needs):
+        if need and left > 0:
+            minimum[k], left = 1, left - 1
+    n_val = min(max(want_val, minimum[1]), n - minimum[0] - minimum[2])
+    n_test = min(max(want_test, minimum[2]), n - minimum[0] - n_val)
     return n_val, n_test
 
 
@@ -102,14 +103,18 @@ def assign_splits(records: list[ImageRecord], num_classes: int, val: float, test
     groups = sorted(set(rarest.tolist()), key=lambda c: (c == 0, images_with[c], c))
     rng = np.random.default_rng(seed)
     assigned = np.zeros(len(records), dtype=np.int64)
+    present = np.zeros((3, num_classes + 1), dtype=bool)  # (split, class): some image of it there
     seen = given_val = given_test = 0
     for group in groups:
         members = np.flatnonzero(rarest == group)[rng.permutation(int((rarest == group).sum()))]
         seen += len(members)
-        n_val, n_test = _share(len(members), round(val * seen) - given_val, round(test * seen) - given_test, val, test)
+        needs = (not present[0, group], val > 0 and not present[1, group], test > 0 and not present[2, group])
+        n_val, n_test = _share(len(members), round(val * seen) - given_val, round(test * seen) - given_test, needs)
         assigned[members[:n_val]] = 1
         assigned[members[n_val:n_val + n_test]] = 2
         given_val, given_test = given_val + n_val, given_test + n_test
+        for index in members:
+            present[assigned[index], records[index].labels] = True
     result = np.empty_like(assigned)
     result[order] = assigned  # back to the caller's record order
     return result
