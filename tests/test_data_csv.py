@@ -198,3 +198,12 @@ def test_several_csvs_in_a_folder(tmp_path: Path) -> None:
         load_dataset(tmp_path)
     with pytest.raises(DataError, match=r"--split val: no .*splits/val.txt; run `ssd data split"):
         load_dataset(tmp_path / "more.csv", split="val")
+
+
+def test_images_folder_must_exist(tmp_path: Path) -> None:
+    path = small_csv(tmp_path, "a.jpg,cat,1,1,5,5\n")
+    with pytest.raises(DataError, match=r"--images .*nowhere: no such folder"):
+        load_dataset(path, image_dir=tmp_path / "nowhere")
+    result = runner.invoke(app, ["data", "check", str(path), "--images", str(tmp_path / "images"), "--csv-coords", "pixels",
+                                 "--json", "-"])
+    assert result.exit_code == 0 and '"format": "csv"' in result.stdout

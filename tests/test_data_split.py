@@ -151,6 +151,8 @@ def test_csv_split_lists(shared_data: Path, tmp_path: Path) -> None:
     train = load_dataset(tmp_path / "data", split="train", verify_pixels=False)
     assert len(val.records) == 40 and len(train.records) == 160 and not ids(train) & ids(val)
     assert val.problems == []
+    with pytest.raises(DataError, match=r"splits/train.txt exists: the dataset has a split already"):
+        write_split(csv_file, val=0.3)
 
 
 def test_coco_split_lists(shared_data: Path, tmp_path: Path) -> None:

@@ -297,3 +297,12 @@ def test_cli_unreadable_yaml_is_one_line_exit_2(tmp_path: Path) -> None:
     assert result.exit_code == 2
     assert "no 'names'" in result.output and "Traceback" not in result.output
     assert len(result.output.strip().splitlines()) <= 3  # one message (rich may wrap it)
+
+
+def test_xml_folder_with_a_classes_txt_stays_voc(tmp_path: Path) -> None:
+    write_image(tmp_path / "a.jpg")
+    (tmp_path / "a.xml").write_text("<annotation><filename>a.jpg</filename><object><name>cat</name><bndbox>"
+                                    "<xmin>1</xmin><ymin>1</ymin><xmax>5</xmax><ymax>5</ymax></bndbox></object></annotation>")
+    (tmp_path / "classes.txt").write_text("cat\n")
+    (tmp_path / "notes.txt").write_text("labelled by hand\n")
+    assert load_dataset(tmp_path).format == "voc"

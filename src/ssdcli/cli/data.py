@@ -218,11 +218,11 @@ def synth(
 ) -> None:
     from ssdcli.data.synth import make_synthetic_dataset
 
-    with progress_bar(f"writing {output}") as progress:
+    with progress_bar(f"writing {escape(str(output))}") as progress:
         summary = make_synthetic_dataset(output, num_images=images, seed=seed, overwrite=force, progress=progress)
     per_class = ", ".join(f"{name} {count}" for name, count in summary.boxes_per_class.items())
     out.print(
-        f"wrote {summary.num_images} images to {summary.root} ({summary.num_train} train / {summary.num_val} val), "
+        f"wrote {summary.num_images} images to {escape(str(summary.root))} ({summary.num_train} train / {summary.num_val} val), "
         f"{sum(summary.boxes_per_class.values())} boxes: {per_class}",
         highlight=False,
     )

@@ -155,9 +155,10 @@ def _plan_yolo(dataset: DetectionDataset, output: Path, split: str | None, names
             difficult[label.as_posix()] = lines
     data: dict = {split or "train": (Path("images") / sub).as_posix(), "nc": dataset.num_classes,
                   "names": dict(enumerate(dataset.classes))}
-    text = f"# written by ssd data convert from {dataset.root}\n" + yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
+    source = str(dataset.root).replace("\n", " ")
+    text = f"# written by ssd data convert from {source}\n" + yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
     if difficult:
-        text += (f"# ssdcli's VOC-difficult lines per label file (ultralytics ignores this key)\n"
+        text += ("# ssdcli's VOC-difficult lines per label file (ultralytics ignores this key)\n"
                  + yaml.safe_dump({DIFFICULT_KEY: difficult}, default_flow_style=None, allow_unicode=True))
     plan.texts.append((output / "data.yaml", text))
     return plan

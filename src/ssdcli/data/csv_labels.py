@@ -252,6 +252,8 @@ def read_csv_labels(
     """
     csv_path = Path(csv_path)
     source = str(csv_path)
+    if image_dir is not None and not Path(image_dir).is_dir():
+        raise DataError(f"--images {image_dir}: no such folder")
     boxes, negatives, sizes, problems = parse_csv(csv_path)
     if only is not None:
         def listed(filename: str) -> bool:  # the list names files as the CSV does, or by base name

@@ -7,13 +7,14 @@ Layouts read (first match wins):
 3. one VOC folder: ``Annotations/`` + ``JPEGImages/`` (``ImageSets/Main/*.txt`` optional; a
    ``classes.txt`` there is the class order, unless ``--classes`` gives one);
 4. a COCO folder: ``annotations/*.json`` or ``instances*.json`` next to the image folder(s);
-5. a YOLO folder: a ``data.yaml``, or ``images/`` + ``labels/`` (or images and ``.txt`` labels
-   side by side) with ``classes.txt`` / ``obj.names``;
+5. a YOLO folder: a ``data.yaml``, or ``images/`` + ``labels/`` with ``classes.txt`` /
+   ``obj.names``;
 6. a folder with any other ``.json`` (COCO);
 7. a folder with a single child of layout 2 or 3 (``bccd/BCCD/``, ``.../VOCdevkit/``);
 8. a plain folder of ``.xml`` files and images, together or in sibling folders
    (``raccoon/annotations`` + ``raccoon/images``);
-9. a folder holding one-row-per-box ``.csv`` files (``--split`` picks ``<split>*.csv``).
+9. a folder with ``classes.txt`` / ``obj.names`` and images with ``.txt`` labels beside them (YOLO);
+10. a folder holding one-row-per-box ``.csv`` files (``--split`` picks ``<split>*.csv``).
 
 Split lists written by ``ssd data split``: VOC ``ImageSets/Main/<split>.txt`` (also in a plain
 folder of XML files), YOLO keys of the data.yaml, CSV and COCO ``splits/<split>.txt`` beside the
@@ -114,13 +115,15 @@ def load_dataset(
     yaml_file = None if strong_coco else find_yaml(folder)
     if yaml_file is not None:
         return _with_root(read_yolo(yaml_layout(yaml_file, split), **options), path)  # type: ignore[arg-type]
-    if not strong_coco and is_yolo_folder(folder):
+    if not strong_coco and (folder / "images").is_dir() and (folder / "labels").is_dir():
         return read_yolo(folder_layout(folder, split), **options)  # type: ignore[arg-type]
     if jsons:
         return _with_root(_read_coco_split(_pick_json(folder, jsons, split, coco_root(folder)), split, options), path)
     xml_dirs = [d for d in [folder, *subdirs(folder)] if any(d.glob("*.xml"))]
     if xml_dirs:
         return read_voc(path, _plain_items(folder, xml_dirs, split), **_folder_classes(folder, options))  # type: ignore[arg-type]
+    if is_yolo_folder(folder):  # class names beside .txt labels (CVAT's obj.names + obj_train_data/)
+        return read_yolo(folder_layout(folder, split), **options)  # type: ignore[arg-type]
     csvs = sorted(folder.glob("*.csv"))
     if csvs:
         return _read_csv(_pick_csv(folder, csvs, split), split, options, csv_coords, image_dir)

@@ -211,13 +211,11 @@ def read_yolo(
         polygons += labels.polygons
         source_of[image] = str(label)
         records.append(_image_record(image, labels, layout, label_of, unknown_classes, (width, height), problems))
-    problems += _summary_problems(layout, records, no_file, empty, polygons)
+    problems += _summary_problems(layout, no_file, empty, polygons)
     return DetectionDataset("yolo", layout.source, class_list, unique_stems(records, source_of, problems), problems)
 
 
-def _summary_problems(
-    layout: YoloLayout, records: list[ImageRecord], no_file: list[Path], empty: int, polygons: int
-) -> list[Problem]:
+def _summary_problems(layout: YoloLayout, no_file: list[Path], empty: int, polygons: int) -> list[Problem]:
     """One warning each for negatives, polygons, and a warning per label file with no image."""
     problems = []
     source = str(layout.source)
@@ -227,7 +225,7 @@ def _summary_problems(
                                 "an empty one: read as negatives (background only)"))
     if polygons:
         problems.append(Problem(source, "warning", f"{polygons} segmentation polygons read as their bounding boxes"))
-    expected = {label_path(r.image_path) for r in records} | {label_path(i) for i in layout.images}
+    expected = {label_path(image) for image in layout.images}  # skipped images' labels are no orphans
     for folder in dict.fromkeys(layout.label_dirs):
         if not folder.is_dir():
             continue

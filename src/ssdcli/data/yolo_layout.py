@@ -194,8 +194,12 @@ def _entry_images(entry: str, root: Path, key: str, source: Path, problems: list
 
 def _list_file_images(list_file: Path, root: Path, problems: list[Problem]) -> list[Path]:
     """Images named in a ``.txt`` list, one path a line (``./`` = the list's folder)."""
-    images = []
-    lines = list_file.read_text(encoding="utf-8", errors="replace").splitlines()
+    images: list[Path] = []
+    try:
+        lines = list_file.read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError as exc:
+        problems.append(Problem(str(list_file), "error", f"cannot read the image list ({exc}); skipped"))
+        return images
     for number, line in enumerate(lines, start=1):
         name = line.strip()
         if not name:
