@@ -207,3 +207,29 @@ def test_images_folder_must_exist(tmp_path: Path) -> None:
     result = runner.invoke(app, ["data", "check", str(path), "--images", str(tmp_path / "images"), "--csv-coords", "pixels",
                                  "--json", "-"])
     assert result.exit_code == 0 and '"format": "csv"' in result.stdout
+
+
+def test_csv_written_from_the_voc_sample_gives_its_records(shared_data: Path, tmp_path: Path) -> None:
+    from ssdcli.data.voc import parse_voc_xml
+    from tests.test_data_yolo import without_difficult
+
+    sample = shared_data / "voc2007_sample" / "VOC2007"
+    voc = load_dataset(sample.parent, verify_pixels=False)
+    path = tmp_path / "boxes.csv"
+    with open(path, "w", newline="") as handle:  # the XML's own corners, columns in another order
+        writer = csv.writer(handle)
+        writer.writerow(["ymin", "xmin", "ymax", "xmax", "label", "image"])
+        for xml in sorted((sample / "Annotations").glob("*.xml")):
+            for obj in parse_voc_xml(xml).objects:
+                if not obj.difficult:
+                    xmin, ymin, xmax, ymax = obj.box_voc
+                    writer.writerow([ymin, xmin, ymax, xmax, obj.name, f"{xml.stem}.jpg"])
+    from_csv = load_dataset(path, image_dir=sample / "JPEGImages", verify_pixels=False)
+    assert from_csv.problems == []
+    assert_same_records(without_difficult(voc), from_csv)
+
+
+def test_data_help_shows_examples() -> None:
+    for command in ("check", "split", "convert"):
+        result = runner.invoke(app, ["data", command, "--help"])
+        assert result.exit_code == 0 and "Examples" in result.output and f"ssd data {command}" in result.output
