@@ -92,6 +92,8 @@ def test_links_copies_and_split_names(voc_sample: DetectionDataset, tmp_path: Pa
     image = tmp_path / "copied" / "JPEGImages" / "000001.jpg"
     assert copied.link == "copy" and not image.is_symlink() and image.read_bytes() == voc_sample.records[0].image_path.read_bytes()
     assert len(load_dataset(tmp_path / "copied", split="trainval", verify_pixels=False).records) == 13
+    joined = convert_dataset(voc_sample, "yolo", tmp_path / "joined", split="07+12")
+    assert joined.split == "07_12" and len(load_dataset(tmp_path / "joined", split="07_12").records) == 13
 
 
 def test_never_overwrites(voc_sample: DetectionDataset, tmp_path: Path) -> None:

@@ -288,7 +288,8 @@ def convert(
         result = convert_dataset(dataset, to.value, output, split=split, copy=copy, progress=progress)
     how = {"copy": "copied", "symlink": "symlinked", "hardlink": "hard-linked"}[result.link]
     out.print(f"wrote {result.num_images} images ({how}) and {result.num_boxes} boxes of {dataset.num_classes} "
-              f"classes as {result.format.upper()} to {escape(str(result.output))}", highlight=False)
+              f"classes as {result.format.upper()} to {escape(str(result.output))}"
+              f"{f' (split {escape(result.split)})' if result.split else ''}", highlight=False)
     for note in result.notes:
         err.print(f"note: {escape(note)}", highlight=False)
     if dataset.problems:

@@ -21,6 +21,7 @@ conversion refused if one exists.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,6 +50,7 @@ class ConvertResult:
     num_images: int
     num_boxes: int
     link: str  # "symlink", "hardlink" or "copy"
+    split: str | None = None  # the split name the output files its images under
     notes: list[str] = field(default_factory=list)
 
 
@@ -210,7 +212,9 @@ def convert_dataset(
             data.yaml).
         output: the folder to write into; created if missing.
         split: the name the written images are filed under (VOC ``ImageSets/Main/<split>.txt``,
-            YOLO ``images/<split>/`` and the yaml key, COCO ``instances_<split>.json``).
+            YOLO ``images/<split>/`` and the yaml key, COCO ``instances_<split>.json``); characters
+            other than letters, digits, ``.``, ``-`` and ``_`` become ``_`` (``07+12`` -> ``07_12``:
+            ``+`` joins splits when reading). The name used is :attr:`ConvertResult.split`.
         copy: copy the images instead of linking them.
         progress: called as ``progress(done, total)`` over the files.
 
@@ -221,6 +225,7 @@ def convert_dataset(
     if to not in FORMATS:
         raise DataError(f"--to {to}: choose one of {', '.join(FORMATS)}")
     output = Path(output)
+    split = re.sub(r"[^\w.-]", "_", split) if split is not None else None
     names = _image_names(dataset)
     plan = {"voc": _plan_voc, "coco": _plan_coco, "yolo": _plan_yolo}[to](dataset, output, split, names)
     existing = [t for t in plan.targets() if os.path.lexists(t)]
@@ -241,7 +246,7 @@ def convert_dataset(
     if progress is not None:
         progress(total, total)
     return ConvertResult(output, to, len(dataset.records), sum(r.num_boxes for r in dataset.records), link,
-                         _notes(dataset, to))
+                         split, _notes(dataset, to))
 
 
 def _notes(dataset: DetectionDataset, to: str) -> list[str]:
