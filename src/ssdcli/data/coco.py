@@ -193,6 +193,6 @@ def _record(
         height=height,
         boxes_xyxy_px=boxes_xyxy_px[keep].reshape(-1, 4),  # (N, 4)
         labels=np.array([label_of_id[ann["category_id"]] for ann in kept], dtype=np.int64),
-        difficult=np.zeros(len(kept), dtype=bool),
+        difficult=np.array([bool(ann.get("difficult", 0)) for ann in kept], dtype=bool),  # ssd data convert's VOC flag
         iscrowd=np.array([bool(ann.get("iscrowd", 0)) for ann in kept], dtype=bool),
     )

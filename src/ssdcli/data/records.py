@@ -1,6 +1,6 @@
 """What every reader produces: one :class:`ImageRecord` per image, boxes in pixels.
 
-These plain records are the single interface between the readers (VOC, COCO) and everything that
+These plain records are the single interface between the readers (VOC, COCO, YOLO, CSV) and everything that
 consumes annotations: training datasets, ``ssd data check``, prior coverage and evaluation.
 """
 
@@ -20,7 +20,7 @@ class ImageRecord:
     Attributes:
         image_path: the image file.
         image_id: the id detections refer to: the file stem (str) for VOC-style data, the json's
-            integer id for COCO (SPEC "detections file").
+            integer id for COCO (SPEC "detections file"); YOLO and CSV use the stem as VOC does.
         width, height: image size in pixels, as read from the image (not the annotation) when
             they disagree.
         boxes_xyxy_px: float32[N, 4], continuous 0-based pixels, ``0 <= x1 < x2 <= width`` and
@@ -64,7 +64,8 @@ class DetectionDataset:
     """A read dataset: its records, class list and every problem found while reading.
 
     Attributes:
-        format: ``voc`` or ``coco``.
+        format: ``voc``, ``coco``, ``yolo`` or ``csv``. Every format but ``coco`` identifies
+            images by file stem and classes by 1-based index (SPEC "detections file").
         root: the folder (or file) the user named.
         classes: class names in index order; ``classes[k - 1]`` is the name of label ``k``.
         records: usable images, in a stable order.
@@ -75,7 +76,7 @@ class DetectionDataset:
             (its own areas and crowd regions) even when the user named the folder.
     """
 
-    format: Literal["voc", "coco"]
+    format: Literal["voc", "coco", "yolo", "csv"]
     root: Path
     classes: list[str]
     records: list[ImageRecord]

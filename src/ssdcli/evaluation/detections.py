@@ -45,9 +45,9 @@ class DetectionTable:
 
 
 def _id_hint(dataset: DetectionDataset) -> str:
-    if dataset.format == "voc":
+    if dataset.format != "coco":  # VOC, YOLO and CSV data name images by stem, classes by index
         return (
-            "for VOC-style data image_id is the image file stem as a string (e.g. \"000005\") and "
+            f"for {dataset.format.upper()} data image_id is the image file stem as a string (e.g. \"000005\") and "
             f"category_id the 1-based class index (1..{dataset.num_classes}, see `ssd data check`)"
         )
     return "for COCO data image_id and category_id are the annotation json's own ids"
