@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 import typer
 from rich.console import Console
 
+from ssdcli.config import DEVICES
 from ssdcli.errors import UserError
 
 # Results (tables, JSON, CSV) go to stdout; progress, warnings and errors go to stderr.
@@ -23,12 +24,9 @@ EXIT_USER = 2
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-class Device(str, Enum):
-    """``--device`` choices of every command that runs a model: auto = CUDA when available."""
-
-    auto = "auto"
-    cpu = "cpu"
-    cuda = "cuda"
+Device = Enum("Device", {name: name for name in DEVICES}, type=str)
+"""``--device`` choices of every command that runs a model (:data:`ssdcli.config.DEVICES`): auto =
+CUDA when available."""
 
 
 def user_error(message: str) -> typer.Exit:

@@ -12,7 +12,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from ssdcli.cli.common import Device, err, error_boundary, out
-from ssdcli.config import TrainConfig
+from ssdcli.config import ARCH_NAMES, AUGMENTATIONS, SCHEDULES, TrainConfig
 from ssdcli.errors import UserError
 
 HELP = "Train SSD300 / SSD512 (VGG16) or the CPU-sized SSDLite320 on VOC or COCO data."
@@ -31,21 +31,10 @@ Writes last.pt, best.pt (with --val-data), metrics.csv, config.json and manifest
 """
 
 
-class Arch(str, Enum):
-    ssd300 = "ssd300"
-    ssd512 = "ssd512"
-    ssdlite320 = "ssdlite320"
-
-
-class Schedule(str, Enum):
-    multistep = "multistep"
-    cosine = "cosine"
-
-
-class Augment(str, Enum):
-    paper = "paper"
-    light = "light"
-    none = "none"
+# The choices come from ssdcli.config, their one list.
+Arch = Enum("Arch", {name: name for name in ARCH_NAMES}, type=str)
+Schedule = Enum("Schedule", {name: name for name in SCHEDULES}, type=str)
+Augment = Enum("Augment", {name: name for name in AUGMENTATIONS}, type=str)
 
 
 # Flags that may be given with --resume: they change where the run computes, not what it computes.
