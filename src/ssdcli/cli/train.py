@@ -1,4 +1,4 @@
-"""`ssd train`: build a TrainConfig from flags, run engine.fit, show progress and a summary."""
+"""`ssd train`: build a TrainConfig from flags, run ssdcli.train.fit, show progress and a summary."""
 
 from __future__ import annotations
 
@@ -42,7 +42,7 @@ RESUME_OVERRIDES = ("device", "workers")
 
 
 class RichCallbacks:
-    """engine.Callbacks drawing a rich progress bar per epoch on stderr (rank 0 only)."""
+    """ssdcli.train.Callbacks drawing a rich progress bar per epoch on stderr (rank 0 only)."""
 
     def __init__(self, enabled: bool) -> None:
         self.enabled = enabled
@@ -164,7 +164,7 @@ def train(
     limit_batches: Annotated[int, typer.Option(help="Stop each epoch after N batches (smoke tests; 0 = all).")] = 0,
     prior_scales: Annotated[Optional[tuple[float, float]], typer.Option(metavar="MIN MAX", help="Default boxes spread linearly from MIN to MAX of the input (SSD paper eq. 4) in the arch's layout, instead of its preset; check them first with ssd priors --data DIR --prior-scales MIN MAX.")] = None,
 ) -> None:
-    from ssdcli.engine import TrainingInterrupted, fit
+    from ssdcli.train import TrainingInterrupted, fit
 
     if resume is not None:
         given = [
