@@ -25,12 +25,12 @@ from benchmarks.reference import (
 )
 from benchmarks.workloads import torchvision_targets
 from ssdcli.data.transforms import to_model_input
-from ssdcli.engine import forward_backward
 from ssdcli.inference import TorchDetector
 from ssdcli.loss import MultiBoxLoss
 from ssdcli.matching import assign_targets
 from ssdcli.models import SSD, micro_batch_size, priors_for_model
 from ssdcli.postprocess import PostprocessSettings, postprocess
+from ssdcli.train.epoch import forward_backward
 
 Case = tuple[Callable[[], object], Callable[[], object] | None]
 
@@ -126,7 +126,7 @@ def postprocess_case(
 def train_step_case(model: SSD, inputs_01: Tensor, boxes_xyxy_norm: Tensor, labels: Tensor) -> Case:
     """One SGD step on a batch: forward, loss, backward, step.
 
-    Ours: :func:`assign_targets` + :func:`ssdcli.engine.forward_backward` (model +
+    Ours: :func:`assign_targets` + :func:`ssdcli.train.epoch.forward_backward` (model +
     :class:`MultiBoxLoss`, image by image on the CPU as ``ssd train`` does) + SGD step; torchvision:
     the model in train mode with targets (its transform, matching, encoding and hard-negative loss
     inside). Each side trains its own copy of the same starting weights with the same SGD settings.

@@ -119,8 +119,8 @@ def run_suite(
                 cpu,
             )
         notes.append(
-            f"postprocess rows: {setup.arch} (20 classes) after {setup.epochs} epoch(s) of engine.fit on "
-            f"synth shapes (held-out VOC07 mAP {trained.voc07_map:.3f}), batch {batch}, "
+            f"postprocess rows: {setup.arch} (20 classes) after {setup.epochs} epoch(s) of ssdcli.train.fit "
+            f"on synth shapes (held-out VOC07 mAP {trained.voc07_map:.3f}), batch {batch}, "
             f"{trained.cls_logits.shape[1]} default boxes"
         )
 

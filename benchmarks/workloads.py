@@ -6,7 +6,7 @@
 - Targets: those images' coco128 boxes (any of the 80 categories, folded onto labels 1..20 so
   the 21-logit head can hold them; only the boxes matter to matching).
 - Score distributions for post-processing: the outputs of an SSDLite320 (20 classes) after a
-  short :func:`ssdcli.engine.fit` run on :mod:`ssdcli.data.synth` shapes, on held-out images,
+  short :func:`ssdcli.train.fit` run on :mod:`ssdcli.data.synth` shapes, on held-out images,
   so the scores have the peaked, mostly-background shape of a trained detector rather than the
   near-uniform softmax of random logits. The checkpoint is cached under ``runs/bench/``.
 - Detections for the COCO metric: coco128 ground truth jittered plus false positives, 100 per
@@ -128,14 +128,14 @@ class TrainedOutputs:
 def trained_outputs(setup: TrainingSetup, batch: int, progress=None) -> TrainedOutputs:
     """Outputs of a briefly trained detector on held-out synthetic images.
 
-    Trains with :func:`ssdcli.engine.fit` (CPU, no augmentation workers) the first time and caches
+    Trains with :func:`ssdcli.train.fit` (CPU, no augmentation workers) the first time and caches
     the checkpoint in ``runs/bench/``.
     """
     from ssdcli.checkpoint import load_checkpoint
     from ssdcli.config import TrainConfig
     from ssdcli.data.images import read_image_rgb
     from ssdcli.data.synth import CLASSES, make_synthetic_dataset
-    from ssdcli.engine import fit
+    from ssdcli.train import fit
     from ssdcli.evaluation import evaluate
     from ssdcli.inference import predict_dataset
     from ssdcli.models import model_from_checkpoint

@@ -1,12 +1,11 @@
-"""Checkpoints: weights_only round trips, exact RNG restore, refusal of unsafe or foreign files,
-atomic writes under injected failures and SIGKILL."""
+"""Checkpoints: the schema, weights_only round trips, refusal of unsafe or foreign files, atomic
+writes under injected failures and SIGKILL. (The RNG states they carry: tests/train/test_rng.py.)"""
 
 from __future__ import annotations
 
 import builtins
 import os
 import pickle
-import random
 import shlex
 import signal
 import subprocess
@@ -24,19 +23,17 @@ from ssdcli import checkpoint
 from ssdcli.checkpoint import (
     FORMAT,
     FORMAT_VERSION,
+    RESUME_KEYS,
     CheckpointNotFoundError,
-    capture_rng_state,
+    checkpoint_payload,
     load_checkpoint,
-    numpy_rng_from_plain,
-    numpy_rng_to_plain,
-    python_rng_from_plain,
-    python_rng_to_plain,
-    restore_rng_state,
     save_checkpoint,
     to_plain,
 )
 from ssdcli.errors import CheckpointError
+from ssdcli.postprocess import PostprocessSettings
 from ssdcli.priors import PriorSpec, ssd300_spec
+from ssdcli.train.rng import capture_rng_state, restore_rng_state
 
 CLASSES = ["cat", "dog"]
 
@@ -46,20 +43,25 @@ def tiny_model() -> nn.Module:
     return nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 3))
 
 
-def model_payload(model: nn.Module) -> dict:
-    """The keys of a best.pt (weights only)."""
-    return {
-        "model": model.state_dict(),
-        "arch": "ssd300",
-        "num_classes": len(CLASSES),
-        "class_names": list(CLASSES),
-        "image_size": 300,
-        "mean": [0.485, 0.456, 0.406],
-        "std": [0.229, 0.224, 0.225],
-        "priors": ssd300_spec().to_dict(),
-        "config": {"epochs": 3, "lr": 1e-3, "data": "voc/", "val_data": None},
-        "metrics": {"val_loss": 1.5, "voc07_map": 0.25},
-    }
+SETTINGS = {
+    "arch": "ssd300",
+    "num_classes": len(CLASSES),
+    "options": {},
+    "prior_spec": ssd300_spec().to_dict(),
+    "image_size": 300,
+    "mean": [0.485, 0.456, 0.406],
+    "std": [0.229, 0.224, 0.225],
+}
+"""What ssdcli.models.model_settings returns for an SSD300 of two classes."""
+
+
+def model_payload(model: nn.Module, training: dict | None = None) -> dict:
+    """A best.pt (weights only), or with ``training`` a last.pt."""
+    return checkpoint_payload(
+        model.state_dict(), SETTINGS, CLASSES, postprocess=PostprocessSettings().to_dict(),
+        config={"epochs": 3, "lr": 1e-3, "data": "voc/", "val_data": None},
+        metrics={"val_loss": 1.5, "voc07_map": 0.25}, training=training,
+    )
 
 
 class Trainer:
@@ -86,15 +88,15 @@ class Trainer:
         return self.optimizer.param_groups[0]["lr"]
 
     def payload(self, epoch: int, iteration: int) -> dict:
-        return {
-            **model_payload(self.model),
+        return model_payload(self.model, training={
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
             "epoch": epoch,
             "iteration": iteration,
             "rng": capture_rng_state(),
-        }
+            "train_state": {"batch_in_epoch": 0, "lr_scale": 1.0, "best_metric": None},
+        })
 
     def load(self, ckpt: dict) -> None:
         self.model.load_state_dict(ckpt["model"])
@@ -139,6 +141,34 @@ def test_training_state_round_trip_continues_identically(tmp_path):
     assert run.optimizer.param_groups[0]["lr"] == pytest.approx(0.1 * 0.1 * 0.1)
 
 
+def test_the_schema_has_exactly_the_documented_keys():
+    model = tiny_model()
+    best = model_payload(model)
+    assert list(best) == [
+        "model", "arch", "num_classes", "options", "class_names", "image_size", "mean", "std", "priors",
+        "postprocess", "config", "metrics",
+    ]
+    assert best["priors"] == SETTINGS["prior_spec"] and best["postprocess"] == PostprocessSettings().to_dict()
+    # the weights are a detached CPU copy of the state dict, in its order
+    assert list(best["model"]) == list(model.state_dict()) and not best["model"]["0.weight"].requires_grad
+    training = Trainer().payload(epoch=2, iteration=7)
+    assert set(training) - set(best) == set(RESUME_KEYS) == {
+        "optimizer", "scheduler", "scaler", "rng", "epoch", "iteration", "train_state"
+    }
+    assert (training["epoch"], training["iteration"]) == (2, 7)
+
+
+def test_the_schema_refuses_an_incomplete_training_state():
+    training = {key: {} for key in RESUME_KEYS if key != "rng"}
+    with pytest.raises(ValueError, match=r"missing \['rng'\], unknown \[\]"):
+        model_payload(tiny_model(), training=training)
+    with pytest.raises(ValueError, match=r"unknown \['lr'\]"):
+        model_payload(tiny_model(), training={**training, "rng": {}, "lr": 0.1})
+    with pytest.raises(KeyError, match="prior_spec"):
+        checkpoint_payload({}, {k: v for k, v in SETTINGS.items() if k != "prior_spec"}, CLASSES,
+                           postprocess={}, config={}, metrics={})
+
+
 def test_weights_only_payload_has_no_training_state(tmp_path):
     path = tmp_path / "best.pt"
     save_checkpoint(path, model_payload(tiny_model()))
@@ -146,57 +176,6 @@ def test_weights_only_payload_has_no_training_state(tmp_path):
     assert not any(key in ckpt for key in checkpoint.TRAINING_KEYS)
     with pytest.raises(CheckpointError, match="resume from the run's last.pt"):
         load_checkpoint(path, for_resume=True)
-
-
-# ------------------------------------------------------------------------------- RNG
-
-
-def _draws() -> tuple:
-    return (
-        [random.random() for _ in range(3)] + [random.gauss(0, 1)],
-        np.random.standard_normal(3).tolist() + np.random.randint(0, 1000, 2).tolist(),
-        torch.rand(4).tolist() + torch.randint(0, 1000, (2,)).tolist(),
-    )
-
-
-def test_rng_capture_restore_repeats_draws_through_a_file(tmp_path):
-    random.seed(1)
-    np.random.seed(2)
-    torch.manual_seed(3)
-    # Leave a cached Gaussian in both python's and numpy's generator: those fields must survive.
-    random.gauss(0, 1)
-    np.random.standard_normal(1)
-    assert random.getstate()[2] is not None and np.random.get_state()[3] == 1
-
-    payload = model_payload(tiny_model())
-    payload.update(optimizer={}, scheduler={}, scaler={}, epoch=0, iteration=0, rng=capture_rng_state())
-    expected = _draws()
-    save_checkpoint(tmp_path / "last.pt", payload)
-    _draws()  # move every generator on
-    restore_rng_state(load_checkpoint(tmp_path / "last.pt")["rng"])
-    assert _draws() == expected
-
-
-def test_rng_converters_are_exact_inverses():
-    random.seed(5)
-    random.gauss(0, 1)
-    state = random.getstate()
-    assert python_rng_from_plain(python_rng_to_plain(state)) == state
-
-    np.random.seed(6)
-    np.random.standard_normal(1)
-    name, keys, pos, has_gauss, cached = np.random.get_state()
-    back = numpy_rng_from_plain(numpy_rng_to_plain((name, keys, pos, has_gauss, cached)))
-    assert back[0] == name and back[1].dtype == np.uint32 and np.array_equal(back[1], keys)
-    assert back[2:] == (pos, has_gauss, cached)
-
-
-def test_restore_rng_rejects_malformed_state():
-    good = capture_rng_state()
-    with pytest.raises(CheckpointError, match="malformed RNG state"):
-        restore_rng_state({**good, "torch": [1, 2, 3]})
-    with pytest.raises(CheckpointError, match="malformed RNG state"):
-        restore_rng_state({"numpy": good["numpy"], "torch": good["torch"]})
 
 
 def test_to_plain_converts_numpy_and_tuples():

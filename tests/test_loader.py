@@ -147,7 +147,7 @@ def assert_same(run_a: list, run_b: list) -> None:
 
 def test_an_epoch_is_the_same_with_any_number_of_workers(synthetic_records: list[ImageRecord]) -> None:
     """What training uses: SeededSamples + EpochSampler through make_loader."""
-    from ssdcli.sampling import EpochSampler, SeededSamples
+    from ssdcli.train.sampling import EpochSampler, SeededSamples
 
     dataset = SeededSamples(DetectionTrainDataset(synthetic_records, TrainTransform(24, MEAN, STD)), seed=5)
 

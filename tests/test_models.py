@@ -15,6 +15,7 @@ from ssdcli.models import (
     ARCHS,
     build_from_settings,
     build_model,
+    load_backbone_weights,
     load_vgg16_backbone,
     model_settings,
     priors_for_model,
@@ -352,6 +353,29 @@ def test_load_vgg16_refuses_missing_and_unsafe_files(tmp_path) -> None:
 
 class _Payload:
     pass
+
+
+def test_the_arch_table_says_which_archs_take_imagenet_weights(tmp_path, monkeypatch, ssdlite_model) -> None:
+    assert ARCHS["ssd300"].backbone_weights is vgg_weights.load_imagenet_vgg16
+    assert ARCHS["ssd512"].backbone_weights is vgg_weights.load_imagenet_vgg16
+    assert ARCHS["ssdlite320"].backbone_weights is None  # trains from its own initialisation
+    assert ARCHS["ssdlite320"].options == ("width_mult",) and ARCHS["ssd300"].options == ()
+
+    # An arch without ImageNet weights: nothing is looked at, nothing changes.
+    before = {k: v.clone() for k, v in ssdlite_model.state_dict().items()}
+    assert load_backbone_weights(ssdlite_model, str(tmp_path / "missing.pth")) is False
+    assert all(torch.equal(v, before[k]) for k, v in ssdlite_model.state_dict().items())
+
+    # A VGG16 SSD: the file --backbone-weights names is resolved and loaded; "none" loads nothing.
+    loaded = []
+    monkeypatch.setattr(vgg_weights, "load_vgg16_backbone", lambda model, path: loaded.append((model, path)))
+    model = build_model("ssd300", num_classes=2)
+    weights = tmp_path / "vgg16.pth"
+    weights.write_bytes(b"")
+    assert load_backbone_weights(model, str(weights)) is True and loaded == [(model, weights)]
+    assert load_backbone_weights(model, "none") is True and len(loaded) == 1
+    with pytest.raises(UserError, match=r"--backbone-weights .*missing.pth: no such file"):
+        load_backbone_weights(model, str(tmp_path / "missing.pth"))
 
 
 # --- resolving --backbone-weights ----------------------------------------------------------------

@@ -5,18 +5,26 @@ A checkpoint is untrusted input (SPEC "Checkpoints"): a full ``pickle`` load of 
 which rebuilds tensors, numbers, strings, lists, tuples and dicts and refuses any other class or
 callable *before* calling it. There is no fallback to ``weights_only=False``.
 
-Layout (``format_version`` 1)::
+Layout (``format_version`` 1), as :func:`checkpoint_payload` builds it::
 
     format            "ssdcli-checkpoint"
     format_version    1
-    model             state dict: name -> Tensor
-    arch, num_classes, class_names, image_size, mean, std
-    priors            PriorSpec.to_dict()
-    config, metrics   plain dicts (optional)
-    # last.pt only, all or none of them:
-    optimizer, scheduler, scaler    torch state dicts
-    epoch, iteration                ints
-    rng               capture_rng_state()
+    model             state dict: name -> Tensor, on the CPU
+    arch, num_classes, options       the network (ssdcli.models.model_settings)
+    class_names       list of str: label i (1-based) is class_names[i - 1]
+    image_size, mean, std            the model input: side in pixels, RGB normalisation
+    priors            PriorSpec.to_dict(): the default boxes
+    postprocess       the detection rule (PostprocessSettings.to_dict())
+    config            the run's TrainConfig.to_dict()
+    metrics           the epoch's metrics row, plus "epochs_done"
+    # last.pt only; the first six all or none (TRAINING_KEYS):
+    optimizer, scaler                torch state dicts
+    scheduler         {"kind", "iteration", "lr_scale"}: the schedule is a function of these
+    epoch, iteration  ints: epochs finished, batches trained (steps skipped included)
+    rng               ssdcli.train.rng.capture_rng_state()
+    train_state       {"batch_in_epoch", "lr_scale", "best_metric"}: the loop's position
+
+Only ``format`` to ``priors`` (:data:`MODEL_KEYS`) are required to load a checkpoint.
 
 Writing is atomic (temp file in the same folder, flush + fsync, ``os.replace``, fsync of the
 folder), so a crash or SIGKILL at any moment leaves the previous file or the new one, never a
@@ -28,9 +36,8 @@ from __future__ import annotations
 import collections
 import os
 import pickle
-import random
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -46,21 +53,16 @@ FORMAT = "ssdcli-checkpoint"
 FORMAT_VERSION = 1
 
 MODEL_KEYS: tuple[str, ...] = (
-    "format",
-    "format_version",
-    "model",
-    "arch",
-    "num_classes",
-    "class_names",
-    "image_size",
-    "mean",
-    "std",
-    "priors",
+    "format", "format_version", "model", "arch", "num_classes", "class_names", "image_size", "mean", "std", "priors",
 )
 """Keys every checkpoint holds: enough to rebuild the network and use it."""
 
 TRAINING_KEYS: tuple[str, ...] = ("optimizer", "scheduler", "scaler", "epoch", "iteration", "rng")
 """Keys ``last.pt`` adds so ``--resume`` continues exactly; present all together or not at all."""
+
+RESUME_KEYS: tuple[str, ...] = (*TRAINING_KEYS, "train_state")
+"""What :func:`checkpoint_payload` takes as ``training``: :data:`TRAINING_KEYS` and the loop's
+position."""
 
 _PLAIN_SCALARS = (type(None), bool, int, float, str, bytes)
 # Dict subclasses the weights_only unpickler rebuilds (torch/_weights_only_unpickler.py
@@ -181,6 +183,60 @@ def _field_problems(payload: Mapping[str, Any]) -> list[str]:
         except ValueError as exc:
             problems.append(f"'priors' {exc}")
     return problems
+
+
+# --------------------------------------------------------------------------------------------
+# The schema
+# --------------------------------------------------------------------------------------------
+
+
+def checkpoint_payload(
+    weights: Mapping[str, Tensor],
+    settings: Mapping[str, Any],
+    class_names: Sequence[str],
+    *,
+    postprocess: Mapping[str, Any],
+    config: Mapping[str, Any],
+    metrics: Mapping[str, Any],
+    training: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The checkpoint dict of the module docstring, the one place its keys are written.
+
+    Args:
+        weights: the network's state dict; stored detached, on the CPU.
+        settings: :func:`ssdcli.models.model_settings` of the network (``arch``, ``num_classes``,
+            ``options``, ``prior_spec``, ``image_size``, ``mean``, ``std``).
+        class_names: the dataset's classes in label order (label 1 first).
+        postprocess: the detection rule, ``PostprocessSettings.to_dict()``.
+        config: the run's settings, ``TrainConfig.to_dict()``.
+        metrics: plain numbers describing the weights (the epoch's metrics row).
+        training: for ``last.pt``, the :data:`RESUME_KEYS`; ``None`` for a weights-only
+            ``best.pt``.
+
+    Raises:
+        KeyError: ``settings`` lacks a key. ValueError: ``training`` is not the :data:`RESUME_KEYS`.
+    """
+    payload = {
+        "model": collections.OrderedDict((name, tensor.detach().cpu()) for name, tensor in weights.items()),
+        "arch": settings["arch"],
+        "num_classes": settings["num_classes"],
+        "options": dict(settings["options"]),
+        "class_names": list(class_names),
+        "image_size": settings["image_size"],
+        "mean": list(settings["mean"]),
+        "std": list(settings["std"]),
+        "priors": settings["prior_spec"],
+        "postprocess": dict(postprocess),
+        "config": dict(config),
+        "metrics": dict(metrics),
+    }
+    if training is not None:
+        missing = [key for key in RESUME_KEYS if key not in training]
+        unknown = sorted(set(training) - set(RESUME_KEYS))
+        if missing or unknown:
+            raise ValueError(f"training state: missing {missing}, unknown {unknown}; expected {list(RESUME_KEYS)}")
+        payload.update({key: training[key] for key in RESUME_KEYS})
+    return payload
 
 
 # --------------------------------------------------------------------------------------------
@@ -348,97 +404,3 @@ def _check_loaded(path: Path, obj: Any, for_resume: bool) -> None:
             )
     if problems:
         raise CheckpointError(f"{path}: malformed ssdcli checkpoint: {'; '.join(problems)}")
-
-
-# --------------------------------------------------------------------------------------------
-# Random number generators
-# --------------------------------------------------------------------------------------------
-
-
-def python_rng_to_plain(state: tuple) -> dict[str, Any]:
-    """``random.getstate()`` -> ``{"version", "internal": int64 Tensor[625], "gauss_next"}``.
-
-    The Mersenne Twister words are < 2**32 and so fit int64 exactly; the tensor is far smaller
-    and faster to pickle than a 625-int list."""
-    version, internal, gauss_next = state
-    return {"version": int(version), "internal": torch.tensor(internal, dtype=torch.int64), "gauss_next": gauss_next}
-
-
-def python_rng_from_plain(plain: Mapping[str, Any]) -> tuple:
-    """Inverse of :func:`python_rng_to_plain`: a tuple ``random.setstate`` accepts."""
-    internal = plain["internal"]
-    words = internal.tolist() if isinstance(internal, Tensor) else list(internal)
-    gauss_next = plain["gauss_next"]
-    return (int(plain["version"]), tuple(int(w) for w in words), None if gauss_next is None else float(gauss_next))
-
-
-def numpy_rng_to_plain(state: tuple) -> dict[str, Any]:
-    """``np.random.get_state()`` (legacy tuple: name, uint32[624] keys, pos, has_gauss,
-    cached_gaussian) -> a dict with the keys as an int64 ``Tensor[624]``."""
-    name, keys, pos, has_gauss, cached_gaussian = state
-    return {
-        "bit_generator": str(name),
-        "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
-        "pos": int(pos),
-        "has_gauss": int(has_gauss),
-        "cached_gaussian": float(cached_gaussian),
-    }
-
-
-def numpy_rng_from_plain(plain: Mapping[str, Any]) -> tuple:
-    """Inverse of :func:`numpy_rng_to_plain`: a tuple ``np.random.set_state`` accepts."""
-    keys = plain["keys"]
-    keys = keys.numpy() if isinstance(keys, Tensor) else np.asarray(keys)
-    return (
-        str(plain["bit_generator"]),
-        keys.astype(np.uint32),
-        int(plain["pos"]),
-        int(plain["has_gauss"]),
-        float(plain["cached_gaussian"]),
-    )
-
-
-def capture_rng_state() -> dict[str, Any]:
-    """Every global RNG a training run draws from, as plain values for a checkpoint.
-
-    Returns:
-        ``{"python": ..., "numpy": ..., "torch": uint8 Tensor (CPU generator),
-        "cuda": [uint8 Tensor per device]}``; ``cuda`` is an empty list unless CUDA has been
-        initialised (a CPU run on a GPU machine has not drawn from it, and reading it would
-        initialise CUDA for nothing).
-    """
-    cuda = []
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        cuda = [s.cpu() for s in torch.cuda.get_rng_state_all()]
-    return {
-        "python": python_rng_to_plain(random.getstate()),
-        "numpy": numpy_rng_to_plain(np.random.get_state()),
-        "torch": torch.get_rng_state(),
-        "cuda": cuda,
-    }
-
-
-def restore_rng_state(state: Mapping[str, Any]) -> None:
-    """Put back the RNG states of :func:`capture_rng_state`; later draws repeat exactly.
-
-    CUDA states are restored for the devices both the saved run and this machine have (a resumed
-    run on fewer GPUs keeps its other generators as they are).
-
-    Raises:
-        CheckpointError: ``state`` is malformed (it comes from a file).
-    """
-    try:
-        python_state = python_rng_from_plain(state["python"])
-        numpy_state = numpy_rng_from_plain(state["numpy"])
-        torch_state = state["torch"]
-        if not (isinstance(torch_state, Tensor) and torch_state.dtype == torch.uint8):
-            raise TypeError(f"torch RNG state is a {type(torch_state).__name__}, expected a uint8 tensor")
-        cuda_states = list(state.get("cuda", []))
-        random.setstate(python_state)
-        np.random.set_state(numpy_state)
-        torch.set_rng_state(torch_state.cpu())
-    except (KeyError, TypeError, ValueError, AttributeError, RuntimeError) as exc:
-        raise CheckpointError(f"malformed RNG state in checkpoint: {type(exc).__name__}: {exc}") from exc
-    if cuda_states and torch.cuda.is_available():
-        for device, cuda_state in enumerate(cuda_states[: torch.cuda.device_count()]):
-            torch.cuda.set_rng_state(cuda_state.cpu(), device)

@@ -1,7 +1,8 @@
 """Run settings as frozen dataclasses: built by the CLI, stored in ``config.json`` and checkpoints.
 
-Only :mod:`ssdcli.engine` reads a config; the objects it builds (model, loss, loaders, optimizer)
-receive plain arguments.
+Only :mod:`ssdcli.train.setup` reads a config; the objects it builds (model, loss, loaders,
+optimizer) receive plain arguments. The tuples of allowed values below are the only list of each
+choice: ``ssd train`` derives its option choices from them.
 """
 
 from __future__ import annotations
@@ -12,6 +13,9 @@ from typing import Any
 
 from ssdcli.errors import UserError
 
+ARCH_NAMES = ("ssd300", "ssd512", "ssdlite320")
+"""The keys of :data:`ssdcli.models.ARCHS` (a test keeps them equal), listed here so that the CLI
+can offer them without importing torch."""
 SCHEDULES = ("multistep", "cosine")
 AUGMENTATIONS = ("paper", "light", "none")
 DEVICES = ("auto", "cpu", "cuda")
@@ -61,7 +65,10 @@ class TrainConfig:
     prior_scales: tuple[float, float] | None = None
 
     def __post_init__(self) -> None:
+        # Settings with an `ssd train` flag are named by the flag; the others (set through the
+        # Python API or a run's config.json) by their field name.
         checks = [
+            (self.arch in ARCH_NAMES, f"--arch must be one of {', '.join(ARCH_NAMES)}, not {self.arch!r}"),
             (self.epochs >= 1, "--epochs must be at least 1"),
             (self.batch_size >= 1, "--batch-size must be at least 1"),
             (self.lr is None or self.lr > 0, "--lr must be positive"),
@@ -74,10 +81,11 @@ class TrainConfig:
             (self.workers >= 0, "--workers must be >= 0"),
             (self.eval_every >= 0, "--eval-every must be >= 0 (0 = never)"),
             (self.save_every >= 0, "--save-every must be >= 0 (0 = once per epoch)"),
-            (self.neg_pos_ratio > 0, "--neg-pos-ratio must be positive"),
-            (0 < self.iou_threshold < 1, "--iou-threshold must be in (0, 1)"),
-            (self.max_bad_steps >= 1, "--max-bad-steps must be at least 1"),
-            (all(0 < m <= 1 for m in self.milestones), "milestones are fractions of the run in (0, 1]"),
+            (self.limit_batches >= 0, "--limit-batches must be >= 0 (0 = all)"),
+            (self.neg_pos_ratio > 0, "neg_pos_ratio (hard negatives per positive) must be positive"),
+            (0 < self.iou_threshold < 1, "iou_threshold (prior matching) must be in (0, 1)"),
+            (self.max_bad_steps >= 1, "max_bad_steps must be at least 1"),
+            (all(0 < m <= 1 for m in self.milestones), "milestones must be fractions of the run in (0, 1]"),
             (
                 self.prior_scales is None
                 or (len(self.prior_scales) == 2 and 0 < self.prior_scales[0] < self.prior_scales[1] <= 1),

@@ -12,6 +12,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from ssdcli.config import DEVICES
 from ssdcli.errors import UserError
 
 # Results (tables, JSON, CSV) go to stdout; progress, warnings and errors go to stderr.
@@ -24,12 +25,9 @@ EXIT_USER = 2
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-class Device(str, Enum):
-    """``--device`` choices of every command that runs a model: auto = CUDA when available."""
-
-    auto = "auto"
-    cpu = "cpu"
-    cuda = "cuda"
+Device = Enum("Device", {name: name for name in DEVICES}, type=str)
+"""``--device`` choices of every command that runs a model (:data:`ssdcli.config.DEVICES`): auto =
+CUDA when available."""
 
 
 def user_error(message: str) -> typer.Exit:

@@ -1,4 +1,4 @@
-"""`ssd train`: build a TrainConfig from flags, run engine.fit, show progress and a summary."""
+"""`ssd train`: build a TrainConfig from flags, run ssdcli.train.fit, show progress and a summary."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from ssdcli.cli.common import Device, err, error_boundary, out
-from ssdcli.config import TrainConfig
+from ssdcli.config import ARCH_NAMES, AUGMENTATIONS, SCHEDULES, TrainConfig
 from ssdcli.errors import UserError
 
 HELP = "Train SSD300 / SSD512 (VGG16) or the CPU-sized SSDLite320 on VOC or COCO data."
@@ -31,21 +31,10 @@ Writes last.pt, best.pt (with --val-data), metrics.csv, config.json and manifest
 """
 
 
-class Arch(str, Enum):
-    ssd300 = "ssd300"
-    ssd512 = "ssd512"
-    ssdlite320 = "ssdlite320"
-
-
-class Schedule(str, Enum):
-    multistep = "multistep"
-    cosine = "cosine"
-
-
-class Augment(str, Enum):
-    paper = "paper"
-    light = "light"
-    none = "none"
+# The choices come from ssdcli.config, their one list.
+Arch = Enum("Arch", {name: name for name in ARCH_NAMES}, type=str)
+Schedule = Enum("Schedule", {name: name for name in SCHEDULES}, type=str)
+Augment = Enum("Augment", {name: name for name in AUGMENTATIONS}, type=str)
 
 
 # Flags that may be given with --resume: they change where the run computes, not what it computes.
@@ -53,7 +42,7 @@ RESUME_OVERRIDES = ("device", "workers")
 
 
 class RichCallbacks:
-    """engine.Callbacks drawing a rich progress bar per epoch on stderr (rank 0 only)."""
+    """ssdcli.train.Callbacks drawing a rich progress bar per epoch on stderr (rank 0 only)."""
 
     def __init__(self, enabled: bool) -> None:
         self.enabled = enabled
@@ -175,7 +164,7 @@ def train(
     limit_batches: Annotated[int, typer.Option(help="Stop each epoch after N batches (smoke tests; 0 = all).")] = 0,
     prior_scales: Annotated[Optional[tuple[float, float]], typer.Option(metavar="MIN MAX", help="Default boxes spread linearly from MIN to MAX of the input (SSD paper eq. 4) in the arch's layout, instead of its preset; check them first with ssd priors --data DIR --prior-scales MIN MAX.")] = None,
 ) -> None:
-    from ssdcli.engine import TrainingInterrupted, fit
+    from ssdcli.train import TrainingInterrupted, fit
 
     if resume is not None:
         given = [

@@ -1,9 +1,9 @@
 """Training batches: a Dataset over :class:`ImageRecord`, collate, padding and seeded loaders.
 
-Reproducibility: training wraps the dataset in :class:`ssdcli.sampling.SeededSamples` (each
-sample's augmentation seeded by ``(seed, epoch, index)``) and orders it with
-:class:`ssdcli.sampling.EpochSampler` (each epoch's order from ``(seed, epoch)``), so an epoch is
-the same whether the run went straight through or was resumed, with any number of workers.
+Reproducibility: training wraps the dataset in :class:`ssdcli.train.sampling.SeededSamples`
+(each sample's augmentation seeded by ``(seed, epoch, index)``) and orders it with
+:class:`ssdcli.train.sampling.EpochSampler` (each epoch's order from ``(seed, epoch)``), so an
+epoch is the same whether the run went straight through or was resumed, with any number of workers.
 
 Unreadable images: the readers decode every image before training starts, so an image that
 fails now was changed or damaged during the run. :class:`DetectionTrainDataset` then raises

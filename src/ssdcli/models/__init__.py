@@ -1,6 +1,7 @@
 """SSD networks: build one by arch name, rebuild one from a checkpoint's plain settings.
 
-``ARCHS`` is the one place that maps an architecture name to its builder. Every model is an
+``ARCHS`` is the one table of architectures: per name its builder, build options and ImageNet
+backbone weights. Every model is an
 :class:`~ssdcli.models.ssd.SSD` with the same contract: ``model(images)`` ->
 ``(cls_logits Tensor[N, P, K + 1], box_deltas Tensor[N, P, 4])`` in the order of
 ``priors_for_model(model)``.
@@ -9,6 +10,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
@@ -16,26 +18,44 @@ from torch import Tensor, nn
 from ssdcli.models.mobilenet import ssdlite320
 from ssdcli.models.ssd import SSD
 from ssdcli.models.vgg import ssd300, ssd512
-from ssdcli.models.vgg_weights import load_vgg16_backbone, resolve_backbone_weights
+from ssdcli.models.vgg_weights import load_imagenet_vgg16, load_vgg16_backbone, resolve_backbone_weights
 from ssdcli.priors import PRESETS, PriorSpec, generate_priors
 
-ARCHS: dict[str, Callable[..., SSD]] = {
-    "ssd300": ssd300,
-    "ssd512": ssd512,
-    "ssdlite320": ssdlite320,
-}
-"""Arch name -> ``builder(num_classes, prior_spec, **options) -> SSD``. The default prior preset
-of an arch has the same name in :data:`ssdcli.priors.PRESETS`."""
 
-ARCH_OPTIONS: dict[str, tuple[str, ...]] = {"ssd300": (), "ssd512": (), "ssdlite320": ("width_mult",)}
-"""Build options each arch accepts (stored in :attr:`SSD.options` and in checkpoints)."""
+@dataclass(frozen=True)
+class Architecture:
+    """One row of :data:`ARCHS`.
+
+    Attributes:
+        build: ``build(num_classes, prior_spec, **options) -> SSD``.
+        options: the build options it accepts (stored in :attr:`SSD.options` and in checkpoints).
+        backbone_weights: ``load(model, weights)``, which puts ImageNet weights into a fresh
+            network's backbone as ``ssd train --backbone-weights`` asks (a file, ``None`` for the
+            default download, ``"none"`` for none); ``None`` when the arch has no such weights
+            and trains from its own initialisation.
+    """
+
+    build: Callable[..., SSD]
+    options: tuple[str, ...] = ()
+    backbone_weights: Callable[[SSD, str | None], None] | None = None
+
+
+ARCHS: dict[str, Architecture] = {
+    "ssd300": Architecture(ssd300, backbone_weights=load_imagenet_vgg16),
+    "ssd512": Architecture(ssd512, backbone_weights=load_imagenet_vgg16),
+    "ssdlite320": Architecture(ssdlite320, options=("width_mult",)),  # MobileNetV3 ImageNet weights: to come
+}
+"""Arch name -> :class:`Architecture`. The default prior preset of an arch has the same name in
+:data:`ssdcli.priors.PRESETS`; :data:`ssdcli.config.ARCH_NAMES` lists the same names."""
 
 __all__ = [
     "ARCHS",
+    "Architecture",
     "SSD",
     "build_from_settings",
     "build_model",
     "forward_in_slices",
+    "load_backbone_weights",
     "micro_batch_size",
     "load_vgg16_backbone",
     "model_from_checkpoint",
@@ -60,12 +80,31 @@ def build_model(arch: str, num_classes: int, prior_spec: PriorSpec | None = None
     """
     if arch not in ARCHS:
         raise ValueError(f"unknown arch {arch!r}; choose one of {', '.join(ARCHS)}")
-    unknown = sorted(set(options) - set(ARCH_OPTIONS[arch]))
+    unknown = sorted(set(options) - set(ARCHS[arch].options))
     if unknown:
-        allowed = ", ".join(ARCH_OPTIONS[arch]) or "none"
+        allowed = ", ".join(ARCHS[arch].options) or "none"
         raise ValueError(f"{arch} does not take option(s) {', '.join(unknown)} (accepted: {allowed})")
     spec = prior_spec if prior_spec is not None else PRESETS[arch]()
-    return ARCHS[arch](num_classes, spec, **options)
+    return ARCHS[arch].build(num_classes, spec, **options)
+
+
+def load_backbone_weights(model: SSD, weights: str | None) -> bool:
+    """Put the ImageNet backbone weights of ``model``'s arch into it, as ``--backbone-weights``
+    asks (:attr:`Architecture.backbone_weights`).
+
+    Returns:
+        False, leaving the model untouched, when its arch has no ImageNet weights (``weights``
+        is then not looked at); True otherwise (``"none"`` included: the arch was asked).
+
+    Raises:
+        UserError: the weights file is missing or wrong, or the default weights cannot be
+            downloaded.
+    """
+    load = ARCHS[model.arch].backbone_weights
+    if load is None:
+        return False
+    load(model, weights)
+    return True
 
 
 CPU_MICRO_BATCH = 1

@@ -184,3 +184,12 @@ def load_vgg16_backbone(model: SSD, state_dict_or_path: Mapping[str, Tensor] | s
         vgg[CONV6].bias.copy_(conv6_bias)
         vgg[CONV7].weight.copy_(conv7_weight)
         vgg[CONV7].bias.copy_(conv7_bias)
+
+
+def load_imagenet_vgg16(model: SSD, weights: str | None) -> None:
+    """What ``--backbone-weights`` asks of a VGG16 SSD: the file :func:`resolve_backbone_weights`
+    finds (or downloads), loaded by :func:`load_vgg16_backbone`; ``"none"`` keeps the network as
+    initialised."""
+    path = resolve_backbone_weights(weights)
+    if path is not None:
+        load_vgg16_backbone(model, path)

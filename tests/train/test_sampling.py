@@ -4,7 +4,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from ssdcli.sampling import EpochSampler, SeededSamples
+from ssdcli.train.sampling import EpochSampler, SeededSamples
 
 
 def test_order_depends_only_on_seed_and_epoch():

@@ -2,7 +2,7 @@ import math
 
 import pytest
 
-from ssdcli.schedule import WARMUP_START, lr_factor
+from ssdcli.train.schedule import WARMUP_START, lr_factor
 
 
 def test_warmup_is_linear_from_one_third():

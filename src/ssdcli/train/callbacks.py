@@ -1,0 +1,25 @@
+"""How training reports progress: :class:`Callbacks`, which the CLI implements to draw it."""
+
+from __future__ import annotations
+
+
+class Callbacks:
+    """Hooks the CLI implements to show progress; every method is optional (no-op here).
+
+    Epochs and batches are 0-based in ``epoch`` and counted (1-based) in ``batch``; ``info`` and
+    ``row`` are plain dicts (:meth:`ssdcli.train.setup.TrainRun.start_info`, the metrics row).
+    """
+
+    def on_start(self, info: dict) -> None: ...
+
+    def on_epoch_start(self, epoch: int, num_batches: int, first_batch: int) -> None: ...
+
+    def on_batch_end(self, epoch: int, batch: int, stats: dict) -> None: ...
+
+    def on_validation_start(self, epoch: int, num_batches: int) -> None: ...
+
+    def on_validation_batch(self, epoch: int, batch: int) -> None: ...
+
+    def on_epoch_end(self, epoch: int, row: dict) -> None: ...
+
+    def on_warning(self, message: str) -> None: ...

@@ -1,0 +1,54 @@
+"""build_run: the arch table decides the ImageNet weights, the loader's epoch length, the
+optimizer's decay groups, and what a resumed run refuses."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from ssdcli.errors import UserError
+from ssdcli.train import Callbacks
+from ssdcli.train.checkpoints import save_last
+from ssdcli.train.setup import build_run, parameter_groups
+
+
+def test_weight_decay_skips_biases_and_scales():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.Linear(4, 2))
+    decay, no_decay = parameter_groups(model, 5e-4)
+    assert decay["weight_decay"] == 5e-4 and no_decay["weight_decay"] == 0.0
+    assert [p.shape for p in decay["params"]] == [torch.Size([4, 3, 3, 3]), torch.Size([2, 4])]
+    # conv bias, BatchNorm weight and bias, linear bias
+    assert [p.shape for p in no_decay["params"]] == [torch.Size([4])] * 3 + [torch.Size([2])]
+
+
+def test_backbone_weights_are_asked_of_archs_that_have_them(synth, tmp_path, tiny_config):
+    missing = str(tmp_path / "vgg16.pth")
+    # ssd300 takes ImageNet VGG16 weights: the file is looked for, and its absence is a user error
+    with pytest.raises(UserError, match=r"--backbone-weights .*vgg16.pth: no such file"):
+        build_run(tiny_config(synth, tmp_path / "a", arch="ssd300", backbone_weights=missing), Callbacks())
+    # ssdlite320 has none (ssdcli.models.ARCHS): the setting is not used
+    run = build_run(tiny_config(synth, tmp_path / "b", backbone_weights=missing), Callbacks())
+    assert run.model.arch == "ssdlite320"
+
+
+@pytest.mark.parametrize(
+    ("batch_size", "limit", "expected"),
+    # 10 training images: 10 // 2; 10 // 3 (the last, short batch dropped); one short batch; the limit
+    [(2, 0, 5), (3, 0, 3), (16, 0, 1), (2, 3, 3)],
+)
+def test_batches_per_epoch(synth, tmp_path, tiny_config, batch_size, limit, expected):
+    run = build_run(tiny_config(synth, tmp_path / "run", batch_size=batch_size, limit_batches=limit), Callbacks())
+    assert len(run.train_data.records) == 10
+    assert run.batches_per_epoch == expected and run.total_iters == expected
+    assert run.lr_at(0) == pytest.approx(run.config.effective_lr / 3)  # warm-up starts at a third
+
+
+def test_resume_refuses_data_whose_classes_changed(synth, tmp_path, tiny_config):
+    run = build_run(tiny_config(synth, tmp_path / "run"), Callbacks())
+    save_last(run, {})  # a last.pt before the first step
+    classes = tmp_path / "classes.txt"
+    classes.write_text("circle\nsquare\nstar\ntriangle\nhexagon\n")
+    with pytest.raises(UserError, match="its classes differ from those of"):
+        # the run's own config, pointed at a class list that is not the checkpoint's
+        build_run(None, Callbacks(), resume=run.last_path, overrides={"classes_file": str(classes)})
