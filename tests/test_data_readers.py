@@ -127,16 +127,18 @@ def test_raccoon(shared_data: Path) -> None:
     assert_boxes_valid(dataset)
 
 
-def test_bccd_reports_its_two_zero_area_boxes(shared_data: Path) -> None:
+def test_bccd_keeps_its_two_1px_boxes_with_a_warning(shared_data: Path) -> None:
     dataset = load_dataset(shared_data / "bccd")  # the parent of the single BCCD/ child
     assert dataset.classes == ["Platelets", "RBC", "WBC"]  # not VOC names: sorted
     assert len(dataset.records) == 364
     warnings = problems_text(dataset, "warning")
     assert len(warnings) == 2 and not dataset.has_errors
     assert "BloodImage_00338" in warnings[0] and "xmin=504, ymin=337, xmax=504, ymax=337" in warnings[0]
-    assert "BloodImage_00343" in warnings[1] and "zero-area" in warnings[1]
+    assert "BloodImage_00343" in warnings[1] and "1-pixel" in warnings[1] and "kept" in warnings[1]
     counts = np.bincount(np.concatenate([r.labels for r in dataset.records]), minlength=4)
-    assert counts[1:].tolist() == [361, 4155 - 2, 372]  # SOURCES.md counts, minus the 2 dropped RBC
+    assert counts[1:].tolist() == [361, 4155, 372]  # SOURCES.md counts: the devkit counts every box
+    record = next(r for r in dataset.records if r.image_id == "BloodImage_00338")
+    assert [503, 336, 504, 337] in record.boxes_xyxy_px.tolist()  # (xmin - 1, ymin - 1, xmax, ymax): 1x1
     assert_boxes_valid(dataset)
 
 
@@ -320,18 +322,20 @@ def test_out_of_image_inverted_and_zero_area_boxes(tmp_path: Path) -> None:
         ("cat", -20, 5, 30, 60),    # pokes out left and bottom -> clipped to (0, 4, 30, 48)
         ("cat", 100, 100, 120, 120),  # entirely outside a 64x48 image -> dropped
         ("cat", 30, 30, 20, 40),    # inverted x -> dropped
-        ("cat", 5, 5, 5, 5),        # zero area as annotated -> dropped
+        ("cat", 5, 5, 5, 5),        # xmin == xmax, ymin == ymax: the devkit's 1-px box -> (4, 4, 5, 5)
         ("cat", 0, 1, 10, 10),      # xmin 0: 1 px outside (1-based) -> clipped silently
+        ("cat", 7, 3, 7, 9),        # xmin == xmax only: 1 px wide, 7 high -> (6, 2, 7, 9)
     ])})
     dataset = load_dataset(tmp_path)
     np.testing.assert_array_equal(dataset.records[0].boxes_xyxy_px,
-                                  [[0, 0, 10, 10], [0, 4, 30, 48], [0, 0, 10, 10]])
+                                  [[0, 0, 10, 10], [0, 4, 30, 48], [4, 4, 5, 5], [0, 0, 10, 10], [6, 2, 7, 9]])
     warnings = problems_text(dataset, "warning")
-    assert len(warnings) == 4 and not dataset.has_errors
-    assert "object 2" in warnings[2] and "clipped to [0, 4, 30, 48]" in warnings[2]
-    assert "object 3" in warnings[3] and "outside" in warnings[3]
-    assert "object 4" in warnings[0] and "inverted" in warnings[0]
-    assert "object 5" in warnings[1] and "zero-area" in warnings[1]
+    assert len(warnings) == 5 and not dataset.has_errors
+    assert "object 2" in warnings[3] and "clipped to [0, 4, 30, 48]" in warnings[3]
+    assert "object 3" in warnings[4] and "outside" in warnings[4]
+    assert "object 4" in warnings[0] and "inverted" in warnings[0] and "dropped" in warnings[0]
+    assert "object 5" in warnings[1] and "1-pixel" in warnings[1] and "kept" in warnings[1]
+    assert "object 7" in warnings[2] and "1-pixel" in warnings[2]
     assert_boxes_valid(dataset)
 
 

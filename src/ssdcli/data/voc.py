@@ -279,12 +279,15 @@ def _record(
         if obj.name not in label_of:
             problems.append(Problem(xml, unknown_classes, f"{_describe(number, obj)}: class '{obj.name}' is not "
                                     "in the class list; object dropped"))
-        elif xmax <= xmin or ymax <= ymin:
-            # Corners that coincide or cross as annotated: a click without a drag (BCCD has two),
-            # not the 1-pixel box the inclusive convention would make of it.
-            problems.append(Problem(xml, "warning", f"{_describe(number, obj)}: zero-area or inverted box; "
-                                    "box dropped"))
+        elif xmax < xmin or ymax < ymin:
+            problems.append(Problem(xml, "warning", f"{_describe(number, obj)}: inverted box (xmax < xmin or "
+                                    "ymax < ymin); box dropped"))
         else:
+            if xmax == xmin or ymax == ymin:
+                # Inclusive corners that coincide are one pixel column / row (the devkit's
+                # xmax - xmin + 1): kept, as the devkit counts them, but often a click without a drag.
+                problems.append(Problem(xml, "warning", f"{_describe(number, obj)}: 1-pixel wide or high box "
+                                        "(xmin == xmax or ymin == ymax); kept, as the VOC devkit counts it"))
             objects.append((number, obj))
 
     boxes_xyxy_px = np.array(
