@@ -86,20 +86,44 @@ def test_read_image_rgb_scales_16_bit(tmp_path: Path) -> None:
     assert np.all(read_image_rgb(path) == 128)
 
 
-def test_truncated_and_unreadable_images_raise_naming_file(tmp_path: Path) -> None:
-    good = write_image(tmp_path / "good.jpg")
+def test_unreadable_images_raise_naming_file(tmp_path: Path) -> None:
+    good = write_image(tmp_path / "good.png")
     data = good.read_bytes()
-    truncated = tmp_path / "truncated.jpg"
-    truncated.write_bytes(data[: len(data) // 2])
+    truncated_png = tmp_path / "truncated.png"
+    truncated_png.write_bytes(data[: len(data) // 2])
     not_image = tmp_path / "text.jpg"
     not_image.write_text("not an image")
-    assert read_image_size(truncated) == (64, 48)  # the header survives truncation
-    for path in (truncated, not_image, tmp_path / "missing.jpg"):
+    assert read_image_size(truncated_png) == (64, 48)  # the header survives truncation
+    for path in (truncated_png, not_image, tmp_path / "missing.jpg"):
         with pytest.raises(DataError, match=path.name):
             read_image_rgb(path)
         with pytest.raises(DataError, match=path.name):
             verify_image(path)
-    verify_image(good)
+    assert verify_image(good) is False
+
+
+@pytest.mark.parametrize("missing", [20, 2, "half"])
+def test_truncated_jpeg_decodes_as_opencv_does(tmp_path: Path, missing) -> None:
+    """A JPEG a few bytes short (kangaroo-style) or cut in half: OpenCV decodes it, rows past the
+    end mid grey; read_image_rgb gives the same pixels and verify_image says it is truncated."""
+    import cv2
+
+    rng = np.random.default_rng(0)
+    good = tmp_path / "good.jpg"
+    Image.fromarray(rng.integers(0, 255, (120, 160, 3), dtype=np.uint8)).save(good, quality=90)
+    data = good.read_bytes()
+    cut = len(data) // 2 if missing == "half" else missing
+    truncated = tmp_path / "truncated.jpg"
+    truncated.write_bytes(data[: len(data) - cut])
+    with pytest.raises(OSError, match="truncated"):  # what Pillow alone says
+        Image.open(truncated).load()
+    assert verify_image(truncated) is True and verify_image(good) is False
+    expected = cv2.imread(str(truncated), cv2.IMREAD_COLOR)[..., ::-1]  # BGR -> RGB
+    pixels = read_image_rgb(truncated)
+    assert pixels.shape == (120, 160, 3)
+    np.testing.assert_array_equal(pixels, expected)
+    if missing == "half":
+        assert (pixels[-1] == 128).all()  # the rows never reached are grey, as in OpenCV
 
 
 def test_greyscale_raccoon_images_read_as_rgb(shared_data: Path) -> None:
@@ -283,15 +307,24 @@ def test_billion_laughs_is_refused(tmp_path: Path) -> None:
     assert len(errors) == 1 and "x.xml" in errors[0] and "entities" in errors[0]
 
 
-def test_truncated_image_is_skipped_with_a_warning(tmp_path: Path) -> None:
-    voc_folder(tmp_path, {"a": ((64, 48), [("cat", 1, 1, 9, 9)]), "b": ((64, 48), [("cat", 1, 1, 9, 9)])})
+def test_truncated_jpeg_is_kept_with_a_warning_and_trains(tmp_path: Path) -> None:
+    from ssdcli.data.loader import DetectionTrainDataset
+    from ssdcli.data.transforms import EvalTransform
+
+    entries = {stem: ((64, 48), [("cat", 1, 1, 9, 9)]) for stem in ("a", "b", "c")}
+    voc_folder(tmp_path, entries)
     data = (tmp_path / "JPEGImages" / "b.jpg").read_bytes()
-    (tmp_path / "JPEGImages" / "b.jpg").write_bytes(data[: len(data) // 2])
-    assert len(load_dataset(tmp_path, verify_pixels=False).records) == 2  # the header alone looks fine
+    (tmp_path / "JPEGImages" / "b.jpg").write_bytes(data[:-20])  # 20 bytes short: OpenCV decodes it
+    (tmp_path / "JPEGImages" / "c.jpg").write_bytes(data[:100])  # cut inside the header: unreadable
     dataset = load_dataset(tmp_path)  # decodes every image by default
-    assert [r.image_id for r in dataset.records] == ["a"]
+    assert [r.image_id for r in dataset.records] == ["a", "b"]
     assert not dataset.has_errors
-    assert any("b.jpg" in w and "truncated" in w for w in problems_text(dataset, "warning"))
+    warnings = problems_text(dataset, "warning")
+    assert any("b.jpg" in w and "truncated" in w and "OpenCV" in w for w in warnings)
+    assert any("c.jpg" in w and "skipped" in w for w in warnings)
+    train = DetectionTrainDataset(dataset.records, EvalTransform(32, [0.5] * 3, [0.25] * 3))
+    image, target = train[1]  # the truncated one reads for training too
+    assert image.shape == (3, 32, 32) and target["labels"].tolist() == [8]  # cat: VOC class 8
 
 
 def test_rgba_and_palette_pngs_are_fine(tmp_path: Path) -> None:

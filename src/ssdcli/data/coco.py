@@ -16,7 +16,7 @@ from typing import Literal
 import numpy as np
 
 from ssdcli.data.check import sanitize_boxes_xyxy_px
-from ssdcli.data.images import read_image_size, verify_image
+from ssdcli.data.images import TRUNCATED_JPEG, read_image_size, verify_image
 from ssdcli.data.records import DetectionDataset, ImageRecord, Problem
 from ssdcli.data.voc import ProgressFn
 from ssdcli.errors import DataError
@@ -141,8 +141,8 @@ def _image_size(
     json_size = (image.get("width"), image.get("height"))
     if not check_images and all(isinstance(v, int) and v > 0 for v in json_size):
         return json_size[0], json_size[1]  # type: ignore[return-value]
-    if verify_pixels:
-        verify_image(image_path)
+    if verify_pixels and verify_image(image_path):
+        problems.append(Problem(str(image_path), "warning", TRUNCATED_JPEG))
     width, height = read_image_size(image_path)
     if json_size != (width, height):
         problems.append(Problem(source, "warning", f"image {image['id']} ({image['file_name']}): json says "

@@ -21,7 +21,7 @@ import defusedxml.ElementTree as SafeElementTree
 import numpy as np
 
 from ssdcli.data.check import sanitize_boxes_xyxy_px
-from ssdcli.data.images import read_image_size, verify_image
+from ssdcli.data.images import TRUNCATED_JPEG, read_image_size, verify_image
 from ssdcli.data.records import DetectionDataset, ImageRecord, Problem
 from ssdcli.errors import DataError
 
@@ -180,10 +180,10 @@ def _image_size(
     xml = str(annotation.xml_path)
     if not check_images and annotation.width > 0 and annotation.height > 0:
         return annotation.width, annotation.height, []
-    if verify_pixels:
-        verify_image(image_path)
-    width, height = read_image_size(image_path)
     problems = []
+    if verify_pixels and verify_image(image_path):
+        problems.append(Problem(str(image_path), "warning", TRUNCATED_JPEG))
+    width, height = read_image_size(image_path)
     if (annotation.width, annotation.height) != (width, height):
         problems.append(
             Problem(xml, "warning", f"<size> says {annotation.width}x{annotation.height} but {image_path.name} "
