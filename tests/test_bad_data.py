@@ -105,3 +105,168 @@ def test_data_check_warns_about_a_truncated_jpeg_and_keeps_it(tmp_path: Path) ->
     by_file = {Path(p["file"]).name: p for p in report["problems"]}
     assert by_file["kangaroo.jpg"]["severity"] == "warning" and "truncated" in by_file["kangaroo.jpg"]["message"]
     assert by_file["broken.jpg"]["severity"] == "warning" and "skipped" in by_file["broken.jpg"]["message"]
+
+
+# ---------------------------------------------------------------------------------------------
+# COCO json from elsewhere: items 7, 9, 10, 11
+
+
+def coco_dataset(root: Path, data: dict | str, images: tuple[str, ...] = ("a.jpg",)) -> Path:
+    """``root/annotations/instances_train.json`` (a dict, or raw json text) and ``root/images/``."""
+    for name in images:
+        write_jpeg(root / "images" / name)
+    path = root / "annotations" / "instances_train.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(data if isinstance(data, str) else json.dumps(data))
+    return root
+
+
+def coco_data(**changes) -> dict:
+    """One 100x80 image (id 1) with one box of category 1 ('dog'); ``changes`` replace whole lists."""
+    data = {
+        "images": [{"id": 1, "file_name": "a.jpg", "width": 100, "height": 80}],
+        "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [10, 10, 30, 20], "area": 600, "iscrowd": 0}],
+        "categories": [{"id": 1, "name": "dog"}, {"id": 2, "name": "cat"}],
+    }
+    return {**data, **changes}
+
+
+def with_annotation(**fields) -> dict:
+    return coco_data(annotations=[{**coco_data()["annotations"][0], **fields}])
+
+
+def check_json(root: Path) -> tuple[int, dict | None, str]:
+    result = run("data", "check", root, "--json", "-")
+    try:
+        return result.exit_code, json.loads(result.stdout), result.output
+    except json.JSONDecodeError:
+        return result.exit_code, None, result.output
+
+
+DEEP = 200_000
+
+MALFORMED = {
+    # case: (json, the message's words after the file name)
+    "400-digit id": (coco_data(images=[{"id": 10**400, "file_name": "a.jpg", "width": 100, "height": 80}]),
+                     "images[0] 'id' must be an integer, got an integer of 401 digits"),
+    "string and int category ids": (coco_data(categories=[{"id": 1, "name": "dog"}, {"id": "2", "name": "cat"}]),
+                                    "categories[1] 'id' must be an integer, got '2'"),
+    "image_id a list": (with_annotation(image_id=[1]), "annotations[0] 'image_id' must be an integer"),
+    "file_name a number": (coco_data(images=[{"id": 1, "file_name": 12345, "width": 100, "height": 80}]),
+                           "images[0] 'file_name' must be a string"),
+    "200000-deep nesting": ('{"images": ' + "[" * DEEP + "]" * DEEP + ', "categories": []}', "JSON nested too deeply"),
+    "category_id an object": (with_annotation(category_id={}), "annotations[0] 'category_id' must be an integer"),
+    "width a string": (coco_data(images=[{"id": 1, "file_name": "a.jpg", "width": "100", "height": 80}]),
+                       "images[0] 'width' must be a non-negative integer"),
+    "iscrowd 2": (with_annotation(iscrowd=2), "annotations[0] 'iscrowd' must be 0 or 1, got 2"),
+    "annotation not an object": (coco_data(annotations=["oops"]), "annotations[0] is a json str, not an object"),
+}
+
+
+@pytest.mark.parametrize("case", list(MALFORMED))
+def test_malformed_coco_json_is_one_line_naming_file_entry_and_field(tmp_path: Path, case: str) -> None:
+    data, expected = MALFORMED[case]
+    root = coco_dataset(tmp_path / "coco", data)
+    json_file = root / "annotations" / "instances_train.json"
+    dets = tmp_path / "dets.json"
+    dets.write_text("[]")
+    for args in (("data", "check", root), ("eval", "--detections", dets, "--data", json_file)):
+        result = run(*args)
+        assert result.exit_code == 2, (args, result.output)
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and "internal error" not in result.output, result.output
+        assert f"{json_file}: {expected}" in " ".join(result.output.split()), result.output
+
+
+def test_missing_area_is_an_error_for_coco_metrics_only(tmp_path: Path) -> None:
+    annotation = {k: v for k, v in coco_data()["annotations"][0].items() if k != "area"}
+    root = coco_dataset(tmp_path / "coco", coco_data(annotations=[annotation]))
+    json_file = root / "annotations" / "instances_train.json"
+    assert check_json(root)[0] == 0  # training does not need it
+    dets = tmp_path / "dets.json"
+    dets.write_text(json.dumps([{"image_id": 1, "category_id": 1, "bbox": [10, 10, 30, 20], "score": 0.9}]))
+    assert run("eval", "--detections", dets, "--data", json_file, "--metric", "voc07").exit_code == 0
+    result = run("eval", "--detections", dets, "--data", json_file, "--metric", "coco")
+    assert result.exit_code == 2 and "internal error" not in result.output
+    assert f"{json_file}: annotations[0] has no 'area'" in " ".join(result.output.split()), result.output
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        ("[" * DEEP + "]" * DEEP, "nested too deeply"),
+        (json.dumps([{"image_id": 1, "category_id": 1, "bbox": [10**400, 0, 5, 5], "score": 0.5}]),
+         "detection 0: bbox"),
+        (json.dumps([{"image_id": 1, "category_id": 1, "bbox": [0, 0, 5, 5], "score": 10**400}]),
+         "detection 0: score"),
+    ],
+)
+def test_malformed_detections_file_is_one_line(tmp_path: Path, content: str, expected: str) -> None:
+    root = coco_dataset(tmp_path / "coco", coco_data())
+    dets = tmp_path / "dets.json"
+    dets.write_text(content)
+    result = run("eval", "--detections", dets, "--data", root)
+    assert result.exit_code == 2 and "internal error" not in result.output, result.output
+    assert f"{dets}: " in result.output and expected in result.output
+    assert len(result.output) < 1000  # the 400-digit number is not printed in full
+
+
+def test_coco_file_names_outside_the_image_folder_are_refused(tmp_path: Path) -> None:
+    write_jpeg(tmp_path / "secret.jpg", seed=1)  # a real image just outside the dataset
+    images = [
+        {"id": 1, "file_name": "a.jpg", "width": 100, "height": 80},
+        {"id": 2, "file_name": "../../secret.jpg", "width": 100, "height": 80},
+        {"id": 3, "file_name": str(tmp_path / "secret.jpg"), "width": 100, "height": 80},
+        {"id": 4, "file_name": "/etc/passwd", "width": 100, "height": 80},
+        {"id": 5, "file_name": "sub/../../secret.jpg", "width": 100, "height": 80},
+        {"id": 6, "file_name": "sub/b.jpg", "width": 100, "height": 80},  # a subfolder is fine
+    ]
+    root = coco_dataset(tmp_path / "coco", coco_data(images=images), images=("a.jpg", "sub/b.jpg"))
+    code, report, output = check_json(root)
+    assert code == 1, output
+    assert report["num_images"] == 2
+    errors = [p["message"] for p in report["problems"] if p["severity"] == "error"]
+    assert len(errors) == 4 and all("points outside the image folder" in m for m in errors)
+    assert [m.split(":")[0] for m in errors] == ["image 2", "image 3", "image 4", "image 5"]
+    assert not any("passwd" in p["file"] for p in report["problems"])  # never opened
+
+
+def test_duplicate_image_ids_are_an_error(tmp_path: Path) -> None:
+    images = [{"id": 1, "file_name": "a.jpg", "width": 100, "height": 80},
+              {"id": 1, "file_name": "b.jpg", "width": 100, "height": 80}]
+    root = coco_dataset(tmp_path / "coco", coco_data(images=images), images=("a.jpg", "b.jpg"))
+    code, report, output = check_json(root)
+    assert code == 1 and report["num_images"] == 1, output
+    (error,) = [p["message"] for p in report["problems"] if p["severity"] == "error"]
+    assert "image id 1 is used by 'a.jpg' and 'b.jpg'" in error
+
+
+def test_annotations_on_missing_images_are_counted_in_a_warning(tmp_path: Path) -> None:
+    annotation = coco_data()["annotations"][0]
+    annotations = [annotation, {**annotation, "id": 2, "image_id": 9}, {**annotation, "id": 3, "image_id": 9},
+                   {**annotation, "id": 4, "image_id": 12}]
+    root = coco_dataset(tmp_path / "coco", coco_data(annotations=annotations))
+    code, report, output = check_json(root)
+    assert code == 0 and report["num_boxes"] == 1, output
+    (warning,) = [p["message"] for p in report["problems"]]
+    assert "3 annotations refer to image ids that are not in 'images' (e.g. 9, 12); dropped" in warning
+
+
+def test_duplicate_category_names_are_an_error_unless_classes_says(tmp_path: Path) -> None:
+    categories = [{"id": 1, "name": "circle"}, {"id": 2, "name": "square"}, {"id": 3, "name": "circle"}]
+    annotation = coco_data()["annotations"][0]
+    annotations = [annotation, {**annotation, "id": 2, "category_id": 3}, {**annotation, "id": 3, "category_id": 2}]
+    root = coco_dataset(tmp_path / "coco", coco_data(categories=categories, annotations=annotations))
+    code, report, output = check_json(root)
+    assert code == 1, output
+    (error,) = [p["message"] for p in report["problems"] if p["severity"] == "error"]
+    assert "categories 1, 3 are all named 'circle'" in error and "--classes" in error
+
+    classes = tmp_path / "classes.txt"
+    classes.write_text("circle\nsquare\n")
+    result = run("data", "check", root, "--classes", classes, "--json", "-")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["classes"] == ["circle", "square"] and report["boxes_per_class"] == {"circle": 2, "square": 1}
+    (warning,) = [p["message"] for p in report["problems"]]
+    assert "read as the one class 'circle'" in warning and "id 1" in warning

@@ -128,7 +128,7 @@ def _coco_ground_truth(dataset: DetectionDataset) -> dict | None:
         return None
     from ssdcli.data.coco import load_coco_json
 
-    return load_coco_json(dataset.annotation_file)
+    return load_coco_json(dataset.annotation_file, evaluation=True)
 
 
 def score_and_report(
