@@ -270,3 +270,34 @@ def test_duplicate_category_names_are_an_error_unless_classes_says(tmp_path: Pat
     assert report["classes"] == ["circle", "square"] and report["boxes_per_class"] == {"circle": 2, "square": 1}
     (warning,) = [p["message"] for p in report["problems"]]
     assert "read as the one class 'circle'" in warning and "id 1" in warning
+
+
+def train_refuses(root: Path, tmp_path: Path) -> str:
+    result = run("train", "--data", root, "--epochs", "1", "--arch", "ssdlite320", "--device", "cpu",
+                 "--output", tmp_path / "run")
+    assert result.exit_code == 2, result.output
+    assert not (tmp_path / "run").exists()
+    return " ".join(result.output.split())
+
+
+def test_a_dataset_without_a_usable_box_cannot_train(tmp_path: Path) -> None:
+    # VOC: every box inverted, so every box is dropped
+    voc = write_voc(tmp_path / "voc", {"a": [("apple", 40, 40, 10, 10)], "b": [("apple", 30, 5, 20, 50)]})
+    code, report, output = check_json(voc)
+    assert code == 1, output
+    (error,) = [p["message"] for p in report["problems"] if p["severity"] == "error"]
+    assert "nothing to train on" in error and "dropped" in error
+    assert "nothing to train on" in train_refuses(voc, tmp_path)
+
+    # COCO: only crowd boxes
+    crowd = coco_dataset(tmp_path / "coco", with_annotation(iscrowd=1))
+    code, report, output = check_json(crowd)
+    assert code == 1, output
+    (error,) = [p["message"] for p in report["problems"] if p["severity"] == "error"]
+    assert "its 1 boxes are all iscrowd" in error
+    assert "nothing to train on" in train_refuses(crowd, tmp_path)
+
+    # one usable box among them is enough
+    crowd_and_box = coco_dataset(tmp_path / "coco2", coco_data(annotations=[
+        {**coco_data()["annotations"][0], "iscrowd": 1}, {**coco_data()["annotations"][0], "id": 2}]))
+    assert check_json(crowd_and_box)[0] == 0

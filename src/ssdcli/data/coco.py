@@ -16,7 +16,7 @@ from typing import Literal
 
 import numpy as np
 
-from ssdcli.data.check import sanitize_boxes_xyxy_px
+from ssdcli.data.check import sanitize_boxes_xyxy_px, usable_box_problems
 from ssdcli.data.coco_checks import describe, is_finite_number, validate_coco
 from ssdcli.data.images import TRUNCATED_JPEG, read_image_size, verify_image
 from ssdcli.data.records import DetectionDataset, ImageRecord, Problem
@@ -136,6 +136,7 @@ def read_coco(
     dataset = DetectionDataset(
         "coco", json_path, class_list, records, problems, category_ids=category_ids, annotation_file=json_path
     )
+    dataset.problems += usable_box_problems(dataset)
     return dataset
 
 

@@ -20,7 +20,7 @@ import defusedxml
 import defusedxml.ElementTree as SafeElementTree
 import numpy as np
 
-from ssdcli.data.check import sanitize_boxes_xyxy_px
+from ssdcli.data.check import sanitize_boxes_xyxy_px, usable_box_problems
 from ssdcli.data.images import TRUNCATED_JPEG, read_image_size, verify_image
 from ssdcli.data.records import DetectionDataset, ImageRecord, Problem
 from ssdcli.errors import DataError
@@ -259,7 +259,9 @@ def read_voc(
             continue
         seen_ids[image_id] = image_path
         records.append(_record(annotation, image_path, width, height, label_of, unknown_classes, problems))
-    return DetectionDataset("voc", Path(root), class_list, records, problems)
+    dataset = DetectionDataset("voc", Path(root), class_list, records, problems)
+    dataset.problems += usable_box_problems(dataset)
+    return dataset
 
 
 def _record(
