@@ -102,7 +102,8 @@ def read_coco(
         progress: called as ``progress(done, total)`` over the images.
 
     Raises:
-        DataError: the json is malformed or not COCO instances.
+        DataError: the json is malformed, not COCO instances, or has an entry with a field of the
+            wrong type (:func:`load_coco_json`).
     """
     json_path = Path(json_path)
     data = load_coco_json(json_path)
