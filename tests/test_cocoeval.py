@@ -124,7 +124,7 @@ def test_coco128_scored_subset_equals_pycocotools(coco128):
 
 
 def test_voc_data_through_coco_ground_truth_equals_pycocotools(shared_data):
-    """VOC2007 sample (difficult -> crowd) and BCCD (two zero-area boxes), converted the way
+    """VOC2007 sample (difficult -> crowd) and BCCD (two 1-px boxes), converted the way
     evaluate_coco converts VOC-style data."""
     from ssdcli.data.reader import load_dataset
 

@@ -76,3 +76,22 @@ def test_summarize_not_trainable() -> None:
     empty = summarize(DetectionDataset("coco", Path("d.json"), ["cat"], []))
     assert not empty.trainable and empty.num_errors == 1 and "no usable images" in empty.problems[0].message
     assert empty.box_stats is None
+
+
+def test_usable_box_rule() -> None:
+    from ssdcli.data.check import usable_box_problems
+
+    def dataset(difficult: list[bool], crowd: list[bool]) -> DetectionDataset:
+        n = len(difficult)
+        rec = ImageRecord(Path("x.jpg"), "x", 100, 80, np.tile(np.array([[1, 1, 9, 9]], np.float32), (n, 1)),
+                          np.ones(n, np.int64), np.array(difficult, bool), np.array(crowd, bool))
+        return DetectionDataset("voc", Path("d"), ["a"], [rec])
+
+    assert usable_box_problems(dataset([False, True], [False, False])) == []
+    assert usable_box_problems(DetectionDataset("voc", Path("d"), ["a"], [])) == []  # summarize says "no images"
+    (none,) = usable_box_problems(dataset([], []))  # images, not one box
+    assert none.severity == "error" and "no usable box" in none.message
+    (crowd,) = usable_box_problems(dataset([False, False], [True, True]))
+    assert crowd.severity == "error" and "its 2 boxes are all iscrowd" in crowd.message
+    (hard,) = usable_box_problems(dataset([True, True], [False, True]))
+    assert hard.severity == "warning" and "all 1 boxes are 'difficult'" in hard.message

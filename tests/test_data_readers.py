@@ -86,20 +86,44 @@ def test_read_image_rgb_scales_16_bit(tmp_path: Path) -> None:
     assert np.all(read_image_rgb(path) == 128)
 
 
-def test_truncated_and_unreadable_images_raise_naming_file(tmp_path: Path) -> None:
-    good = write_image(tmp_path / "good.jpg")
+def test_unreadable_images_raise_naming_file(tmp_path: Path) -> None:
+    good = write_image(tmp_path / "good.png")
     data = good.read_bytes()
-    truncated = tmp_path / "truncated.jpg"
-    truncated.write_bytes(data[: len(data) // 2])
+    truncated_png = tmp_path / "truncated.png"
+    truncated_png.write_bytes(data[: len(data) // 2])
     not_image = tmp_path / "text.jpg"
     not_image.write_text("not an image")
-    assert read_image_size(truncated) == (64, 48)  # the header survives truncation
-    for path in (truncated, not_image, tmp_path / "missing.jpg"):
+    assert read_image_size(truncated_png) == (64, 48)  # the header survives truncation
+    for path in (truncated_png, not_image, tmp_path / "missing.jpg"):
         with pytest.raises(DataError, match=path.name):
             read_image_rgb(path)
         with pytest.raises(DataError, match=path.name):
             verify_image(path)
-    verify_image(good)
+    assert verify_image(good) is False
+
+
+@pytest.mark.parametrize("missing", [20, 2, "half"])
+def test_truncated_jpeg_decodes_as_opencv_does(tmp_path: Path, missing) -> None:
+    """A JPEG a few bytes short (kangaroo-style) or cut in half: OpenCV decodes it, rows past the
+    end mid grey; read_image_rgb gives the same pixels and verify_image says it is truncated."""
+    import cv2
+
+    rng = np.random.default_rng(0)
+    good = tmp_path / "good.jpg"
+    Image.fromarray(rng.integers(0, 255, (120, 160, 3), dtype=np.uint8)).save(good, quality=90)
+    data = good.read_bytes()
+    cut = len(data) // 2 if missing == "half" else missing
+    truncated = tmp_path / "truncated.jpg"
+    truncated.write_bytes(data[: len(data) - cut])
+    with pytest.raises(OSError, match="truncated"):  # what Pillow alone says
+        Image.open(truncated).load()
+    assert verify_image(truncated) is True and verify_image(good) is False
+    expected = cv2.imread(str(truncated), cv2.IMREAD_COLOR)[..., ::-1]  # BGR -> RGB
+    pixels = read_image_rgb(truncated)
+    assert pixels.shape == (120, 160, 3)
+    np.testing.assert_array_equal(pixels, expected)
+    if missing == "half":
+        assert (pixels[-1] == 128).all()  # the rows never reached are grey, as in OpenCV
 
 
 def test_greyscale_raccoon_images_read_as_rgb(shared_data: Path) -> None:
@@ -127,16 +151,18 @@ def test_raccoon(shared_data: Path) -> None:
     assert_boxes_valid(dataset)
 
 
-def test_bccd_reports_its_two_zero_area_boxes(shared_data: Path) -> None:
+def test_bccd_keeps_its_two_1px_boxes_with_a_warning(shared_data: Path) -> None:
     dataset = load_dataset(shared_data / "bccd")  # the parent of the single BCCD/ child
     assert dataset.classes == ["Platelets", "RBC", "WBC"]  # not VOC names: sorted
     assert len(dataset.records) == 364
     warnings = problems_text(dataset, "warning")
     assert len(warnings) == 2 and not dataset.has_errors
     assert "BloodImage_00338" in warnings[0] and "xmin=504, ymin=337, xmax=504, ymax=337" in warnings[0]
-    assert "BloodImage_00343" in warnings[1] and "zero-area" in warnings[1]
+    assert "BloodImage_00343" in warnings[1] and "1-pixel" in warnings[1] and "kept" in warnings[1]
     counts = np.bincount(np.concatenate([r.labels for r in dataset.records]), minlength=4)
-    assert counts[1:].tolist() == [361, 4155 - 2, 372]  # SOURCES.md counts, minus the 2 dropped RBC
+    assert counts[1:].tolist() == [361, 4155, 372]  # SOURCES.md counts: the devkit counts every box
+    record = next(r for r in dataset.records if r.image_id == "BloodImage_00338")
+    assert [503, 336, 504, 337] in record.boxes_xyxy_px.tolist()  # (xmin - 1, ymin - 1, xmax, ymax): 1x1
     assert_boxes_valid(dataset)
 
 
@@ -281,15 +307,24 @@ def test_billion_laughs_is_refused(tmp_path: Path) -> None:
     assert len(errors) == 1 and "x.xml" in errors[0] and "entities" in errors[0]
 
 
-def test_truncated_image_is_skipped_with_a_warning(tmp_path: Path) -> None:
-    voc_folder(tmp_path, {"a": ((64, 48), [("cat", 1, 1, 9, 9)]), "b": ((64, 48), [("cat", 1, 1, 9, 9)])})
+def test_truncated_jpeg_is_kept_with_a_warning_and_trains(tmp_path: Path) -> None:
+    from ssdcli.data.loader import DetectionTrainDataset
+    from ssdcli.data.transforms import EvalTransform
+
+    entries = {stem: ((64, 48), [("cat", 1, 1, 9, 9)]) for stem in ("a", "b", "c")}
+    voc_folder(tmp_path, entries)
     data = (tmp_path / "JPEGImages" / "b.jpg").read_bytes()
-    (tmp_path / "JPEGImages" / "b.jpg").write_bytes(data[: len(data) // 2])
-    assert len(load_dataset(tmp_path, verify_pixels=False).records) == 2  # the header alone looks fine
+    (tmp_path / "JPEGImages" / "b.jpg").write_bytes(data[:-20])  # 20 bytes short: OpenCV decodes it
+    (tmp_path / "JPEGImages" / "c.jpg").write_bytes(data[:100])  # cut inside the header: unreadable
     dataset = load_dataset(tmp_path)  # decodes every image by default
-    assert [r.image_id for r in dataset.records] == ["a"]
+    assert [r.image_id for r in dataset.records] == ["a", "b"]
     assert not dataset.has_errors
-    assert any("b.jpg" in w and "truncated" in w for w in problems_text(dataset, "warning"))
+    warnings = problems_text(dataset, "warning")
+    assert any("b.jpg" in w and "truncated" in w and "OpenCV" in w for w in warnings)
+    assert any("c.jpg" in w and "skipped" in w for w in warnings)
+    train = DetectionTrainDataset(dataset.records, EvalTransform(32, [0.5] * 3, [0.25] * 3))
+    image, target = train[1]  # the truncated one reads for training too
+    assert image.shape == (3, 32, 32) and target["labels"].tolist() == [8]  # cat: VOC class 8
 
 
 def test_rgba_and_palette_pngs_are_fine(tmp_path: Path) -> None:
@@ -320,18 +355,20 @@ def test_out_of_image_inverted_and_zero_area_boxes(tmp_path: Path) -> None:
         ("cat", -20, 5, 30, 60),    # pokes out left and bottom -> clipped to (0, 4, 30, 48)
         ("cat", 100, 100, 120, 120),  # entirely outside a 64x48 image -> dropped
         ("cat", 30, 30, 20, 40),    # inverted x -> dropped
-        ("cat", 5, 5, 5, 5),        # zero area as annotated -> dropped
+        ("cat", 5, 5, 5, 5),        # xmin == xmax, ymin == ymax: the devkit's 1-px box -> (4, 4, 5, 5)
         ("cat", 0, 1, 10, 10),      # xmin 0: 1 px outside (1-based) -> clipped silently
+        ("cat", 7, 3, 7, 9),        # xmin == xmax only: 1 px wide, 7 high -> (6, 2, 7, 9)
     ])})
     dataset = load_dataset(tmp_path)
     np.testing.assert_array_equal(dataset.records[0].boxes_xyxy_px,
-                                  [[0, 0, 10, 10], [0, 4, 30, 48], [0, 0, 10, 10]])
+                                  [[0, 0, 10, 10], [0, 4, 30, 48], [4, 4, 5, 5], [0, 0, 10, 10], [6, 2, 7, 9]])
     warnings = problems_text(dataset, "warning")
-    assert len(warnings) == 4 and not dataset.has_errors
-    assert "object 2" in warnings[2] and "clipped to [0, 4, 30, 48]" in warnings[2]
-    assert "object 3" in warnings[3] and "outside" in warnings[3]
-    assert "object 4" in warnings[0] and "inverted" in warnings[0]
-    assert "object 5" in warnings[1] and "zero-area" in warnings[1]
+    assert len(warnings) == 5 and not dataset.has_errors
+    assert "object 2" in warnings[3] and "clipped to [0, 4, 30, 48]" in warnings[3]
+    assert "object 3" in warnings[4] and "outside" in warnings[4]
+    assert "object 4" in warnings[0] and "inverted" in warnings[0] and "dropped" in warnings[0]
+    assert "object 5" in warnings[1] and "1-pixel" in warnings[1] and "kept" in warnings[1]
+    assert "object 7" in warnings[2] and "1-pixel" in warnings[2]
     assert_boxes_valid(dataset)
 
 

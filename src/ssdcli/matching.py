@@ -1,15 +1,20 @@
-"""Assign every default box a ground-truth box: SSD paper sec. 2.2 "Matching strategy".
+"""Assign every default box a ground-truth box: SSD paper sec. 2.2 "Matching strategy", as the
+authors' Caffe ``MatchBBox`` (caffe/src/caffe/util/bbox_util.cpp, match_type PER_PREDICTION) does.
 
-1. Every ground-truth box is matched to the default box with the best IoU ("best-prior forcing"),
-   so no object is left without a positive, however badly the priors fit it.
-2. Every other default box takes the ground-truth box with which its IoU is highest, and is
-   positive when that IoU is >= 0.5 (Caffe ``overlap_threshold``), background otherwise.
+1. Bipartite matching: repeatedly take the (object, default box) pair with the highest IoU among
+   the objects and default boxes not yet matched, match them, and remove both, until every
+   object has its own default box or no remaining pair overlaps (Caffe keeps only IoU > 1e-6).
+   Two objects whose best default box is the same both get a positive: the one with the higher
+   IoU takes it, the other its best remaining box. Ties go to the lower default-box index, then
+   the lower object index (Caffe's scan order with a strict ``>``).
+2. Every other default box takes the ground-truth box with which its IoU is highest (the lower
+   index on a tie), and is positive when that IoU is >= 0.5 (Caffe ``overlap_threshold``),
+   background otherwise.
 
-When two ground-truth boxes force the same default box, the one with the larger index wins (the
-order of the reference implementations' loop over objects), so results are deterministic.
-
-Everything is batched: ground truth arrives padded to ``G`` boxes per image (label 0 = padding)
-and no Python loop runs over images, priors or boxes.
+Everything is batched: ground truth arrives padded to ``G`` boxes per image (label 0 = padding).
+Step 1 equals "each object takes its best default box" whenever no two objects of an image share
+one, so only the images where two do run the greedy loop, one step per object (at most ``G``
+steps, each vectorised over those images and all their pairs); no Python loop runs over priors.
 """
 
 from __future__ import annotations
@@ -20,6 +25,10 @@ from torch import Tensor
 from ssdcli.boxes import batched_box_iou_xyxy, cxcywh_to_xyxy, xyxy_to_cxcywh
 from ssdcli.codec import encode
 
+# Caffe MatchBBox stores only overlaps above this; an object whose every IoU is at most this gets
+# no default box.
+MIN_OVERLAP = 1e-6
+
 
 def match(
     gt_boxes_xyxy: Tensor,
@@ -27,7 +36,8 @@ def match(
     priors_cxcywh: Tensor,
     iou_threshold: float = 0.5,
 ) -> tuple[Tensor, Tensor]:
-    """Match default boxes to ground truth.
+    """Match default boxes to ground truth: bipartite first, then per default box at
+    ``iou_threshold`` (the module docstring; Caffe ``MatchBBox``).
 
     Args:
         gt_boxes_xyxy: Tensor[B, G, 4], ground truth, xyxy normalised (same units as the priors).
@@ -54,14 +64,15 @@ def match(
     iou = iou.masked_fill(~valid[..., None], -1.0)  # padding never wins a prior
 
     best_gt_iou, best_gt_index = iou.max(dim=1)  # (B, P): best box of each prior
-    best_prior_index = iou.argmax(dim=2)  # (B, G): best prior of each box
+    prior_of_gt = bipartite_match(iou)  # (B, G), -1 = no default box
 
-    # Best-prior forcing (paper sec. 2.2). scatter_reduce with "amax" makes the larger gt index
-    # win a shared prior, deterministically; padding carries -1 and never wins.
-    gt_ids = torch.arange(num_gt, device=gt_labels.device).expand(batch, num_gt)
-    gt_ids = torch.where(valid, gt_ids, torch.full_like(gt_ids, -1))  # (B, G)
-    forced = torch.full((batch, num_priors), -1, dtype=torch.int64, device=gt_labels.device)
-    forced.scatter_reduce_(1, best_prior_index, gt_ids, reduce="amax", include_self=True)  # (B, P)
+    # Each matched object's default box is positive for it, whatever its IoU. The priors of one
+    # image are distinct, so the scatter has no collisions; unmatched objects write to a spare
+    # column P that is cut off.
+    gt_ids = torch.arange(num_gt, device=gt_labels.device).expand(batch, num_gt)  # (B, G)
+    forced = torch.full((batch, num_priors + 1), -1, dtype=torch.int64, device=gt_labels.device)
+    forced.scatter_(1, torch.where(prior_of_gt >= 0, prior_of_gt, num_priors), gt_ids)
+    forced = forced[:, :num_priors]  # (B, P)
     is_forced = forced >= 0
     best_gt_index = torch.where(is_forced, forced, best_gt_index)
 
@@ -70,6 +81,61 @@ def match(
     labels = torch.where(positive, labels, torch.zeros_like(labels))
     best_gt_index = torch.where(positive, best_gt_index, torch.zeros_like(best_gt_index))
     return labels, best_gt_index
+
+
+def bipartite_match(iou: Tensor) -> Tensor:
+    """Step 1 of the module docstring: a distinct default box for each object, greedily by IoU.
+
+    Args:
+        iou: Tensor[B, G, P], IoU of each object with each default box; rows of padding hold a
+            negative value and are never matched.
+
+    Returns:
+        Tensor[B, G] int64, the default box matched to each object, -1 for padding and for an
+        object that overlaps no free default box by more than :data:`MIN_OVERLAP`.
+    """
+    best_iou, best_prior = iou.max(dim=2)  # (B, G); max returns the first (lowest) index
+    candidate = best_iou > MIN_OVERLAP  # (B, G)
+    prior_of_gt = torch.where(candidate, best_prior, torch.full_like(best_prior, -1))  # (B, G)
+    # Images where two objects want the same default box: only there does the greedy order matter.
+    shared = (best_prior[:, :, None] == best_prior[:, None, :]) & candidate[:, :, None] & candidate[:, None, :]
+    shared &= ~torch.eye(iou.shape[1], dtype=torch.bool, device=iou.device)  # (B, G, G)
+    contested = shared.flatten(1).any(dim=1).nonzero().flatten()  # (B',)
+    if contested.numel() > 0:
+        prior_of_gt[contested] = _greedy_bipartite(iou[contested], best_iou[contested], best_prior[contested])
+    return prior_of_gt
+
+
+def _greedy_bipartite(iou: Tensor, best_iou: Tensor, best_prior: Tensor) -> Tensor:
+    """Caffe's loop on Tensor[B', G, P] (modified in place), one matched pair per step and image.
+
+    ``best_iou`` / ``best_prior`` (Tensor[B', G], each object's best free default box, the lowest
+    index on a tie) are kept current instead of searching the whole matrix each step: taking a
+    default box only changes the rows whose best it was.
+    """
+    batch, num_gt, num_priors = iou.shape
+    prior_of_gt = torch.full((batch, num_gt), -1, dtype=torch.int64, device=iou.device)
+    images = torch.arange(batch, device=iou.device)
+    best_iou, best_prior = best_iou.clone(), best_prior.clone()
+    for _ in range(num_gt):  # each step matches one object per image, or ends that image
+        top = best_iou.max(dim=1, keepdim=True).values  # (B', 1)
+        found = top.squeeze(1) > MIN_OVERLAP  # (B',)
+        if not found.any():
+            break
+        # Caffe's scan order on ties: the lowest default box, then the lowest object.
+        at_top = best_iou == top  # (B', G)
+        prior = torch.where(at_top, best_prior, num_priors).min(dim=1, keepdim=True).values  # (B', 1)
+        gt = (at_top & (best_prior == prior)).to(torch.uint8).argmax(dim=1)  # (B',) first such object
+        rows, gt, prior = images[found], gt[found], prior.squeeze(1)[found]
+        prior_of_gt[rows, gt] = prior
+        best_iou[rows, gt] = -1.0  # the object is matched
+        iou[rows, :, prior] = -1.0  # and so is its default box
+        taken = torch.full((batch,), -1, dtype=torch.int64, device=iou.device).index_copy(0, rows, prior)  # (B',)
+        stale = (best_prior == taken[:, None]) & (best_iou > MIN_OVERLAP)  # (B', G): their best is gone
+        image_index, gt_index = stale.nonzero(as_tuple=True)
+        if image_index.numel() > 0:
+            best_iou[image_index, gt_index], best_prior[image_index, gt_index] = iou[image_index, gt_index].max(dim=1)
+    return prior_of_gt
 
 
 def assign_targets(

@@ -107,17 +107,21 @@ def _plot_title(c: ClassResult) -> str:
 
 
 def _read_dataset(
-    data: Path, split: Optional[str], classes_file: Optional[Path], model_classes: Optional[list[str]] = None
+    data: Path, split: Optional[str], classes_file: Optional[Path], model_classes: Optional[list[str]] = None,
+    need_pixels: bool = True,
 ) -> DetectionDataset:
     """The ground truth, read as `ssd train` / `ssd data check` read it; with a model, in the
-    model's class order (objects of other classes are left out with a warning)."""
+    model's class order (objects of other classes are left out with a warning). Without
+    ``need_pixels`` (scoring saved detections) images are not opened where the annotation gives
+    their size, so an unreadable image keeps its ground truth in the recall."""
     from ssdcli.data.reader import load_classes_file, load_dataset
 
     classes = load_classes_file(classes_file) if classes_file is not None else model_classes
     with Progress(console=err, transient=True, disable=not err.is_terminal) as bar:
         task = bar.add_task(f"reading {data}", total=None)
         dataset = load_dataset(
-            data, split=split, classes=classes, progress=lambda done, total: bar.update(task, completed=done, total=total)
+            data, split=split, classes=classes, check_images=need_pixels,
+            progress=lambda done, total: bar.update(task, completed=done, total=total),
         )
     if not dataset.records:
         raise UserError(f"{data}: no images with annotations found; run `ssd data check {data}` to see why")
@@ -136,7 +140,7 @@ def _coco_ground_truth(dataset: DetectionDataset) -> dict | None:
         return None
     from ssdcli.data.coco import load_coco_json
 
-    return load_coco_json(dataset.annotation_file)
+    return load_coco_json(dataset.annotation_file, evaluation=True)
 
 
 def score_and_report(
@@ -247,7 +251,7 @@ def eval_command(
     if weights is not None:
         dataset, scored = _predict(weights, data, split, classes, batch_size, device.value, workers)
     else:
-        dataset = _read_dataset(data, split, classes)
+        dataset = _read_dataset(data, split, classes, need_pixels=False)
         scored = load_detections(detections, dataset)
     score_and_report(dataset, scored, metric, json_file, plot_dir, save_detections_file)
     if settings is not None:

@@ -72,6 +72,30 @@ def sanitize_boxes_xyxy_px(
     return keep, clipped.astype(np.float32), problems
 
 
+def usable_box_problems(dataset: DetectionDataset) -> list[Problem]:
+    """The dataset-level rule every reader applies last: images but not one box to train on.
+
+    Every box dropped, only ``iscrowd`` boxes (never targets) or none annotated: training would
+    run with a loss of 0 and learn nothing, so that is an error. Only ``difficult`` boxes (left
+    out of targets unless ``--use-difficult``) is a warning. A dataset without any usable image
+    is reported by :func:`summarize` and training instead.
+    """
+    records = dataset.records
+    if not records:
+        return []
+    crowd = sum(int(r.iscrowd.sum()) for r in records)
+    targets = sum(int((~r.iscrowd).sum()) for r in records)
+    if targets == 0:
+        held = f"its {crowd} boxes are all iscrowd (never training targets)" if crowd else "it has no usable box"
+        dropped = " and the reader dropped the others" if any("dropped" in p.message for p in dataset.problems) else ""
+        return [Problem(str(dataset.root), "error", f"nothing to train on: {held}{dropped} in {len(records)} images; "
+                        "training would learn nothing (loss 0)")]
+    if all(bool(r.difficult[~r.iscrowd].all()) for r in records if r.num_boxes):
+        return [Problem(str(dataset.root), "warning", f"all {targets} boxes are 'difficult': training leaves them out "
+                        "unless --use-difficult is given")]
+    return []
+
+
 @dataclass(frozen=True)
 class BoxStats:
     """Box-size statistics over a dataset, in original-image pixels (min / median / max)."""

@@ -27,6 +27,7 @@ from typing import Literal
 
 import numpy as np
 
+from ssdcli.data.check import usable_box_problems
 from ssdcli.data.labelfiles import escapes, is_image_file, make_record, measure_image, unique_stems
 from ssdcli.data.records import DetectionDataset, ImageRecord, Problem
 from ssdcli.data.voc import ProgressFn, default_class_order
@@ -280,7 +281,9 @@ def read_csv_labels(
         if count:
             problems.append(Problem(source, "warning", f"{count} images (e.g. {example}) appear in no row of the CSV: "
                                     "not part of the dataset"))
-    return DetectionDataset("csv", csv_path, class_list, unique_stems(records, {}, problems), problems)
+    dataset = DetectionDataset("csv", csv_path, class_list, unique_stems(records, {}, problems), problems)
+    dataset.problems += usable_box_problems(dataset)
+    return dataset
 
 
 def _records(

@@ -5,7 +5,9 @@ Pillow, not OpenCV, because of how each reports a damaged file:
 - a truncated JPEG: ``cv2.imread`` prints "Premature end of JPEG file" on stderr and returns an
   image whose missing rows are grey, so the damage goes unnoticed; Pillow's ``load()`` raises
   ``OSError("image file is truncated ...")`` (as long as ``ImageFile.LOAD_TRUNCATED_IMAGES`` is
-  off, which we check).
+  off, which we check), so :func:`verify_image` can report it. Such a file is then decoded as
+  OpenCV decodes it (:func:`_load_truncated_jpeg`): many real datasets hold JPEGs a few bytes
+  short whose pixels are all there.
 - ``cv2.imread`` returns ``None`` with no reason for every other failure; Pillow says why.
 - ``cv2.imread`` rotates by the EXIF orientation tag, but VOC / COCO boxes are drawn on the
   stored pixel grid; Pillow leaves the pixels as stored (as does ``torchvision.io.decode_image``
@@ -16,6 +18,7 @@ Pillow, not OpenCV, because of how each reports a damaged file:
 
 from __future__ import annotations
 
+import io
 import warnings
 from pathlib import Path
 
@@ -23,6 +26,9 @@ import numpy as np
 from PIL import Image, ImageFile, UnidentifiedImageError
 
 from ssdcli.errors import DataError
+
+TRUNCATED_JPEG = "JPEG data ends early (truncated file); read as OpenCV reads it, rows past the end grey"
+"""The readers' warning for a file :func:`verify_image` finds truncated."""
 
 # Modes holding one 16- or 32-bit integer channel; Pillow's convert("RGB") would clip them at 255
 # instead of scaling, turning most 16-bit images white.
@@ -91,14 +97,38 @@ def _to_rgb(image: Image.Image) -> np.ndarray:
     return np.asarray(image, dtype=np.uint8).copy()  # (H, W, 3), writable
 
 
+def _is_truncated_jpeg(image: Image.Image, exc: Exception) -> bool:
+    # Pillow's ImageFile.load: OSError("image file is truncated (N bytes not processed)").
+    return image.format == "JPEG" and isinstance(exc, OSError) and "truncated" in str(exc)
+
+
+def _load_truncated_jpeg(path: Path, draft: bool) -> Image.Image:
+    """Decode a JPEG whose data stops early as libjpeg's own reader does (and so OpenCV's
+    ``imread``): at the end of the file it supplies an end-of-image marker, and the rows not
+    reached are filled from zero coefficients (mid grey). Appending that marker to the bytes
+    gives Pillow the same input, without touching ``ImageFile.LOAD_TRUNCATED_IMAGES`` (a
+    process-wide switch)."""
+    image = Image.open(io.BytesIO(Path(path).read_bytes() + b"\xff\xd9"))  # EOI marker
+    if draft:
+        image.draft("RGB", (max(1, image.width // 8), max(1, image.height // 8)))
+    try:
+        image.load()
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise DataError(f"{path}: image is truncated and cannot be decoded ({exc})") from None
+    return image
+
+
 def read_image_rgb(path: Path) -> np.ndarray:
     """Decode an image file to ``uint8[H, W, 3]`` RGB.
 
     Greyscale, RGBA, palette, CMYK and 16-bit images are converted; EXIF orientation is not
-    applied (annotations refer to the stored pixels).
+    applied (annotations refer to the stored pixels). A JPEG truncated after its header is
+    decoded as OpenCV decodes it, the missing rows grey (:func:`verify_image` tells which files
+    are; the dataset readers warn about them).
 
     Raises:
-        DataError: naming the file, when it is missing, not an image, or truncated / corrupt.
+        DataError: naming the file, when it is missing, not an image, or corrupt (or a truncated
+            file of another format).
     """
     _require_truncation_errors()
     with _open(path) as image:
@@ -107,15 +137,22 @@ def read_image_rgb(path: Path) -> np.ndarray:
             return _to_rgb(image)
         except (OSError, SyntaxError, ValueError) as exc:
             # Pillow raises OSError for truncated data, SyntaxError / ValueError for broken chunks.
-            raise DataError(f"{path}: image is truncated or corrupt ({exc})") from None
+            if not _is_truncated_jpeg(image, exc):
+                raise DataError(f"{path}: image is truncated or corrupt ({exc})") from None
+    with _load_truncated_jpeg(path, draft=False) as image:
+        return _to_rgb(image)
 
 
-def verify_image(path: Path) -> None:
+def verify_image(path: Path) -> bool:
     """Decode the whole file to find truncation or corruption, without keeping the pixels.
 
     JPEGs are decoded in Pillow's draft mode at 1/8 scale: libjpeg still reads every
-    entropy-coded byte (so a truncated file still fails) but skips most of the inverse DCT,
+    entropy-coded byte (so a truncated file is still found) but skips most of the inverse DCT,
     several times faster than a full decode.
+
+    Returns:
+        True for a JPEG truncated after its header that decodes the way OpenCV reads it (the
+        caller warns: :func:`read_image_rgb` will read it so), False for an intact file.
 
     Raises:
         DataError: naming the file, as :func:`read_image_rgb` does.
@@ -126,5 +163,9 @@ def verify_image(path: Path) -> None:
             if image.format == "JPEG":
                 image.draft("RGB", (max(1, image.width // 8), max(1, image.height // 8)))
             image.load()
+            return False
         except (OSError, SyntaxError, ValueError) as exc:
-            raise DataError(f"{path}: image is truncated or corrupt ({exc})") from None
+            if not _is_truncated_jpeg(image, exc):
+                raise DataError(f"{path}: image is truncated or corrupt ({exc})") from None
+    with _load_truncated_jpeg(path, draft=True):
+        return True

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from ssdcli.data.check import sanitize_boxes_xyxy_px
-from ssdcli.data.images import read_image_size, verify_image
+from ssdcli.data.images import TRUNCATED_JPEG, read_image_size, verify_image
 from ssdcli.data.records import ImageRecord, Problem
 from ssdcli.data.voc import IMAGE_SUFFIXES
 from ssdcli.errors import DataError
@@ -55,10 +55,10 @@ def measure_image(
     """
     if not check_images and annotated is not None and min(annotated) > 0:
         return annotated[0], annotated[1], []
-    if verify_pixels:
-        verify_image(image_path)
-    width, height = read_image_size(image_path)
     problems = []
+    if verify_pixels and verify_image(image_path):
+        problems.append(Problem(str(image_path), "warning", TRUNCATED_JPEG))
+    width, height = read_image_size(image_path)
     if annotated is not None and annotated != (width, height):
         problems.append(Problem(source, "warning", f"{image_path.name}: the annotation says {annotated[0]}x"
                                 f"{annotated[1]} but the image is {width}x{height}; using the image's size"))

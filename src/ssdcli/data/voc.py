@@ -20,8 +20,8 @@ import defusedxml
 import defusedxml.ElementTree as SafeElementTree
 import numpy as np
 
-from ssdcli.data.check import sanitize_boxes_xyxy_px
-from ssdcli.data.images import read_image_size, verify_image
+from ssdcli.data.check import sanitize_boxes_xyxy_px, usable_box_problems
+from ssdcli.data.images import TRUNCATED_JPEG, read_image_size, verify_image
 from ssdcli.data.records import DetectionDataset, ImageRecord, Problem
 from ssdcli.errors import DataError
 
@@ -180,10 +180,10 @@ def _image_size(
     xml = str(annotation.xml_path)
     if not check_images and annotation.width > 0 and annotation.height > 0:
         return annotation.width, annotation.height, []
-    if verify_pixels:
-        verify_image(image_path)
-    width, height = read_image_size(image_path)
     problems = []
+    if verify_pixels and verify_image(image_path):
+        problems.append(Problem(str(image_path), "warning", TRUNCATED_JPEG))
+    width, height = read_image_size(image_path)
     if (annotation.width, annotation.height) != (width, height):
         problems.append(
             Problem(xml, "warning", f"<size> says {annotation.width}x{annotation.height} but {image_path.name} "
@@ -259,7 +259,9 @@ def read_voc(
             continue
         seen_ids[image_id] = image_path
         records.append(_record(annotation, image_path, width, height, label_of, unknown_classes, problems))
-    return DetectionDataset("voc", Path(root), class_list, records, problems)
+    dataset = DetectionDataset("voc", Path(root), class_list, records, problems)
+    dataset.problems += usable_box_problems(dataset)
+    return dataset
 
 
 def _record(
@@ -279,12 +281,15 @@ def _record(
         if obj.name not in label_of:
             problems.append(Problem(xml, unknown_classes, f"{_describe(number, obj)}: class '{obj.name}' is not "
                                     "in the class list; object dropped"))
-        elif xmax <= xmin or ymax <= ymin:
-            # Corners that coincide or cross as annotated: a click without a drag (BCCD has two),
-            # not the 1-pixel box the inclusive convention would make of it.
-            problems.append(Problem(xml, "warning", f"{_describe(number, obj)}: zero-area or inverted box; "
-                                    "box dropped"))
+        elif xmax < xmin or ymax < ymin:
+            problems.append(Problem(xml, "warning", f"{_describe(number, obj)}: inverted box (xmax < xmin or "
+                                    "ymax < ymin); box dropped"))
         else:
+            if xmax == xmin or ymax == ymin:
+                # Inclusive corners that coincide are one pixel column / row (the devkit's
+                # xmax - xmin + 1): kept, as the devkit counts them, but often a click without a drag.
+                problems.append(Problem(xml, "warning", f"{_describe(number, obj)}: 1-pixel wide or high box "
+                                        "(xmin == xmax or ymin == ymax); kept, as the VOC devkit counts it"))
             objects.append((number, obj))
 
     boxes_xyxy_px = np.array(

@@ -20,6 +20,7 @@ from typing import Literal
 
 import numpy as np
 
+from ssdcli.data.check import usable_box_problems
 from ssdcli.data.labelfiles import class_mapping, make_record, measure_image, unique_stems
 from ssdcli.data.records import DetectionDataset, ImageRecord, Problem
 from ssdcli.data.voc import ProgressFn
@@ -212,7 +213,9 @@ def read_yolo(
         source_of[image] = str(label)
         records.append(_image_record(image, labels, layout, label_of, unknown_classes, (width, height), problems))
     problems += _summary_problems(layout, no_file, empty, polygons)
-    return DetectionDataset("yolo", layout.source, class_list, unique_stems(records, source_of, problems), problems)
+    dataset = DetectionDataset("yolo", layout.source, class_list, unique_stems(records, source_of, problems), problems)
+    dataset.problems += usable_box_problems(dataset)
+    return dataset
 
 
 def _summary_problems(layout: YoloLayout, no_file: list[Path], empty: int, polygons: int) -> list[Problem]:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ssdcli.data.coco_checks import describe
 from ssdcli.data.records import DetectionDataset
 from ssdcli.errors import UserError
 
@@ -54,7 +55,12 @@ def _id_hint(dataset: DetectionDataset) -> str:
 
 
 def _is_number(value: object) -> bool:
-    return isinstance(value, Real) and not isinstance(value, bool) and math.isfinite(float(value))
+    if not isinstance(value, Real) or isinstance(value, bool):
+        return False
+    try:
+        return math.isfinite(float(value))
+    except OverflowError:  # an integer too large for a float
+        return False
 
 
 def _lookups(dataset: DetectionDataset) -> tuple[dict, dict]:
@@ -116,15 +122,15 @@ def _first_problem(entries: list, image_index_of: dict, label_of: dict, dataset:
             return f"{where} lacks {', '.join(missing)}; every detection needs {', '.join(REQUIRED_KEYS)}"
         image_id, category_id, bbox, score = (entry[key] for key in REQUIRED_KEYS)
         if type(image_id) not in (str, int) or image_id not in image_index_of:
-            return f"{where}: image_id {image_id!r} is not an image of {dataset.root}; {_id_hint(dataset)}"
+            return f"{where}: image_id {describe(image_id)} is not an image of {dataset.root}; {_id_hint(dataset)}"
         if type(category_id) is not int or category_id not in label_of:
-            return f"{where}: category_id {category_id!r} is not a class of {dataset.root}; {_id_hint(dataset)}"
+            return f"{where}: category_id {describe(category_id)} is not a class of {dataset.root}; {_id_hint(dataset)}"
         if not isinstance(bbox, (list, tuple)) or len(bbox) != 4 or not all(_is_number(v) for v in bbox):
-            return f"{where}: bbox {bbox!r} is not four finite numbers [x, y, w, h] in pixels"
+            return f"{where}: bbox {describe(bbox, 80)} is not four finite numbers [x, y, w, h] in pixels"
         if bbox[2] < 0 or bbox[3] < 0:
-            return f"{where}: bbox {bbox!r} has a negative width or height; bbox is [x, y, w, h], not corners"
+            return f"{where}: bbox {describe(bbox, 80)} has a negative width or height; bbox is [x, y, w, h], not corners"
         if not _is_number(score):
-            return f"{where}: score {score!r} is not a finite number"
+            return f"{where}: score {describe(score)} is not a finite number"
     return f"{source}: detections in a form that cannot be read; write the COCO results format"
 
 
@@ -169,7 +175,9 @@ def load_detections(path: Path, dataset: DetectionDataset) -> list[dict]:
         raise UserError(f"{path}: detections file not found; pass the COCO results json written by `ssd detect --coco-json`")
     try:
         entries = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except RecursionError:
+        raise UserError(f"{path}: JSON nested too deeply to read; expected a list of COCO results detections") from None
+    except (ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError, or an integer of over 4300 digits
         raise UserError(f"{path}: not a json file ({exc}); expected a list of COCO results detections") from None
     parse_detections(entries, dataset, source=str(path))
     return entries
