@@ -256,7 +256,12 @@ def test_coordinates_outside_0_1_are_clipped_with_a_warning(tmp_path: Path) -> N
 def test_zero_size_box_is_dropped(tmp_path: Path) -> None:
     dataset = one_image(tmp_path, "0 0.5 0.5 0 0.2\n")
     assert dataset.records[0].num_boxes == 0
-    assert messages(dataset) == ["line 1 'cat': zero-area or inverted box; box dropped"]
+    assert messages(dataset) == [
+        "line 1 'cat': zero-area or inverted box; box dropped",
+        # the dataset-level rule of every reader: nothing left to train on
+        "nothing to train on: it has no usable box and the reader dropped the others in 1 image; "
+        "training would learn nothing (loss 0)",
+    ]
 
 
 def test_duplicate_lines_are_dropped(tmp_path: Path) -> None:

@@ -88,7 +88,7 @@ def usable_box_problems(dataset: DetectionDataset) -> list[Problem]:
     if targets == 0:
         held = f"its {crowd} boxes are all iscrowd (never training targets)" if crowd else "it has no usable box"
         dropped = " and the reader dropped the others" if any("dropped" in p.message for p in dataset.problems) else ""
-        return [Problem(str(dataset.root), "error", f"nothing to train on: {held}{dropped} in {len(records)} images; "
+        return [Problem(str(dataset.root), "error", f"nothing to train on: {held}{dropped} in {len(records)} image{'s' if len(records) != 1 else ''}; "
                         "training would learn nothing (loss 0)")]
     if all(bool(r.difficult[~r.iscrowd].all()) for r in records if r.num_boxes):
         return [Problem(str(dataset.root), "warning", f"all {targets} boxes are 'difficult': training leaves them out "
