@@ -49,8 +49,9 @@ def tall_fit():
 
 def test_tall_thin_objects_get_a_ratio_3_on_the_layer_of_their_grid(tall_fit):
     boxes, result = tall_fit
-    # The preset's smallest box is a 64 px square (IoU with 24 x 72: 1728 / 5824 = 0.30) and its
-    # ratio-3 box is 37 x 111 (IoU 1728 / 4107 = 0.42): nothing reaches 0.5.
+    # The preset's smallest box is a 64 px square (IoU with 24 x 72 on the same centre:
+    # 24 * 64 / (4096 + 1728 - 1536) = 0.36) and its ratio-3 box is 37 x 111 (area 64^2: IoU
+    # 1728 / 4096 = 0.42): nothing reaches 0.5.
     assert covered(boxes, ssdlite320_spec()) == 0.0
     assert covered(boxes, result.spec) >= 0.95
     # Only layer 0's grid passes through the centres (layer 1's centres are 8 px off in x and y,
