@@ -11,7 +11,12 @@ import torch
 
 from ssdcli.checkpoint import load_checkpoint, save_checkpoint
 from ssdcli.errors import UserError
-from ssdcli.models import build_model, model_from_checkpoint, model_settings, priors_for_model
+from ssdcli.models import (
+    build_model,
+    model_from_checkpoint,
+    model_settings,
+    priors_for_model,
+)
 from ssdcli.prior_file import (
     FORMAT,
     load_prior_spec,
@@ -19,7 +24,13 @@ from ssdcli.prior_file import (
     save_prior_spec,
     spec_file_payload,
 )
-from ssdcli.priors import PriorSpec, generate_priors, ssd300_coco_spec, ssd300_spec, ssdlite320_spec
+from ssdcli.priors import (
+    PriorSpec,
+    generate_priors,
+    ssd300_coco_spec,
+    ssd300_spec,
+    ssdlite320_spec,
+)
 
 
 def fitted_like(base: PriorSpec) -> PriorSpec:

@@ -154,6 +154,6 @@ def test_bccd_fit_covers_more_than_the_preset_and_the_linear_spread(shared_data)
     comparison = fit_to_dataset(dataset, "ssdlite320", FitSettings(restarts=0))
     assert comparison.fitted.overall.share_below < comparison.preset.overall.share_below
     assert comparison.fitted.overall.share_below < comparison.linear.overall.share_below
-    platelets = [g for g in comparison.fitted.by_class if g.name == "Platelets"][0]
-    preset_platelets = [g for g in comparison.preset.by_class if g.name == "Platelets"][0]
+    platelets = next(g for g in comparison.fitted.by_class if g.name == "Platelets")
+    preset_platelets = next(g for g in comparison.preset.by_class if g.name == "Platelets")
     assert platelets.share_below < preset_platelets.share_below

@@ -6,6 +6,11 @@ in that frame is the box divided by the image size; IoU is unchanged by the per-
 pixels, so it is computed on ``_norm`` coordinates. A box whose best IoU is below the matching
 threshold (0.5, SSD paper sec. 2.2) is only matched through best-prior forcing, with a poorly
 fitting prior: many such boxes mean the priors do not suit the data.
+
+:func:`best_prior_iou` scores boxes against every prior. The default-box search
+(:mod:`ssdcli.prior_fit`) scores many candidate shapes instead, one layer at a time:
+:func:`grid_offsets` and :func:`shape_iou` give each box's best IoU with all priors of one shape
+on one layer from the nearest grid centre alone.
 """
 
 from __future__ import annotations
@@ -66,7 +71,7 @@ class CoverageReport:
         }
 
 
-def best_prior_iou(boxes_xyxy_norm: Tensor, priors_cxcywh_norm: Tensor, chunk: int = 2048) -> Tensor:
+def best_prior_iou(boxes_xyxy_norm: Tensor, priors_cxcywh_norm: Tensor, chunk: int = 512) -> Tensor:
     """Best IoU of each box with any prior.
 
     Args:

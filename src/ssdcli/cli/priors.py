@@ -15,10 +15,17 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from ssdcli.cli.common import error_boundary, err, out
+from ssdcli.cli.common import err, error_boundary, out
 from ssdcli.errors import UserError
 from ssdcli.prior_file import read_prior_spec_file, save_prior_spec
-from ssdcli.priors import PRESETS, PriorSpec, generate_priors, layer_box_sizes, preset_spec, prior_layer_index
+from ssdcli.priors import (
+    PRESETS,
+    PriorSpec,
+    generate_priors,
+    layer_box_sizes,
+    preset_spec,
+    prior_layer_index,
+)
 
 HELP = "Show the default boxes (priors) of an architecture: per layer, every box, a picture, coverage of a dataset; or fit them to one."
 EPILOG = """\
@@ -141,6 +148,8 @@ def priors(
     if fit is not None:
         if spec_file is not None:
             raise UserError("--fit searches from the arch's preset; give --arch, not --spec")
+        if data is not None:
+            raise UserError("--fit reports the coverage of its own data; check the spec file later with --spec FILE --data DIR")
         _run_fit(arch.value if arch else "ssd300", fit, split, classes, _parse_budget(budget), seed, zoom_out,
                  prior_scales, output, plot, fmt)
         return
@@ -203,8 +212,8 @@ def _parse_budget(text: str) -> int | None:
     return value
 
 
-def _run_fit(preset: str, data: Path, split: Optional[str], classes: Optional[Path], budget: int | None, seed: int,
-             zoom_out: bool, prior_scales: Optional[tuple[float, float]], output: Optional[Path], plot: Optional[Path],
+def _run_fit(preset: str, data: Path, split: str | None, classes: Path | None, budget: int | None, seed: int,
+             zoom_out: bool, prior_scales: tuple[float, float] | None, output: Path | None, plot: Path | None,
              fmt: Format) -> None:
     """``--fit``: read the data, search, show the comparison, write the spec file."""
     from ssdcli.cli.data import progress_bar
@@ -215,13 +224,14 @@ def _run_fit(preset: str, data: Path, split: Optional[str], classes: Optional[Pa
     if target.exists():
         raise UserError(f"{target}: exists; give another --output (spec files are never overwritten)")
     scales = prior_scales if prior_scales is not None else DEFAULT_LINEAR_SCALES
+    try:
+        preset_spec(preset, scales)
+    except ValueError as exc:
+        raise UserError(f"--prior-scales: {exc}") from None
     dataset = _read_dataset(data, split, classes)
-    settings = FitSettings(budget=budget, seed=seed, zoom_out=zoom_out)
     with progress_bar("fitting default boxes") as progress:
-        try:
-            comparison = fit_to_dataset(dataset, preset, settings, scales, progress)
-        except ValueError as exc:
-            raise UserError(f"--prior-scales: {exc}") from None
+        comparison = fit_to_dataset(dataset, preset, FitSettings(budget=budget, seed=seed, zoom_out=zoom_out), scales,
+                                    progress)
     notes = {"data": str(data), "split": split, "seed": seed, "zoom_out": zoom_out, **fit_summary(comparison)}
     save_prior_spec(target, comparison.fit.spec, preset, budget, notes)
     typer.echo(render_fit(comparison, fmt.value, str(data), to_terminal=out.is_terminal), nl=False)
@@ -230,7 +240,7 @@ def _run_fit(preset: str, data: Path, split: Optional[str], classes: Optional[Pa
     err.print(f"wrote {escape(str(target))} (use it with ssd priors --spec {escape(str(target))})", highlight=False)
 
 
-def _read_dataset(data: Path, split: Optional[str], classes: Optional[Path]):
+def _read_dataset(data: Path, split: str | None, classes: Path | None):
     from ssdcli.cli.data import progress_bar
     from ssdcli.data.reader import load_classes_file, load_dataset
 
@@ -243,7 +253,7 @@ def _read_dataset(data: Path, split: Optional[str], classes: Optional[Path]):
     return dataset
 
 
-def _write(text: str, output: Optional[Path]) -> None:
+def _write(text: str, output: Path | None) -> None:
     if output is not None:
         output.parent.mkdir(parents=True, exist_ok=True)
         output.write_text(text)
@@ -252,7 +262,7 @@ def _write(text: str, output: Optional[Path]) -> None:
         typer.echo(text, nl=False)
 
 
-def _coverage_text(spec: PriorSpec, data: Path, split: Optional[str], classes: Optional[Path], fmt: Format,
+def _coverage_text(spec: PriorSpec, data: Path, split: str | None, classes: Path | None, fmt: Format,
                    to_terminal: bool) -> str:
     """Prior coverage of the dataset at ``data`` as a table, csv or JSON."""
     from ssdcli.coverage import prior_coverage
