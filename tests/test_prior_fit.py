@@ -64,6 +64,8 @@ def test_tall_thin_objects_get_a_ratio_3_on_the_layer_of_their_grid(tall_fit):
     assert max(result.spec.boxes_per_location) <= 6 and result.max_boxes_per_location == (6,) * 6
     assert result.spec.feature_maps == ssdlite320_spec().feature_maps
     assert [layer.step for layer in result.spec.layers] == [layer.step for layer in ssdlite320_spec().layers]
+    # no min size below half the layer's step: the 1x1 layer's boxes stay >= 160 px
+    assert all(layer.min_size >= 0.5 * layer.step - 0.01 for layer in result.spec.layers)
 
 
 def test_two_kinds_of_objects_are_both_covered():
@@ -157,3 +159,4 @@ def test_bccd_fit_covers_more_than_the_preset_and_the_linear_spread(shared_data)
     platelets = next(g for g in comparison.fitted.by_class if g.name == "Platelets")
     preset_platelets = next(g for g in comparison.preset.by_class if g.name == "Platelets")
     assert platelets.share_below < preset_platelets.share_below
+    assert all(layer.min_size >= 0.5 * layer.step - 0.01 for layer in comparison.fit.spec.layers)

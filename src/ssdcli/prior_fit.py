@@ -4,13 +4,17 @@ What is searched. The network fixes the source layers: their number, feature-map
 centre offset and the input size. Per layer the search chooses the min size ``m`` (the small
 square, and the base of every ratio box: area ``m^2``), the second square ``b = sqrt(m * max)``
 (so ``max = b^2 / m``, with ``b > m`` as Caffe requires) and the set of aspect ratios, each
-adding ``ar`` and ``1 / ar`` (:func:`ssdcli.priors.layer_box_sizes`). Candidates: ``m`` on a
-geometric grid of :data:`SIZE_GRID` (1.5 % to 100 % of the input side, 10 % apart), ``b / m`` in
+adding ``ar`` and ``1 / ar`` (:func:`ssdcli.priors.layer_box_sizes`). Candidates: ``m`` on the
+geometric grid :data:`SIZE_GRID` (1.5 % to 100 % of the input side, 10 % apart), ``b / m`` in
 :data:`SECOND_SQUARE_FACTORS`, ratios from :data:`RATIO_CANDIDATES` (1/4 ... 4 with their
-flips). Budget: a layer has at most as many boxes per location as the head allows, the
-preset's on that layer (``--budget same``: the heads are never larger than the preset's, so the
-network has at most the preset's outputs), or ``N`` on every layer (``--budget N``). Ties go to
-more boxes, so with ``same`` a layer keeps the preset's count unless a box would match nothing.
+flips). A layer's min size is at least half its step (:data:`MIN_SIZE_PER_STEP`; the presets
+have 0.9 to 4 steps): a smaller box on a coarse grid can only be matched by the few objects near
+one of its centres, and would ask the coarsest features for the smallest objects.
+
+Budget: a layer has at most as many boxes per location as the head allows, the preset's on that
+layer (``--budget same``: the heads are never larger than the preset's, so the network has at
+most the preset's outputs), or ``N`` on every layer (``--budget N``). Ties go to more boxes, so
+with ``same`` a layer keeps the preset's count unless a box would match nothing.
 
 Objective, on the boxes at the network input (the image squeezed to the square input, as SSD
 resizes): ``coverage + 0.1 * mean best IoU - 0.01 * unused share``. Coverage is the share of
@@ -70,6 +74,8 @@ SECOND_SQUARE_FACTORS: tuple[float, ...] = tuple(1.1 * (3.0 / 1.1) ** (i / 9) fo
 """Candidate ``sqrt(min * max) / min``, 1.1 to 3 (the presets use 1.09-1.41)."""
 RATIO_CANDIDATES: tuple[float, ...] = (1.5, 2.0, 2.5, 3.0, 4.0)
 """Candidate aspect ratios ``w / h``; each adds the ratio and its flip."""
+MIN_SIZE_PER_STEP = 0.5
+"""A layer's min size is at least this many of its steps (module docstring)."""
 IOU_WEIGHT = 0.1
 UNUSED_WEIGHT = 0.01
 DEFAULT_LINEAR_SCALES = (0.1, 0.95)
@@ -164,6 +170,7 @@ class _Evaluator:
         self.factors = torch.tensor(SECOND_SQUARE_FACTORS)
         self.ratios = torch.tensor(RATIO_CANDIDATES)
         self._tables: dict[int, _LayerTable] = {}
+        self.allowed = [self.grid >= min_size_norm(base, layer) for layer in base.layers]  # L x (M,) bool
 
     def layer_best(self, k: int, choice: LayerChoice) -> tuple[Tensor, int]:
         """Best IoU per box over layer ``k``'s shapes (Tensor[N]) and how many shapes match nothing."""
@@ -215,6 +222,7 @@ class _Evaluator:
             dim=1,
         )  # (M, Q, S)
         scores = scores - UNUSED_WEIGHT * self.cells[k] * unused / self.reference
+        scores = scores.masked_fill(~self.allowed[k][:, None, None], -torch.inf)  # min sizes too small for the step
         i, q, s = self._tie_break(k, scores, (subsets < len(RATIO_CANDIDATES)).sum(dim=1))
         ratios = tuple(RATIO_CANDIDATES[r] for r in subsets[s].tolist() if r < len(RATIO_CANDIDATES))
         return float(scores[i, q, s]), LayerChoice(float(m[i]), float(m[i] * self.factors[q]), ratios)
@@ -247,12 +255,20 @@ def _choice_of(layer: LayerPriors, image_size: int, limit: int) -> LayerChoice:
     return LayerChoice(layer.min_size / image_size, math.sqrt(layer.min_size * layer.max_size) / image_size, ratios)
 
 
+def min_size_norm(base: PriorSpec, layer: LayerPriors) -> float:
+    """The smallest min size the search gives ``layer``, normalised: :data:`MIN_SIZE_PER_STEP` steps."""
+    return MIN_SIZE_PER_STEP * layer.step / base.image_size
+
+
 def _random_start(base: PriorSpec, limits: tuple[int, ...], generator: torch.Generator) -> list[LayerChoice]:
-    """Sizes drawn from the grid (sorted so they grow with the layers), random factors and ratio sets."""
+    """Sizes drawn from the grid (sorted so they grow with the layers, at least each layer's
+    smallest allowed size), random factors and ratio sets."""
     sizes = torch.randint(len(SIZE_GRID), (len(base.layers),), generator=generator).sort().values.tolist()
     factors = torch.randint(len(SECOND_SQUARE_FACTORS), (len(base.layers),), generator=generator).tolist()
+    lowest = [next(i for i, g in enumerate(SIZE_GRID) if g >= min_size_norm(base, layer)) for layer in base.layers]
     choices = []
-    for index, factor, limit in zip(sizes, factors, limits):
+    for index, low, factor, limit in zip(sizes, lowest, factors, limits):
+        index = max(index, low)
         order = torch.randperm(len(RATIO_CANDIDATES), generator=generator)[: (limit - 2) // 2]
         ratios = tuple(sorted(RATIO_CANDIDATES[r] for r in order.tolist()))
         choices.append(LayerChoice(SIZE_GRID[index], SIZE_GRID[index] * SECOND_SQUARE_FACTORS[factor], ratios))
