@@ -147,3 +147,9 @@ def test_fit_as_json_with_a_budget(tall_data, tmp_path):
     assert max(report["specs"]["fitted"]["boxes_per_location"]) <= 8
     assert json.loads(target.read_text())["budget"] == 8
     assert load_prior_spec(target, "ssd300").num_priors == report["specs"]["fitted"]["num_priors"]
+
+
+def test_coverage_table_shows_markup_like_class_names(tall_data):
+    result = runner.invoke(app, ["priors", "--arch", "ssdlite320", "--data", str(tall_data)])
+    assert result.exit_code == 0, result.output
+    assert "tall[/]" in result.stdout
