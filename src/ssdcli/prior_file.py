@@ -51,10 +51,18 @@ class PriorSpecFile:
     fit: dict = field(default_factory=dict)
 
 
-def allowed_boxes_per_location(arch: str, budget: int | None) -> tuple[int, ...]:
-    """Per layer the most boxes per location: the arch preset's, or ``budget`` on every layer."""
-    preset = PRESETS[arch]()
-    return preset.boxes_per_location if budget is None else (budget,) * len(preset.layers)
+def allowed_boxes_per_location(preset: PriorSpec, budget: int | None) -> tuple[int, ...]:
+    """Per layer the most boxes per location: the preset's (``budget`` None, "same"), or
+    ``budget`` on every layer.
+
+    Raises:
+        ValueError: a budget below 2 (the two squares every layer has).
+    """
+    if budget is None:
+        return preset.boxes_per_location
+    if budget < 2:
+        raise ValueError(f"budget {budget}: every layer has at least its 2 squares, give 2 or more")
+    return (budget,) * len(preset.layers)
 
 
 def spec_problem(spec: PriorSpec, arch: str, budget: int | None = None) -> str | None:
@@ -68,7 +76,7 @@ def spec_problem(spec: PriorSpec, arch: str, budget: int | None = None) -> str |
         return f"offset {spec.offset}: need 0 <= offset <= 1 (cells)"
     if not all(math.isfinite(v) and v > 0 for v in spec.variances):
         return f"variances {list(spec.variances)}: need two positive numbers"
-    allowed = allowed_boxes_per_location(arch, budget)
+    allowed = allowed_boxes_per_location(preset, budget)
     for index, (layer, want, most) in enumerate(zip(spec.layers, preset.layers, allowed)):
         where = f"layer {index}"
         if layer.feature_map != want.feature_map or not math.isclose(layer.step, want.step, rel_tol=1e-6):
