@@ -73,7 +73,6 @@ def test_fit_prints_the_three_specs_side_by_side_and_writes_the_spec(fitted):
     assert data["fit"]["specs"]["fitted"]["covered"] == 1.0 and data["fit"]["specs"]["preset"]["covered"] == 0.0
 
 
-@pytest.mark.slow
 def test_same_seed_same_file(tall_data, fitted, tmp_path):
     again = tmp_path / "again.json"
     result = runner.invoke(app, ["priors", "--arch", "ssdlite320", "--fit", str(tall_data), "--output", str(again)])
@@ -136,7 +135,6 @@ def test_an_empty_dataset_is_refused(tmp_path):
     assert not (tmp_path / "p.json").exists()
 
 
-@pytest.mark.slow
 def test_fit_as_json_with_a_budget(tall_data, tmp_path):
     target = tmp_path / "p8.json"
     result = runner.invoke(app, ["priors", "--arch", "ssd300", "--fit", str(tall_data), "--budget", "8", "--format", "json",

@@ -153,7 +153,6 @@ def test_unreadable_files(tmp_path):
         load_prior_spec(tmp_path / "binary.json", "ssd300")
 
 
-@pytest.mark.slow
 def test_a_fitted_spec_travels_through_a_model_and_a_checkpoint(tmp_path):
     spec = fitted_like(ssdlite320_spec())  # 8 and 2 boxes per location on layers 0 and 1
     save_prior_spec(tmp_path / "priors.json", spec, "ssdlite320", budget=8)

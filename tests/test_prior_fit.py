@@ -79,7 +79,6 @@ def test_two_kinds_of_objects_are_both_covered():
     assert ratios & {1.5, 2.0, 2.5}
 
 
-@pytest.mark.slow
 def test_same_seed_same_spec_and_objective_never_below_the_start():
     boxes = torch.cat((tall_boxes(40), wide_boxes(40)))
     # 160 boxes with the zoomed-out copies; the starts descend on 100 of them, then all refine
