@@ -6,6 +6,11 @@ in that frame is the box divided by the image size; IoU is unchanged by the per-
 pixels, so it is computed on ``_norm`` coordinates. A box whose best IoU is below the matching
 threshold (0.5, SSD paper sec. 2.2) is only matched through best-prior forcing, with a poorly
 fitting prior: many such boxes mean the priors do not suit the data.
+
+:func:`best_prior_iou` scores boxes against every prior. The default-box search
+(:mod:`ssdcli.prior_fit`) scores many candidate shapes instead, one layer at a time:
+:func:`grid_offsets` and :func:`shape_iou` give each box's best IoU with all priors of one shape
+on one layer from the nearest grid centre alone.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from torch import Tensor
 from ssdcli.boxes import box_iou_xyxy, cxcywh_to_xyxy
 from ssdcli.data.check import LARGE_AREA_PX, SMALL_AREA_PX
 from ssdcli.data.records import DetectionDataset
-from ssdcli.priors import PriorSpec, generate_priors
+from ssdcli.priors import LayerPriors, PriorSpec, generate_priors
 
 MATCH_THRESHOLD = 0.5
 
@@ -66,7 +71,7 @@ class CoverageReport:
         }
 
 
-def best_prior_iou(boxes_xyxy_norm: Tensor, priors_cxcywh_norm: Tensor, chunk: int = 2048) -> Tensor:
+def best_prior_iou(boxes_xyxy_norm: Tensor, priors_cxcywh_norm: Tensor, chunk: int = 512) -> Tensor:
     """Best IoU of each box with any prior.
 
     Args:
@@ -89,9 +94,24 @@ def _group(name: str, best_iou: np.ndarray, threshold: float) -> CoverageGroup:
                          float((best_iou < threshold).mean()))
 
 
-def prior_coverage(dataset: DetectionDataset, spec: PriorSpec, threshold: float = MATCH_THRESHOLD) -> CoverageReport:
-    """Best IoU of every non-crowd ground-truth box with the priors of ``spec``, overall, by COCO
-    size bin (area in original-image pixels: small < 32^2 <= medium < 96^2 <= large) and per class."""
+@dataclass(frozen=True)
+class GroundTruth:
+    """A dataset's non-crowd ground-truth boxes as the network sees them, in record order.
+
+    Attributes:
+        boxes_xyxy_norm: Tensor[N, 4] float32, xyxy divided by the image size (the squeeze to
+            the square input keeps these coordinates).
+        area_px: float32[N], area in original-image pixels (for the COCO size bins).
+        labels: int64[N], 1-based class indices.
+    """
+
+    boxes_xyxy_norm: Tensor
+    area_px: np.ndarray
+    labels: np.ndarray
+
+
+def network_ground_truth(dataset: DetectionDataset) -> GroundTruth:
+    """Every non-crowd ground-truth box of ``dataset`` at the network input (see :class:`GroundTruth`)."""
     boxes_px, sizes, labels = [], [], []
     for record in dataset.records:
         keep = ~record.iscrowd
@@ -101,11 +121,59 @@ def prior_coverage(dataset: DetectionDataset, spec: PriorSpec, threshold: float 
     boxes_xyxy_px = np.concatenate(boxes_px).astype(np.float32) if boxes_px else np.zeros((0, 4), np.float32)
     image_wh = np.concatenate(sizes).astype(np.float32) if sizes else np.ones((0, 4), np.float32)  # (N, 4)
     all_labels = np.concatenate(labels) if labels else np.zeros(0, np.int64)
-
-    boxes_xyxy_norm = torch.from_numpy(boxes_xyxy_px / image_wh)  # (N, 4)
-    best_iou = best_prior_iou(boxes_xyxy_norm, generate_priors(spec).float()).numpy()
-
     areas = (boxes_xyxy_px[:, 2] - boxes_xyxy_px[:, 0]) * (boxes_xyxy_px[:, 3] - boxes_xyxy_px[:, 1])
+    return GroundTruth(torch.from_numpy(boxes_xyxy_px / image_wh), areas, all_labels)
+
+
+def grid_offsets(boxes_cxcywh_norm: Tensor, spec: PriorSpec, layer: LayerPriors) -> Tensor:
+    """Distance of each box centre to the nearest prior centre of ``layer``, per axis.
+
+    Prior centres lie on a regular grid, ``(j + offset) * step / image_size`` for ``j < f``.
+
+    Args:
+        boxes_cxcywh_norm: Tensor[N, 4], cxcywh normalised.
+
+    Returns:
+        Tensor[N, 2], ``(|dx|, |dy|)`` normalised to the input.
+    """
+    scale = layer.step / spec.image_size  # grid pitch, normalised
+    centres = boxes_cxcywh_norm[:, :2]  # (N, 2)
+    index = torch.round(centres / scale - spec.offset).clamp(0, layer.feature_map - 1)
+    return (centres - (index + spec.offset) * scale).abs()
+
+
+def shape_iou(boxes_wh_norm: Tensor, offsets: Tensor, shapes_wh_norm: Tensor) -> Tensor:
+    """IoU of each box with a prior of each shape centred at ``offsets`` from the box centre.
+
+    With :func:`grid_offsets` this is each box's best IoU with the priors of one shape on one
+    layer (unclipped): the overlap along each axis only shrinks as the centres move apart, and
+    the grid is separable, so the nearest centre per axis is the best prior of that shape. This
+    avoids materialising ``f * f`` priors per shape.
+
+    Args:
+        boxes_wh_norm: Tensor[N, 2], box widths and heights, normalised.
+        offsets: Tensor[N, 2], ``(|dx|, |dy|)`` between box and prior centres, normalised.
+        shapes_wh_norm: Tensor[C, 2], prior widths and heights, normalised.
+
+    Returns:
+        Tensor[N, C], IoU in [0, 1].
+    """
+    half_box = boxes_wh_norm[:, None, :] / 2  # (N, 1, 2)
+    half_prior = shapes_wh_norm[None, :, :] / 2  # (1, C, 2)
+    d = offsets[:, None, :]  # (N, 1, 2)
+    # the box spans [-half_box, half_box], the prior [d - half_prior, d + half_prior], per axis
+    overlap = (torch.minimum(half_box, d + half_prior) - torch.maximum(-half_box, d - half_prior)).clamp(min=0)
+    inter = overlap[..., 0] * overlap[..., 1]  # (N, C)
+    union = boxes_wh_norm.prod(dim=1)[:, None] + shapes_wh_norm.prod(dim=1)[None, :] - inter
+    return inter / union.clamp(min=torch.finfo(inter.dtype).tiny)
+
+
+def prior_coverage(dataset: DetectionDataset, spec: PriorSpec, threshold: float = MATCH_THRESHOLD) -> CoverageReport:
+    """Best IoU of every non-crowd ground-truth box with the priors of ``spec``, overall, by COCO
+    size bin (area in original-image pixels: small < 32^2 <= medium < 96^2 <= large) and per class."""
+    truth = network_ground_truth(dataset)
+    best_iou = best_prior_iou(truth.boxes_xyxy_norm, generate_priors(spec).float()).numpy()
+    areas, all_labels = truth.area_px, truth.labels
     bins = (
         ("small", areas < SMALL_AREA_PX),
         ("medium", (areas >= SMALL_AREA_PX) & (areas < LARGE_AREA_PX)),

@@ -1,4 +1,5 @@
-"""`ssd priors`: the default boxes, as a per-layer table, every box, or a picture."""
+"""`ssd priors`: the default boxes, as a per-layer table, every box, a picture or their coverage of a
+dataset; `--fit` searches boxes for a dataset and `--spec` shows a spec file like a preset."""
 
 from __future__ import annotations
 
@@ -11,13 +12,22 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
-from ssdcli.cli.common import error_boundary, err, out
+from ssdcli.cli.common import err, error_boundary, out
 from ssdcli.errors import UserError
-from ssdcli.priors import PRESETS, PriorSpec, generate_priors, layer_box_sizes, preset_spec, prior_layer_index
+from ssdcli.prior_file import read_prior_spec_file, save_prior_spec
+from ssdcli.priors import (
+    PRESETS,
+    PriorSpec,
+    generate_priors,
+    layer_box_sizes,
+    preset_spec,
+    prior_layer_index,
+)
 
-HELP = "Show the default boxes (priors) of an architecture: per layer, every box, or a picture."
+HELP = "Show the default boxes (priors) of an architecture: per layer, every box, a picture, coverage of a dataset; or fit them to one."
 EPILOG = """\
 [bold]Examples[/]
 
@@ -29,6 +39,9 @@ EPILOG = """\
   ssd priors --data data/raccoon              # how well the priors fit a dataset's boxes
   ssd priors --data data/bccd --format json   # the same as JSON
   ssd priors --arch ssdlite320 --data data/shapes --prior-scales 0.1 0.95   # smaller boxes fit better?
+  ssd priors --arch ssdlite320 --fit data/bccd --split train --output bccd.json   # search boxes that fit
+  ssd priors --fit data/bccd --budget 8 --output bccd8.json   # up to 8 boxes per location (larger heads)
+  ssd priors --spec bccd.json --data data/bccd --split test   # show / check / --plot a spec file
 """
 
 
@@ -101,11 +114,11 @@ def _boxes_csv(spec: PriorSpec) -> str:
 
 @error_boundary
 def priors(
-    arch: Annotated[Arch, typer.Option(help="Architecture whose default boxes to show.")] = Arch.ssd300,
+    arch: Annotated[Optional[Arch], typer.Option(help="Architecture (prior preset) whose default boxes to show or fit; default ssd300, or the --spec file's.")] = None,
     show: Annotated[bool, typer.Option("--show", help="List every default box, in network output order.")] = False,
     fmt: Annotated[Format, typer.Option("--format", help="table, csv (cx,cy,w,h normalised) or json.")] = Format.table,
     output: Annotated[
-        Optional[Path], typer.Option(help="Write the result to this file instead of stdout.")
+        Optional[Path], typer.Option(help="Write the result to this file instead of stdout; with --fit, the fitted spec file (default priors.json, never overwritten).")
     ] = None,
     plot: Annotated[
         Optional[Path], typer.Option(help="Draw a sample of the default boxes of each layer into this PNG.")
@@ -115,32 +128,55 @@ def priors(
         typer.Option(help="Dataset whose ground-truth boxes to check against the priors (best IoU, share < 0.5)."),
     ] = None,
     classes: Annotated[
-        Optional[Path], typer.Option(help="With --data: class names, one per line (as for ssd data check).")
+        Optional[Path], typer.Option(help="With --data or --fit: class names, one per line (as for ssd data check).")
     ] = None,
+    split: Annotated[Optional[str], typer.Option(help="With --data or --fit: the dataset split (train, trainval, 07+12, train2017...).")] = None,
     prior_scales: Annotated[
         Optional[tuple[float, float]],
-        typer.Option(metavar="MIN MAX", help="Spread the sizes linearly from MIN to MAX of the input (SSD paper eq. 4) in the arch's layout, as ssd train --prior-scales does."),
+        typer.Option(metavar="MIN MAX", help="Spread the sizes linearly from MIN to MAX of the input (SSD paper eq. 4) in the arch's layout, as ssd train --prior-scales does. With --fit: the linear spread to compare with (default 0.1 0.95)."),
     ] = None,
+    spec_file: Annotated[
+        Optional[Path], typer.Option("--spec", help="Show (or check with --data, draw with --plot) the default boxes of this spec file instead of a preset.")
+    ] = None,
+    fit: Annotated[
+        Optional[Path], typer.Option(help="Search default boxes that cover this dataset's boxes within the arch's layout; writes them to --output.")
+    ] = None,
+    budget: Annotated[str, typer.Option(help="With --fit: boxes per location per layer at most: 'same' (the preset's head) or a number N for every layer (a larger head).")] = "same",
+    seed: Annotated[int, typer.Option(help="With --fit: seed of the random starts (and of --zoom-out); the same seed gives the same spec.")] = 0,
+    zoom_out: Annotated[bool, typer.Option("--zoom-out", help="With --fit: also fit a zoomed-out copy of every box (training's zoom-out augmentation).")] = False,
 ) -> None:
-    try:
-        spec = preset_spec(arch.value, prior_scales)
-    except ValueError as exc:
-        raise UserError(f"--prior-scales: {exc}") from None
+    if fit is not None:
+        if spec_file is not None:
+            raise UserError("--fit searches from the arch's preset; give --arch, not --spec")
+        if data is not None:
+            raise UserError("--fit reports the coverage of its own data; check the spec file later with --spec FILE --data DIR")
+        _run_fit(arch.value if arch else "ssd300", fit, split, classes, _parse_budget(budget), seed, zoom_out,
+                 prior_scales, output, plot, fmt)
+        return
+    if spec_file is not None:
+        if prior_scales is not None:
+            raise UserError("--prior-scales respreads a preset; a --spec file has its own sizes")
+        spec = read_prior_spec_file(spec_file, arch.value if arch else None).spec
+    else:
+        try:
+            spec = preset_spec(arch.value if arch else "ssd300", prior_scales)
+        except ValueError as exc:
+            raise UserError(f"--prior-scales: {exc}") from None
 
     if data is not None:
-        text = _coverage_text(spec, data, classes, fmt, to_terminal=output is None and out.is_terminal)
+        text = _coverage_text(spec, data, split, classes, fmt, to_terminal=output is None and out.is_terminal)
         _write(text, output)
         return
-
     if plot is not None:
-        from ssdcli.render import draw_priors, write_image
+        _plot(spec, plot)
+    _write(_spec_text(spec, fmt, show, to_terminal=output is None and out.is_terminal), output)
 
-        write_image(plot, draw_priors(spec))
-        err.print(f"wrote {plot}")
 
+def _spec_text(spec: PriorSpec, fmt: Format, show: bool, to_terminal: bool) -> str:
+    """The default boxes of ``spec`` as a per-layer table, every box, csv or JSON."""
     if fmt is Format.csv:
-        text = _boxes_csv(spec)  # csv is always one row per default box
-    elif fmt is Format.json:
+        return _boxes_csv(spec)  # csv is always one row per default box
+    if fmt is Format.json:
         payload: dict = {
             "arch": spec.name,
             "image_size": spec.image_size,
@@ -149,37 +185,89 @@ def priors(
         }
         if show:
             payload["priors_cxcywh_norm"] = [[round(v, 6) for v in box] for box in generate_priors(spec).tolist()]
-        text = json.dumps(payload, indent=2) + "\n"
-    elif show:
-        text = _boxes_text(spec)
-    else:
-        buffer = io.StringIO()
-        Console(file=buffer, width=120, force_terminal=output is None and out.is_terminal).print(_render_table(spec))
-        text = buffer.getvalue()
-
-    _write(text, output)
+        return json.dumps(payload, indent=2) + "\n"
+    if show:
+        return _boxes_text(spec)
+    buffer = io.StringIO()
+    Console(file=buffer, width=120, force_terminal=to_terminal).print(_render_table(spec))
+    return buffer.getvalue()
 
 
-def _write(text: str, output: Optional[Path]) -> None:
+def _plot(spec: PriorSpec, plot: Path) -> None:
+    from ssdcli.render import draw_priors, write_image
+
+    write_image(plot, draw_priors(spec))
+    err.print(f"wrote {escape(str(plot))}", highlight=False)
+
+
+def _parse_budget(text: str) -> int | None:
+    if text == "same":
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 2:
+        raise UserError(f"--budget {text}: give 'same' or a number of boxes per location >= 2 (the two squares)")
+    return value
+
+
+def _run_fit(preset: str, data: Path, split: str | None, classes: Path | None, budget: int | None, seed: int,
+             zoom_out: bool, prior_scales: tuple[float, float] | None, output: Path | None, plot: Path | None,
+             fmt: Format) -> None:
+    """``--fit``: read the data, search, show the comparison, write the spec file."""
+    from ssdcli.cli.data import progress_bar
+    from ssdcli.cli.priors_fit import fit_summary, render_fit
+    from ssdcli.prior_fit import DEFAULT_LINEAR_SCALES, FitSettings, fit_to_dataset
+
+    target = output if output is not None else Path("priors.json")
+    if target.exists():
+        raise UserError(f"{target}: exists; give another --output (spec files are never overwritten)")
+    scales = prior_scales if prior_scales is not None else DEFAULT_LINEAR_SCALES
+    try:
+        preset_spec(preset, scales)
+    except ValueError as exc:
+        raise UserError(f"--prior-scales: {exc}") from None
+    dataset = _read_dataset(data, split, classes)
+    with progress_bar("fitting default boxes") as progress:
+        comparison = fit_to_dataset(dataset, preset, FitSettings(budget=budget, seed=seed, zoom_out=zoom_out), scales,
+                                    progress)
+    notes = {"data": str(data), "split": split, "seed": seed, "zoom_out": zoom_out, **fit_summary(comparison)}
+    save_prior_spec(target, comparison.fit.spec, preset, budget, notes)
+    typer.echo(render_fit(comparison, fmt.value, str(data), to_terminal=out.is_terminal), nl=False)
+    if plot is not None:
+        _plot(comparison.fit.spec, plot)
+    err.print(f"wrote {escape(str(target))} (use it with ssd priors --spec {escape(str(target))})", highlight=False)
+
+
+def _read_dataset(data: Path, split: str | None, classes: Path | None):
+    from ssdcli.cli.data import progress_bar
+    from ssdcli.data.reader import load_classes_file, load_dataset
+
+    class_list = load_classes_file(classes) if classes is not None else None
+    with progress_bar(f"reading {escape(str(data))}") as progress:
+        dataset = load_dataset(data, split=split, classes=class_list, progress=progress, verify_pixels=False)
+    if dataset.problems:
+        err.print(f"note: {len(dataset.problems)} problems while reading {escape(str(data))}; "
+                  f"see `ssd data check {escape(str(data))}`", highlight=False)
+    return dataset
+
+
+def _write(text: str, output: Path | None) -> None:
     if output is not None:
         output.parent.mkdir(parents=True, exist_ok=True)
         output.write_text(text)
-        err.print(f"wrote {output}")
+        err.print(f"wrote {escape(str(output))}", highlight=False)
     else:
         typer.echo(text, nl=False)
 
 
-def _coverage_text(spec: PriorSpec, data: Path, classes: Optional[Path], fmt: Format, to_terminal: bool) -> str:
+def _coverage_text(spec: PriorSpec, data: Path, split: str | None, classes: Path | None, fmt: Format,
+                   to_terminal: bool) -> str:
     """Prior coverage of the dataset at ``data`` as a table, csv or JSON."""
-    from ssdcli.cli.data import progress_bar
     from ssdcli.coverage import prior_coverage
-    from ssdcli.data.reader import load_classes_file, load_dataset
 
-    class_list = load_classes_file(classes) if classes is not None else None
-    with progress_bar(f"reading {data}") as progress:
-        dataset = load_dataset(data, classes=class_list, progress=progress, verify_pixels=False)
-    if dataset.problems:
-        err.print(f"note: {len(dataset.problems)} problems while reading {data}; see `ssd data check {data}`")
+    dataset = _read_dataset(data, split, classes)
     report = prior_coverage(dataset, spec)
     groups = [("all", report.overall)] + [("size", g) for g in report.by_size] + [("class", g) for g in report.by_class]
     if fmt is Format.json:
@@ -192,7 +280,7 @@ def _coverage_text(spec: PriorSpec, data: Path, classes: Optional[Path], fmt: Fo
             writer.writerow([kind, g.name, g.num_boxes, *(("" if v is None else f"{v:.4f}")
                                                            for v in (g.mean_best_iou, g.median_best_iou, g.share_below))])
         return buffer.getvalue()
-    table = Table(title=f"{spec.name} priors vs {data}: best IoU of each ground-truth box with any default box")
+    table = Table(title=escape(f"{spec.name} priors vs {data}: best IoU of each ground-truth box with any default box"))
     for column in ("group", "boxes", "mean best IoU", "median best IoU", f"share < {report.threshold:g}"):
         table.add_column(column, justify="left" if column == "group" else "right")
     sections = ([("all boxes", report.overall)], [(f"{g.name} (COCO bins)", g) for g in report.by_size],
@@ -201,7 +289,7 @@ def _coverage_text(spec: PriorSpec, data: Path, classes: Optional[Path], fmt: Fo
         for label, g in section:
             cells = ["-" if v is None else f"{v:.3f}" for v in (g.mean_best_iou, g.median_best_iou)]
             share = "-" if g.share_below is None else f"{100 * g.share_below:.1f} %"
-            table.add_row(label, str(g.num_boxes), *cells, share)
+            table.add_row(escape(label), str(g.num_boxes), *cells, share)
         table.add_section()
     buffer = io.StringIO()
     Console(file=buffer, width=120, force_terminal=to_terminal).print(table)
