@@ -27,7 +27,7 @@ ARCHS: dict[str, Callable[..., SSD]] = {
 """Arch name -> ``builder(num_classes, prior_spec, **options) -> SSD``. The default prior preset
 of an arch has the same name in :data:`ssdcli.priors.PRESETS`."""
 
-ARCH_OPTIONS: dict[str, tuple[str, ...]] = {"ssd300": (), "ssd512": (), "ssdlite320": ("width_mult",)}
+ARCH_OPTIONS: dict[str, tuple[str, ...]] = {"ssd300": (), "ssd512": (), "ssdlite320": ("width_mult", "reduced_tail")}
 """Build options each arch accepts (stored in :attr:`SSD.options` and in checkpoints)."""
 
 __all__ = [
