@@ -70,7 +70,7 @@ def test_download_reports_progress_and_lands_atomically(hub, monkeypatch) -> Non
     name = _hashed_name(body)
     opened = _serve(monkeypatch, body)
     progress = []
-    path = fetch_cached(f"https://example.org/{name}", "the x weights", on_progress=lambda d, t: progress.append((d, t)))
+    path = fetch_cached(f"https://example.org/{name}", "the x", on_progress=lambda d, t: progress.append((d, t)))
     assert path == hub / "checkpoints" / name and path.read_bytes() == body
     assert opened == [f"https://example.org/{name}"]
     total = len(body)
