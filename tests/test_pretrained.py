@@ -182,8 +182,8 @@ def test_incomplete_extended_and_reshaped_state_dicts(tmp_path, lite_state) -> N
     missing = dict(lite_state)
     del missing["backbone.extra.3.2.1.running_var"]
     _one_line_error(str(_save(tmp_path / "a.pth", missing)),
-                    r"a.pth: not a complete torchvision ssdlite320_mobilenet_v3_large \(width 1.0\) state dict: "
-                    r"missing backbone.extra.3.2.1.running_var \(1 keys\)")
+                    r"a.pth: not a complete torchvision ssdlite320_mobilenet_v3_large \(width 1.0, reduced tail\) "
+                    r"state dict: missing backbone.extra.3.2.1.running_var \(1 keys\)")
     extra = {**lite_state, "backbone.extra.4.0.0.weight": torch.zeros(1)}
     _one_line_error(str(_save(tmp_path / "b.pth", extra)), r"b.pth: .*unexpected backbone.extra.4.0.0.weight")
     reshaped = {**lite_state, "backbone.extra.0.0.0.weight": torch.zeros(128, 480, 1, 1)}

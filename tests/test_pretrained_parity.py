@@ -40,12 +40,19 @@ def photos(shared_data) -> list[torch.Tensor]:
     return [torch.from_numpy(read_image_rgb(f)).permute(2, 0, 1) for f in files]
 
 
+UNUSED_COCO_IDS = [12, 26, 29, 30, 45, 66, 68, 69, 71, 83]
+
+
 def _scale_class_head(model: torch.nn.Module, factor: float) -> None:
+    """Spread the scores (weights times ``factor``, random biases), and favour the unused COCO
+    ids so that torchvision's output holds "N/A" detections, which ours must drop (after the
+    per-image cut, like torchvision's own ranking: then the others are exactly its)."""
     with torch.no_grad():
         for conv in model.head.classification_head.module_list.modules():
             if isinstance(conv, torch.nn.Conv2d) and conv.out_channels % 91 == 0:
                 conv.weight.mul_(factor)
                 conv.bias.normal_(0, 0.5)
+                conv.bias.view(-1, 91)[:, UNUSED_COCO_IDS] += 1.0  # (A, 91): per box, per output
 
 
 def _batchnorm_statistics_from(model: torch.nn.Module, images: torch.Tensor) -> None:
@@ -88,6 +95,27 @@ def ssdlite_pair(tmp_path_factory, photos) -> tuple[torch.nn.Module, ImportedMod
     return model, import_weights(path)
 
 
+def _ssdlite_with_full_tail() -> torch.nn.Module:
+    """``ssdlite320_mobilenet_v3_large`` as torchvision builds it around ImageNet backbone weights
+    (full MobileNetV3 tail; ``ssdlite.py``), without downloading them."""
+    from functools import partial
+
+    from torchvision.models import mobilenet_v3_large
+    from torchvision.models.detection import _utils as det_utils
+    from torchvision.models.detection.anchor_utils import DefaultBoxGenerator
+    from torchvision.models.detection.ssd import SSD
+    from torchvision.models.detection.ssdlite import SSDLiteHead, _mobilenet_extractor
+
+    norm_layer = partial(torch.nn.BatchNorm2d, eps=0.001, momentum=0.03)
+    features = mobilenet_v3_large(weights=None, norm_layer=norm_layer, reduced_tail=False)
+    backbone = _mobilenet_extractor(features, 6, norm_layer)
+    anchors = DefaultBoxGenerator([[2, 3] for _ in range(6)], min_ratio=0.2, max_ratio=0.95)
+    head = SSDLiteHead(det_utils.retrieve_out_channels(backbone, (320, 320)), anchors.num_anchors_per_location(),
+                       91, norm_layer)
+    return SSD(backbone, anchors, (320, 320), 91, head=head, image_mean=[0.5] * 3, image_std=[0.5] * 3,
+               score_thresh=0.001, nms_thresh=0.55, detections_per_img=300, topk_candidates=300)
+
+
 def _check_network_level(pair, photos, atol: float) -> None:
     theirs, imported = pair
     x = _torchvision_input(theirs, photos[:2])
@@ -114,6 +142,18 @@ def test_ssd300_network_equals_torchvision(ssd300_pair, photos) -> None:
 
 def test_ssdlite320_network_equals_torchvision(ssdlite_pair, photos) -> None:
     _check_network_level(ssdlite_pair, photos, atol=1e-6)
+
+
+def test_ssdlite320_with_the_full_tail_equals_torchvision(tmp_path, photos) -> None:
+    # What users fine-tune: torchvision's default ssdlite320 has ImageNet weights, so the full tail.
+    torch.manual_seed(3)
+    model = _ssdlite_with_full_tail()
+    _batchnorm_statistics_from(model, _torchvision_input(model, photos))
+    torch.save({"model": model.state_dict(), "epoch": 12}, tmp_path / "finetuned.pth")
+    imported = import_weights(tmp_path / "finetuned.pth")
+    assert imported.model.options == {"width_mult": 1.0, "reduced_tail": 0.0}
+    assert imported.model.backbone.out_channels[:2] == [672, 960]
+    _check_network_level((model, imported), photos, atol=1e-6)
 
 
 def _our_detections(imported: ImportedModel, photos, resize: str | None = None):
@@ -162,6 +202,8 @@ def _check_end_to_end(pair, photos) -> None:
     reference = [
         (o["boxes"][k], o["scores"][k], o["labels"][k]) for o in outputs for k in [~torch.isin(o["labels"], ignored)]
     ]
+    dropped = sum(int(torch.isin(o["labels"], ignored).sum()) for o in outputs)
+    assert dropped >= 10  # torchvision gave "N/A" detections, so dropping them is exercised
     ours = _our_detections(imported, photos)
     assert not any(torch.isin(labels, ignored).any() for _, _, labels in ours)  # never an "N/A"
     share_ours, count_ours = _matched_share(ours, reference)

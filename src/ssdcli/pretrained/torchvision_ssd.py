@@ -142,22 +142,39 @@ def convert_ssd300(
     return _imported(model, source, "torchvision-ssd300", labels, SSD300_PREPROCESSING, SSD300_POSTPROCESS)
 
 
+FULL_TAIL_CHANNELS = 960
+"""Input channels of the first extra block when MobileNetV3's last stage has full width."""
+
+
+def has_full_tail(state: Mapping[str, Tensor]) -> bool:
+    """Whether a torchvision SSDLite state dict has MobileNetV3's full last stage.
+
+    torchvision builds the reduced tail (half width, 480 channels at the end) when there are no
+    ImageNet backbone weights, as for its COCO weights, and the full one (960) around them, the
+    default of ``ssdlite320_mobilenet_v3_large(weights=None)``: what most fine-tuned models have.
+    """
+    first_extra = state.get("backbone.extra.0.0.0.weight")
+    return first_extra is not None and first_extra.dim() == 4 and first_extra.shape[1] == FULL_TAIL_CHANNELS
+
+
 def convert_ssdlite320(
     state: Mapping[str, Tensor], source: str, class_names: Sequence[str] | None = None
 ) -> ImportedModel:
-    """A torchvision ``ssdlite320_mobilenet_v3_large`` state dict (width 1.0, reduced tail as
-    torchvision builds it without ImageNet weights, which its COCO weights are) as an
-    :class:`ImportedModel`.
+    """A torchvision ``ssdlite320_mobilenet_v3_large`` state dict (width 1.0; reduced or full
+    tail, see :func:`has_full_tail`) as an :class:`ImportedModel`.
 
     Raises:
         UserError: not exactly that layout, or wrong ``class_names``.
     """
-    layout = "torchvision ssdlite320_mobilenet_v3_large (width 1.0)"
+    full_tail = has_full_tail(state)
+    layout = f"torchvision ssdlite320_mobilenet_v3_large (width 1.0, {'full' if full_tail else 'reduced'} tail)"
     spec = torchvision_ssdlite320_spec()
     keys = [f"head.classification_head.module_list.{i}.1.weight" for i in range(len(spec.layers))]
     outputs = classes_from_heads(state, keys, spec.boxes_per_location, source, layout)
     labels = label_space(outputs, class_names, source, KNOWN_LABELS)
-    model = build_model("ssdlite320", num_classes=outputs - 1, prior_spec=spec, width_mult=1.0)
+    model = build_model(
+        "ssdlite320", num_classes=outputs - 1, prior_spec=spec, width_mult=1.0, reduced_tail=not full_tail
+    )
     backbone = model.backbone
     assert isinstance(backbone, MobileNetV3Backbone)
     load_mapped(model, state, lambda key: ssdlite320_key(key, backbone.split_rest), source, layout)
