@@ -21,7 +21,10 @@ raw outputs equal for SSD300). Key correspondence, ours -> torchvision:
 
 Row order and columns of the heads agree (torchvision views ``(N, A*K, H, W)`` as
 ``(N, A, K, H, W)`` and permutes to ``(N, H, W, A, K)``), and so does the order of the default
-boxes of a location. What differs from our presets, and is therefore imported:
+boxes of a location; BatchNorm eps is 0.001 on both sides (the momentum differs, 0.03 there,
+which only matters for training). SSDLite comes with MobileNetV3's reduced tail (torchvision's COCO
+weights) or its full tail (any model built around ImageNet weights), told apart by the width of
+the first extra block's input. What differs from our presets, and is therefore imported:
 
 - default boxes: SSD300 scales 0.07, 0.15, 0.33, 0.51, 0.69, 0.87, 1.05 (not Caffe's 30/300 ...);
   both models clamp each box's ``w, h`` to [0, 1] (``clip="size"``), not its corners;
