@@ -1,20 +1,9 @@
 """torchvision's ``ssd300_vgg16`` carrying our SSD300's weights: the reference of the benchmarks.
 
 Both networks are the Caffe SSD300 (VGG16 reduced + atrous fc6/fc7, L2-normalised conv4_3, four
-extra blocks, 3x3 heads); only the module layout differs. torchvision's
-``SSDFeatureExtractorVGG`` splits our ``backbone.vgg`` at pool4:
-
-====================================  ==========================================
-ours                                  torchvision ``ssd300_vgg16``
-====================================  ==========================================
-``backbone.vgg.{0..22}`` conv1..4_3    ``backbone.features.{0..22}``
-``backbone.vgg.{23..29}`` pool4..5_3   ``backbone.extra.0.{0..6}``
-``backbone.vgg.31`` / ``.33`` fc6/fc7  ``backbone.extra.0.7.1`` / ``.3`` (``.0`` = pool5)
-``backbone.conv4_3_norm.weight``       ``backbone.scale_weight``
-``backbone.extras.{j}.{k}``           ``backbone.extra.{j + 1}.{k}``
-``loc_heads.{i}``                      ``head.regression_head.module_list.{i}``
-``conf_heads.{i}``                     ``head.classification_head.module_list.{i}``
-====================================  ==========================================
+extra blocks, 3x3 heads); only the module layout differs. The key correspondence is the one
+``ssd import`` uses, :func:`ssdcli.pretrained.torchvision_ssd.ssd300_key` (table in that module's
+docstring): torchvision's ``SSDFeatureExtractorVGG`` splits our ``backbone.vgg`` at pool4.
 
 Head layouts agree too: torchvision views a head output ``(N, A*K, H, W)`` as ``(N, A, K, H, W)``
 and permutes to ``(N, H, W, A, K)``; ours permutes ``(N, H, W, A*K)`` and reshapes: row
@@ -39,37 +28,7 @@ from torchvision.ops import box_iou
 
 from ssdcli.boxes import cxcywh_to_xyxy
 from ssdcli.models import SSD
-
-POOL4 = 23  # index of pool4 in VGG16 ``features``: torchvision's split point
-POOL5 = 30
-FC6, FC7 = 31, 33
-
-
-def torchvision_key(key: str) -> str:
-    """The torchvision ``ssd300_vgg16`` state-dict key of one of our SSD300 keys.
-
-    Raises:
-        KeyError: a key with no counterpart (not an SSD300 of this project).
-    """
-    parts = key.split(".")
-    if parts[:2] == ["backbone", "vgg"]:
-        index, rest = int(parts[2]), ".".join(parts[3:])
-        if index < POOL4:
-            return f"backbone.features.{index}.{rest}"
-        if index < POOL5:
-            return f"backbone.extra.0.{index - POOL4}.{rest}"
-        fc = {FC6: 1, FC7: 3}
-        if index in fc:
-            return f"backbone.extra.0.7.{fc[index]}.{rest}"
-    elif key == "backbone.conv4_3_norm.weight":
-        return "backbone.scale_weight"
-    elif parts[:2] == ["backbone", "extras"]:
-        return f"backbone.extra.{int(parts[2]) + 1}.{'.'.join(parts[3:])}"
-    elif parts[0] == "loc_heads":
-        return f"head.regression_head.module_list.{'.'.join(parts[1:])}"
-    elif parts[0] == "conf_heads":
-        return f"head.classification_head.module_list.{'.'.join(parts[1:])}"
-    raise KeyError(f"no torchvision ssd300_vgg16 counterpart for {key!r}")
+from ssdcli.pretrained.torchvision_ssd import ssd300_key as torchvision_key
 
 
 def to_torchvision_state_dict(model: SSD) -> dict[str, Tensor]:

@@ -359,7 +359,7 @@ def test_the_arch_table_says_which_archs_take_imagenet_weights(tmp_path, monkeyp
     assert ARCHS["ssd300"].backbone_weights is vgg_weights.load_imagenet_vgg16
     assert ARCHS["ssd512"].backbone_weights is vgg_weights.load_imagenet_vgg16
     assert ARCHS["ssdlite320"].backbone_weights is None  # trains from its own initialisation
-    assert ARCHS["ssdlite320"].options == ("width_mult",) and ARCHS["ssd300"].options == ()
+    assert ARCHS["ssdlite320"].options == ("width_mult", "reduced_tail") and ARCHS["ssd300"].options == ()
 
     # An arch without ImageNet weights: nothing is looked at, nothing changes.
     before = {k: v.clone() for k, v in ssdlite_model.state_dict().items()}

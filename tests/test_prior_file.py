@@ -125,7 +125,7 @@ def _bad_payloads() -> list[tuple[str, dict, str]]:
         ("variance", edited("prior_spec.variances", [0.1, 0]), "variances [0.1, 0.0]"),
         ("budget", edited("budget", 1), "budget 1"),
         ("budget text", edited("budget", "more"), "budget 'more'"),
-        ("clip text", edited("prior_spec.clip", "no"), "true/false clip"),
+        ("clip text", edited("prior_spec.clip", "no"), "whose clip is one of false, true, \"size\", \"cxcywh\""),
     ]
 
 

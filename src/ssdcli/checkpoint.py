@@ -317,19 +317,25 @@ def load_checkpoint(
     return obj
 
 
-def _safe_torch_load(path: Path, map_location: str | torch.device) -> Any:
-    """``torch.load(weights_only=True)`` with every failure turned into a :class:`CheckpointError`."""
+def _safe_torch_load(
+    path: Path,
+    map_location: str | torch.device,
+    kind: str = "an ssdcli checkpoint",
+    advice: str = "Use a checkpoint written by `ssd train`.",
+) -> Any:
+    """``torch.load(weights_only=True)`` with every failure turned into a :class:`CheckpointError`
+    whose message says the file is not ``kind`` (and, for a pickle, ends with ``advice``)."""
     try:
         with path.open("rb") as file:
             head = file.read(4)
     except OSError as exc:
         raise CheckpointError(f"{path}: cannot be read ({exc.strerror or exc})") from exc
     not_torch = (
-        f"{path}: not an ssdcli checkpoint: the file is not a PyTorch checkpoint "
+        f"{path}: not {kind}: the file is not a PyTorch checkpoint "
         "(it may be truncated, still being written, or another kind of file); nothing in it was loaded"
     )
     if not head:
-        raise CheckpointError(f"{path}: not an ssdcli checkpoint: the file is empty")
+        raise CheckpointError(f"{path}: not {kind}: the file is empty")
     if head != _ZIP_MAGIC and head[0] != _PICKLE_PROTO:
         raise CheckpointError(not_torch)
     try:
@@ -342,10 +348,9 @@ def _safe_torch_load(path: Path, map_location: str | torch.device) -> Any:
         if not detail:
             raise CheckpointError(f"{not_torch} ({_first_line(exc)})") from exc
         raise CheckpointError(
-            f"{path}: refused: not an ssdcli checkpoint, and unsafe: only an unrestricted pickle "
+            f"{path}: refused: not {kind}, and unsafe: only an unrestricted pickle "
             f"load, which can run code, would read it ({detail}). A checkpoint is untrusted input, "
-            "so it is only loaded with weights_only=True and nothing in it was executed. Use a "
-            "checkpoint written by `ssd train`."
+            f"so it is only loaded with weights_only=True and nothing in it was executed. {advice}"
         ) from exc
     # Any other failure while the restricted unpickler or the zip reader parse untrusted bytes
     # means "corrupt": a truncated zip raises RuntimeError or OSError (EINVAL), a cut-off pickle

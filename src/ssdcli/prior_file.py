@@ -32,7 +32,7 @@ from pathlib import Path
 
 from ssdcli.errors import UserError
 from ssdcli.files import atomic_write_json
-from ssdcli.priors import PRESETS, PriorSpec
+from ssdcli.priors import CLIP_MODES, PRESETS, PriorSpec
 
 FORMAT = "ssdcli-priors"
 FORMAT_VERSION = 1
@@ -152,8 +152,10 @@ def read_prior_spec_file(path: str | os.PathLike[str], arch: str | None = None) 
         raise UserError(f"{path}: budget {budget!r}: need \"same\" or a number of boxes per location >= 2")
     budget = None if budget == "same" else budget
     raw = data.get("prior_spec")
-    if not isinstance(raw, dict) or not isinstance(raw.get("clip", False), bool):
-        raise UserError(f"{path}: prior_spec must be an object with a true/false clip")
+    clip = raw.get("clip", False) if isinstance(raw, dict) else None
+    if not (isinstance(clip, bool) or (isinstance(clip, str) and clip in CLIP_MODES)):
+        modes = ", ".join(json.dumps(mode) for mode in CLIP_MODES)
+        raise UserError(f"{path}: prior_spec must be an object whose clip is one of {modes}")
     try:
         spec = PriorSpec.from_dict(raw)
     except ValueError as exc:

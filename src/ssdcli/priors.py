@@ -23,6 +23,9 @@ from torch import Tensor
 VARIANCES: tuple[float, float] = (0.1, 0.2)
 """Caffe's ``prior_variance``: 0.1 for the centre deltas, 0.2 for the log-size deltas."""
 
+CLIP_MODES: dict[bool | str, str] = {False: "none", True: "corners", "size": "size", "cxcywh": "cxcywh"}
+"""Values of :attr:`PriorSpec.clip` -> the name of the rule (:attr:`PriorSpec.clip_mode`)."""
+
 
 @dataclass(frozen=True)
 class LayerPriors:
@@ -61,7 +64,11 @@ class PriorSpec:
         image_size: network input side in pixels.
         layers: one :class:`LayerPriors` per source layer, in output order.
         offset: centre offset within a cell, in cells (Caffe ``offset``, 0.5 = cell centre).
-        clip: clamp boxes to [0, 1] after generation (Caffe ``clip``; off in the released models).
+        clip: how boxes are clamped to [0, 1] after generation. ``False``: not at all (the
+            released Caffe models); ``True``: Caffe's ``clip``, the corners; ``"size"``:
+            torchvision's ``DefaultBoxGenerator(clip=True)``, only ``w`` and ``h`` (centres
+            kept, so a box may still stick out); ``"cxcywh"``: ssd.pytorch's ``PriorBox``, all
+            four cxcywh values. (Booleans for the first two, as checkpoints have always stored.)
         variances: ``(centre, size)`` variances used by the box codec.
     """
 
@@ -69,8 +76,18 @@ class PriorSpec:
     image_size: int
     layers: tuple[LayerPriors, ...]
     offset: float = 0.5
-    clip: bool = False
+    clip: bool | str = False
     variances: tuple[float, float] = VARIANCES
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.clip, bool) or self.clip in ("size", "cxcywh")):
+            modes = ", ".join(repr(mode) for mode in CLIP_MODES)
+            raise ValueError(f"prior clip {self.clip!r}: expected one of {modes}")
+
+    @property
+    def clip_mode(self) -> str:
+        """``"none"``, ``"corners"`` (Caffe), ``"size"`` (torchvision) or ``"cxcywh"`` (ssd.pytorch)."""
+        return CLIP_MODES[self.clip]
 
     @property
     def feature_maps(self) -> tuple[int, ...]:
@@ -154,11 +171,20 @@ class PriorSpec:
                 image_size=int(data["image_size"]),
                 layers=layers,
                 offset=float(data["offset"]),
-                clip=bool(data["clip"]),
+                clip=_clip_from_plain(data["clip"]),
                 variances=(float(data["variances"][0]), float(data["variances"][1])),
             )
         except (KeyError, TypeError, IndexError, ValueError) as exc:
             raise ValueError(f"malformed prior settings: {exc!r}") from exc
+
+
+def _clip_from_plain(value: object) -> bool | str:
+    """A stored ``clip``: a bool (every checkpoint so far), or a mode name of :data:`CLIP_MODES`."""
+    if isinstance(value, bool) or value in ("size", "cxcywh"):
+        return value  # type: ignore[return-value]
+    if value in ("none", "corners"):
+        return value == "corners"
+    raise ValueError(f"unknown prior clip {value!r}")
 
 
 def _caffe_sizes(
@@ -320,11 +346,16 @@ def generate_layer_priors(spec: PriorSpec, layer: LayerPriors) -> Tensor:
     boxes[..., 1] = cy[..., None]
     boxes[..., 2:] = sizes  # broadcast over (f, f)
     boxes = boxes.reshape(-1, 4)  # (f*f*A, 4)
-    if spec.clip:
-        # Caffe clips the corners, not the centre/size; do the same.
+    mode = spec.clip_mode
+    if mode == "corners":
+        # Caffe prior_box_layer.cpp clips the corners, not the centre/size.
         x1y1 = (boxes[:, :2] - boxes[:, 2:] / 2).clamp(0, 1)
         x2y2 = (boxes[:, :2] + boxes[:, 2:] / 2).clamp(0, 1)
         boxes = torch.cat(((x1y1 + x2y2) / 2, x2y2 - x1y1), dim=1)
+    elif mode == "size":
+        boxes[:, 2:] = boxes[:, 2:].clamp(0, 1)  # torchvision anchor_utils.py: the (w, h) pairs only
+    elif mode == "cxcywh":
+        boxes = boxes.clamp(0, 1)  # ssd.pytorch prior_box.py: output.clamp_(max=1, min=0)
     return boxes.float()
 
 

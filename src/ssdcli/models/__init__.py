@@ -43,7 +43,7 @@ class Architecture:
 ARCHS: dict[str, Architecture] = {
     "ssd300": Architecture(ssd300, backbone_weights=load_imagenet_vgg16),
     "ssd512": Architecture(ssd512, backbone_weights=load_imagenet_vgg16),
-    "ssdlite320": Architecture(ssdlite320, options=("width_mult",)),  # MobileNetV3 ImageNet weights: to come
+    "ssdlite320": Architecture(ssdlite320, options=("width_mult", "reduced_tail")),  # MobileNetV3 ImageNet weights: to come
 }
 """Arch name -> :class:`Architecture`. The default prior preset of an arch has the same name in
 :data:`ssdcli.priors.PRESETS`; :data:`ssdcli.config.ARCH_NAMES` lists the same names."""

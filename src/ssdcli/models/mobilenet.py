@@ -2,7 +2,8 @@
 
 Follows torchvision's ``ssdlite320_mobilenet_v3_large`` (itself the MobileNetV3 paper, sec. 6.3):
 
-* MobileNetV3-Large features with the "reduced tail" (last stage at half width) and BatchNorm
+* MobileNetV3-Large features with the "reduced tail" (last stage at half width; the full tail
+  with ``reduced_tail=False``, as torchvision builds it around ImageNet weights) and BatchNorm
   ``eps=0.001`` (momentum 0.1, see ``_norm_layer``), tapped at the expansion layer of the last stride-2 block (1/16 of
   the input: 20x20 for 320) and at the end of the features (1/32: 10x10);
 * four extra blocks (1x1 to half width, 3x3 depthwise stride 2, 1x1) giving 5, 3, 2, 1;
@@ -58,13 +59,17 @@ class MobileNetV3Backbone(nn.Module):
         stage16: stem .. expansion 1x1 of the last stride-2 block (1/16 of the input).
         stage32: the rest of MobileNetV3's features (1/32).
         extras: four stride-2 depthwise-separable blocks.
-        out_channels: channels of each source map (672, 480, 512, 256, 256, 128 at width 1).
+        out_channels: channels of each source map (672, 480, 512, 256, 256, 128 at width 1;
+            672, 960, ... with the full tail).
+        split_index: index in torchvision's ``features`` of the block split between the stages.
+        split_rest: modules of that block after its expansion: the first ``split_rest`` modules
+            of ``stage32`` (``features[split_index].block[1:]``); then ``features[split_index + 1:]``.
     """
 
-    def __init__(self, width_mult: float = 1.0, min_depth: int = 16) -> None:
+    def __init__(self, width_mult: float = 1.0, min_depth: int = 16, reduced_tail: bool = True) -> None:
         super().__init__()
         features = mobilenet_v3_large(
-            weights=None, width_mult=width_mult, reduced_tail=True, norm_layer=_norm_layer
+            weights=None, width_mult=width_mult, reduced_tail=reduced_tail, norm_layer=_norm_layer
         ).features
         # torchvision marks the stride-2 blocks with ``_is_cn`` and its ssdlite taps the last one.
         strided = [index for index, block in enumerate(features) if getattr(block, "_is_cn", False)]
@@ -74,6 +79,9 @@ class MobileNetV3Backbone(nn.Module):
         expansion = features[c4].block[0]
         self.stage16 = nn.Sequential(*features[:c4], expansion)
         self.stage32 = nn.Sequential(*features[c4].block[1:], *features[c4 + 1 :])
+        self.split_index = c4
+        self.split_rest = len(features[c4].block) - 1
+        self.reduced_tail = reduced_tail
 
         def depth(channels: int) -> int:
             return max(min_depth, int(channels * width_mult))
@@ -112,11 +120,21 @@ def _separable_head(in_channels: int, out_channels: int) -> nn.Module:
     return head
 
 
-def ssdlite320(num_classes: int, prior_spec: PriorSpec, width_mult: float = 1.0) -> SSD:
-    """SSDLite on MobileNetV3-Large for a 320x320 input; ``width_mult`` scales every width."""
+def ssdlite320(
+    num_classes: int, prior_spec: PriorSpec, width_mult: float = 1.0, reduced_tail: bool | float = True
+) -> SSD:
+    """SSDLite on MobileNetV3-Large for a 320x320 input; ``width_mult`` scales every width.
+
+    ``reduced_tail=False`` (stored as an option only then; checkpoints keep options as numbers,
+    so 0.0 means False) gives MobileNetV3's full last stage, the one ImageNet weights have.
+    """
     if width_mult <= 0:
         raise ValueError(f"width_mult must be positive, got {width_mult}")
-    backbone = MobileNetV3Backbone(width_mult=width_mult)
+    reduced_tail = bool(reduced_tail)
+    options: dict[str, float] = {"width_mult": float(width_mult)}
+    if not reduced_tail:
+        options["reduced_tail"] = 0.0
+    backbone = MobileNetV3Backbone(width_mult=width_mult, reduced_tail=reduced_tail)
     return SSD(
         "ssdlite320",
         backbone,
@@ -125,5 +143,5 @@ def ssdlite320(num_classes: int, prior_spec: PriorSpec, width_mult: float = 1.0)
         _separable_head,
         IMAGENET_MEAN,
         IMAGENET_STD,
-        options={"width_mult": float(width_mult)},
+        options=options,
     )
