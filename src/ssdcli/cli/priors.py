@@ -232,6 +232,7 @@ def _run_fit(preset: str, data: Path, split: str | None, classes: Path | None, b
     with progress_bar("fitting default boxes") as progress:
         comparison = fit_to_dataset(dataset, preset, FitSettings(budget=budget, seed=seed, zoom_out=zoom_out), scales,
                                     progress)
+    _note_problems(dataset, data)
     notes = {"data": str(data), "split": split, "seed": seed, "zoom_out": zoom_out, **fit_summary(comparison)}
     save_prior_spec(target, comparison.fit.spec, preset, budget, notes)
     typer.echo(render_fit(comparison, fmt.value, str(data), to_terminal=out.is_terminal), nl=False)
@@ -246,11 +247,16 @@ def _read_dataset(data: Path, split: str | None, classes: Path | None):
 
     class_list = load_classes_file(classes) if classes is not None else None
     with progress_bar(f"reading {escape(str(data))}") as progress:
-        dataset = load_dataset(data, split=split, classes=class_list, progress=progress, verify_pixels=False)
+        return load_dataset(data, split=split, classes=class_list, progress=progress, verify_pixels=False)
+
+
+def _note_problems(dataset, data: Path) -> None:
+    """After the work succeeded (a failure says what stopped it instead): how many problems the
+    reader reported, and where to see them."""
     if dataset.problems:
-        err.print(f"note: {len(dataset.problems)} problems while reading {escape(str(data))}; "
+        count = len(dataset.problems)
+        err.print(f"note: {count} problem{'s' if count != 1 else ''} while reading {escape(str(data))}; "
                   f"see `ssd data check {escape(str(data))}`", highlight=False)
-    return dataset
 
 
 def _write(text: str, output: Path | None) -> None:
@@ -269,6 +275,7 @@ def _coverage_text(spec: PriorSpec, data: Path, split: str | None, classes: Path
 
     dataset = _read_dataset(data, split, classes)
     report = prior_coverage(dataset, spec)
+    _note_problems(dataset, data)
     groups = [("all", report.overall)] + [("size", g) for g in report.by_size] + [("class", g) for g in report.by_class]
     if fmt is Format.json:
         return json.dumps({"data": str(data), **report.to_json()}, indent=2) + "\n"
