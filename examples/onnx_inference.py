@@ -1,7 +1,9 @@
 """Run an SSD exported by `ssd export --format onnx` (with --postprocess, the default) on one image.
 
 Only onnxruntime, numpy and OpenCV: what a deployment needs. Everything about the model (input
-size, normalisation, class names, output layout) is read from the file's metadata.
+size, normalisation, class names, output layout) is read from the file's metadata. Images are read
+and drawn as `ssd detect` reads and draws them (transparency on white; labels that avoid each other,
+sized to the image).
 
     python examples/onnx_inference.py best.onnx photo.jpg --output photo_detections.jpg --min-score 0.3
 
@@ -33,6 +35,17 @@ def read_metadata(session: ort.InferenceSession) -> dict:
         "std": np.array(json.loads(meta["std"]), dtype=np.float32),
         "input_name": meta["input_name"],
     }
+
+
+def read_image(path: str) -> np.ndarray | None:
+    """BGR uint8 [H, W, 3], transparent pixels composited on white as ssdcli's reader does (the
+    model was trained that way); None when OpenCV cannot read the file."""
+    image = cv2.imread(path, cv2.IMREAD_COLOR)
+    raw = cv2.imread(path, cv2.IMREAD_UNCHANGED)
+    if image is not None and raw is not None and raw.ndim == 3 and raw.shape[2] == 4 and raw.shape[:2] == image.shape[:2]:
+        alpha = raw[:, :, 3:].astype(np.float32) / np.iinfo(raw.dtype).max  # (H, W, 1)
+        image = np.rint(image.astype(np.float32) * alpha + 255.0 * (1.0 - alpha)).astype(np.uint8)
+    return image
 
 
 def preprocess(image_bgr: np.ndarray, meta: dict) -> np.ndarray:
@@ -161,7 +174,7 @@ def main() -> None:
 
     session = ort.InferenceSession(args.model, providers=["CPUExecutionProvider"])
     meta = read_metadata(session)
-    image = cv2.imread(args.image, cv2.IMREAD_COLOR)
+    image = read_image(args.image)
     if image is None:
         sys.exit(f"cannot read image {args.image}")
     detections = detect(session, meta, image, args.min_score)
