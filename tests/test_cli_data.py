@@ -18,7 +18,7 @@ app.add_typer(data_app, name="data")
 app.command("priors")(priors_cmd.priors)
 runner = CliRunner()
 
-JSON_KEYS = ["format", "classes", "num_images", "num_boxes", "boxes_per_class", "problems"]
+JSON_KEYS = ["format", "classes", "num_images", "num_boxes", "boxes_per_class", "box_sizes", "problems"]
 
 
 def run(*args: str):
@@ -41,6 +41,19 @@ def test_check_shared_datasets(shared_data: Path, tmp_path: Path, folder: str, c
     assert list(payload) == JSON_KEYS
     assert (payload["num_images"], payload["num_boxes"]) == (images, boxes)
     assert all(set(p) == {"file", "severity", "message"} for p in payload["problems"])
+
+
+def test_check_json_box_sizes_are_the_numbers_of_the_size_table(shared_data: Path, tmp_path: Path) -> None:
+    report = tmp_path / "report.json"
+    result = run("data", "check", str(shared_data / "voc2007_sample"), "--json", str(report), "--no-decode")
+    sizes = json.loads(report.read_text())["box_sizes"]
+    rows = {line.split("│")[1].strip(): [c.strip() for c in line.split("│")[2:-1]]
+            for line in result.output.splitlines() if line.count("│") >= 4}
+    for name in ("width", "height", "area"):
+        assert rows[name] == [f"{sizes[name][k]:,.0f}" for k in ("min", "median", "max")]
+    assert rows["small (< 32²)"][0] == str(sizes["small"]) and rows["large (≥ 96²)"][0] == str(sizes["large"])
+    assert sizes["small"] + sizes["medium"] + sizes["large"] == 41  # every box of the sample
+    assert sizes["width"]["min"] <= sizes["width"]["median"] <= sizes["width"]["max"]
 
 
 def test_check_bccd_lists_its_problems(shared_data: Path) -> None:

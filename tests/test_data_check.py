@@ -66,8 +66,15 @@ def test_summarize_counts_and_json_keys() -> None:
     assert summary.boxes_per_class == {"cat": 1, "dog": 2, "owl": 0}
     assert summary.trainable
     payload = summary.to_json()
-    assert list(payload) == ["format", "classes", "num_images", "num_boxes", "boxes_per_class", "problems"]
+    assert list(payload) == ["format", "classes", "num_images", "num_boxes", "boxes_per_class", "box_sizes", "problems"]
     assert payload["problems"] == [{"file": "a.xml", "severity": "warning", "message": "fixed"}]
+    # boxes 10x10, 15x25, 1x1: the numbers of the size table
+    assert payload["box_sizes"] == {
+        "width": {"min": 1.0, "median": 10.0, "max": 15.0},
+        "height": {"min": 1.0, "median": 10.0, "max": 25.0},
+        "area": {"min": 1.0, "median": 100.0, "max": 375.0},
+        "small": 3, "medium": 0, "large": 0,  # areas 100, 375, 1 are all below 32^2 = 1024
+    }
 
 
 def test_summarize_not_trainable() -> None:

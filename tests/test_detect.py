@@ -7,6 +7,7 @@ from eval's path (``predict_dataset``) or from calling the detector on frames de
 
 from __future__ import annotations
 
+import copy
 import json
 import shutil
 from pathlib import Path
@@ -320,3 +321,48 @@ def test_a_plan_made_beforehand_is_run_without_reporting_its_warnings_again(synt
     events = Recorder()
     summary = run_detection(detector, plan, options, events)
     assert summary.images == 1 and events.warnings == []
+
+
+def test_a_run_with_no_detection_above_min_score_names_the_best_score_and_a_threshold(synth, model, tmp_path):
+    files = images_of(synth)[:3]
+    # The untrained model scores 1/5 everywhere; random head biases spread the scores per class.
+    model = copy.deepcopy(model)
+    generator = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for head in model.conf_heads:
+            bias = [p for name, p in head.named_parameters() if name.endswith("bias")][-1]
+            bias.copy_(torch.randn(bias.shape, generator=generator))
+    # The expected best score comes from the post-processing itself: at threshold 0 every class
+    # of every image keeps its best-scored box (NMS never drops the top box), so the best
+    # detection score is the best class probability before any threshold.
+    everything = TorchDetector(model, torch.device("cpu"), PostprocessSettings(score_threshold=0.0), class_names=CLASSES)
+    full = run_detection(everything, files, DetectOptions(json_file=tmp_path / "all.json", workers=0))
+    entries = json.loads((tmp_path / "all.json").read_text())
+    best = max(d["score"] for e in entries for d in e["detections"])
+    per_class = {name: max(d["score"] for e in entries for d in e["detections"] if d["label"] == name) for name in CLASSES}
+    weakest = min(per_class, key=per_class.get)
+    assert sum(full.detections_per_class.values()) > 0 and per_class[weakest] < best < 0.9
+
+    strict = TorchDetector(model, torch.device("cpu"), PostprocessSettings(score_threshold=0.9), class_names=CLASSES)
+    events = Recorder()
+    summary = run_detection(strict, files, DetectOptions(workers=0), events)
+    assert not summary.detections_per_class
+    expected = f"no detection scored above 0.9 on 3 images; the best score was {best:.3f}: try --min-score "
+    assert events.warnings == [events.warnings[0]] and events.warnings[0].startswith(expected)
+    suggested = float(events.warnings[0].rsplit(" ", 1)[1])
+    assert best - 0.05 <= suggested < best  # a round value just below: it would show the best box
+
+    events = Recorder()
+    run_detection(strict, files, DetectOptions(workers=0, classes=(weakest,)), events)  # only that class counts
+    assert events.warnings[0].startswith(
+        f"no detection scored above 0.9 on 3 images; the best score was {per_class[weakest]:.3f}")
+
+    # video frames too; and a run with detections says nothing
+    frames = [np.asarray(Image.open(p).convert("RGB"))[:176, :224] for p in files[:2]]
+    write_video(tmp_path / "clip.mp4", frames)
+    events = Recorder()
+    run_detection(strict, [tmp_path / "clip.mp4"], DetectOptions(workers=0), events)
+    assert events.warnings[0].startswith("no detection scored above 0.9 on 2 video frames; the best score was")
+    events = Recorder()
+    run_detection(everything, files, DetectOptions(workers=0), events)
+    assert events.warnings == []

@@ -93,6 +93,32 @@ def test_newest_best_pt_is_found_else_last_pt(tmp_path):
     assert find_default_weights(tmp_path) == tmp_path / "runs" / "b" / "last.pt"
 
 
+def test_default_weights_are_searched_recursively_newest_best_first(tmp_path):
+    def put(relative: str, mtime: int) -> Path:
+        target = tmp_path / "runs" / relative
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(b"x")
+        os.utime(target, (mtime, mtime))
+        return target
+
+    # `make demo` nests its run: runs/demo/train/best.pt
+    demo = put("demo/train/best.pt", 1000)
+    assert find_default_weights(tmp_path) == demo
+    put("old/last.pt", 5000)  # a newer last.pt never beats a best.pt
+    put("train/best.pt", 900)
+    newest = put("a/b/c/best.pt", 2000)
+    assert find_default_weights(tmp_path) == newest
+    # hidden temp files of a checkpoint being written, and hidden folders, are not candidates
+    put("demo/train/.best.pt.123.abcd.tmp", 9000)
+    put(".trash/best.pt", 9000)
+    (tmp_path / "runs" / "x" / "best.pt").mkdir(parents=True)  # a folder named best.pt is not a file
+    assert find_default_weights(tmp_path) == newest
+    for path in (tmp_path / "runs").rglob("best.pt"):
+        if path.is_file():
+            path.unlink()
+    assert find_default_weights(tmp_path) == tmp_path / "runs" / "old" / "last.pt"
+
+
 def test_detect_dataset_with_a_loaded_detector_equals_predict_dataset_with_the_model(model, weights, tmp_path):
     make_synthetic_dataset(tmp_path / "synth", num_images=5, seed=2)
     dataset = load_dataset(tmp_path / "synth", classes=CLASSES)

@@ -227,6 +227,12 @@ def run_detection(
     summary = sink.summary
     if summary.images + summary.frames == 0 and summary.unreadable:
         raise UserError(f"none of the {summary.unreadable} image(s) / video(s) could be read (see the warnings above)")
+    if summary.images + summary.frames and not summary.detections_per_class:
+        from ssdcli.score_hint import no_detection_message
+
+        threshold = detector.settings.score_threshold if hasattr(detector, "settings") else 0.0
+        t = summary.timings
+        events.on_warning(no_detection_message(threshold, t.best_scores, t.hidden_below, summary.images, summary.frames, keep))
     return summary
 
 

@@ -25,16 +25,33 @@ from ssdcli.data.records import DetectionDataset
 from ssdcli.data.transforms import normalize, resize_uint8
 from ssdcli.errors import DataError, UserError
 from ssdcli.postprocess import Detections, PostprocessSettings, postprocess
+from ssdcli.score_hint import best_class_scores
 
 
 @dataclass
 class Timings:
-    """Seconds spent per stage, summed over the images (read runs in workers, so it overlaps)."""
+    """What a detector measured over a run: seconds spent per stage, summed over the images (read
+    runs in workers, so it overlaps), and the best class scores it saw (:mod:`ssdcli.score_hint`).
+
+    Attributes:
+        best_scores: Tensor[C] float, index ``i - 1`` for label ``i``: the highest probability class
+            ``i`` reached on any default box of any image, before the score threshold; NaN for a
+            class the detector could not see. ``None``: the detector does not report them.
+        hidden_below: probabilities at or below this never reach the detector's output (an ONNX
+            model with its post-processing inside stops at its export threshold); 0 otherwise.
+    """
 
     read: float = 0.0
     forward: float = 0.0
     post: float = 0.0
     images: int = 0
+    best_scores: Tensor | None = None
+    hidden_below: float = 0.0
+
+    def see_scores(self, per_class: Tensor) -> None:
+        """Fold one batch's per-class best scores (Tensor[C], NaN: not seen) into :attr:`best_scores`."""
+        per_class = per_class.detach().float().cpu()
+        self.best_scores = per_class if self.best_scores is None else torch.fmax(self.best_scores, per_class)
 
 
 class ImageFiles(Dataset):
@@ -110,6 +127,8 @@ class Detector(Protocol):
         image_size: network input side S; inputs are resized to S x S.
         mean, std: RGB normalisation of inputs scaled to [0, 1].
         class_names: label ``i`` (1-based) is ``class_names[i - 1]``.
+        settings: its post-processing; ``settings.score_threshold`` is ``--min-score`` (read by the
+            zero-detection hint, which assumes 0 for a detector without it).
     """
 
     image_size: int
@@ -122,7 +141,8 @@ class Detector(Protocol):
     ) -> list[Detections]:
         """``images``: float Tensor[B, 3, S, S] normalised (on the CPU); ``sizes``: ``(width,
         height)`` of each original image. Returns one :class:`Detections` per image, on the CPU,
-        boxes xyxy in original-image pixels. Adds forward and post-processing seconds to ``timings``."""
+        boxes xyxy in original-image pixels. Adds forward and post-processing seconds to ``timings``
+        and, when the detector can see them, the best class scores (:meth:`Timings.see_scores`)."""
         ...
 
 
@@ -170,6 +190,8 @@ class TorchDetector:
                 variances=self.variances, **self.settings.to_dict(),
             )
             detections = [Detections(*(t.cpu() for t in d)) for d in detections]
+            if timings is not None:
+                timings.see_scores(best_class_scores(cls_logits))
         if timings is not None:
             timings.forward += forwarded - start
             timings.post += time.perf_counter() - forwarded
@@ -312,12 +334,23 @@ def detect_dataset(
 
 
 def find_default_weights(root: Path) -> Path | None:
-    """The newest ``runs/*/best.pt`` below ``root`` by modification time, else the newest
-    ``runs/*/last.pt``, else ``None`` (``ssd detect`` without ``--weights``)."""
+    """The weights ``ssd detect`` uses without ``--weights``: the newest ``best.pt`` anywhere below
+    ``root/runs`` (by modification time), else the newest ``last.pt``, else ``None``.
+
+    Runs nest (``make demo`` writes ``runs/demo/train/best.pt``), so the search is recursive.
+    Hidden files and folders (the ``.best.pt.<pid>.<random>.tmp`` files of a checkpoint being
+    written, ``.git``) are skipped, and symbolic links to folders are not followed.
+    """
+    runs = Path(root) / "runs"
+    found: dict[str, list[Path]] = {"best.pt": [], "last.pt": []}
+    for folder, subfolders, files in os.walk(runs):
+        subfolders[:] = sorted(name for name in subfolders if not name.startswith("."))
+        for name in found:
+            if name in files and (Path(folder) / name).is_file():
+                found[name].append(Path(folder) / name)
     for name in ("best.pt", "last.pt"):
-        found = [p for p in (root / "runs").glob(f"*/{name}") if p.is_file()]
-        if found:
-            return max(found, key=lambda p: p.stat().st_mtime)
+        if found[name]:
+            return max(found[name], key=lambda p: p.stat().st_mtime)
     return None
 
 

@@ -100,6 +100,90 @@ def _text_colour(background_bgr: tuple[int, int, int]) -> tuple[int, int, int]:
     return (0, 0, 0) if 0.299 * r + 0.587 * g + 0.114 * b > 140 else (255, 255, 255)
 
 
+def line_style(width: int, height: int) -> tuple[int, float, int]:
+    """``(box line thickness, font scale, text thickness)`` for a ``width`` x ``height`` image: about
+    2 px lines and a 0.6 font (16 px capitals) on 640x480, 1 px and 0.4 on small images, growing
+    linearly with the mean side, so labels keep the same share of the image at any resolution."""
+    side = (width + height) / 2
+    thickness = max(1, round(0.003 * side))
+    return thickness, max(0.4, 0.0011 * side), max(1, thickness - 1)
+
+
+# Label rows tried above, inside and below each box; labels placed nearby also offer the places
+# touching them (above, below, left, right), which packs a crowd of labels without gaps. At most
+# _NEIGHBOURS of them, the nearest, so 200 detections stay quick.
+_STACK = 10
+_NEIGHBOURS = 24
+_GAP = 1  # background pixels between neighbouring labels, so two of one colour do not read as one
+
+
+def place_labels(boxes_xyxy_px: ArrayLike, label_sizes: ArrayLike, width: int, height: int) -> np.ndarray:
+    """Where to put each detection's label so that labels do not cover each other where possible.
+
+    Greedy, in the given order (pass the best detection first: it gets its preferred place): each
+    label takes the first free place among, in this order: just above its box, inside it at the
+    top (when there is no room above), below it, inside at the bottom (each left-aligned with the
+    box, then right-aligned); then, nearest the box first, rows stacked further above, inside and
+    below, and the places touching labels already placed nearby. A place is free when it overlaps
+    no label placed before (nor comes within a pixel of one); with none free, the one overlapping
+    least wins. Every label lies inside the image (unless it is larger than the image).
+
+    Args:
+        boxes_xyxy_px: [K, 4] xyxy, pixels.
+        label_sizes: [K, 2] ``(w, h)`` of each label box in pixels.
+
+    Returns:
+        np.ndarray[K, 2] int64: the top-left corner ``(x, y)`` of each label box.
+    """
+    boxes = np.round(np.asarray(boxes_xyxy_px, dtype=np.float64).reshape(-1, 4))  # (K, 4)
+    sizes = np.asarray(label_sizes, dtype=np.float64).reshape(-1, 2)  # (K, 2)
+    placed = np.zeros((len(boxes), 4))  # xyxy (end exclusive) of the labels placed so far: rows :k
+    corners = np.zeros((len(boxes), 2), dtype=np.int64)
+    for k, (box, (w, h)) in enumerate(zip(boxes, sizes)):
+        x1, y1, x2, y2 = box
+        reach = np.array([x1 - 2 * w, y1 - (_STACK + 2) * h, x2 + 2 * w, y2 + (_STACK + 2) * h])
+        near = placed[:k][(placed[:k, 2] > reach[0]) & (placed[:k, 0] < reach[2])
+                          & (placed[:k, 3] > reach[1]) & (placed[:k, 1] < reach[3])]  # (N, 4)
+        cand = _label_candidates(box, w, h, near, width, height)  # (M, 2), preference order
+        ox = np.minimum(cand[:, None, 0] + w, near[None, :, 2]) - np.maximum(cand[:, None, 0], near[None, :, 0])
+        oy = np.minimum(cand[:, None, 1] + h, near[None, :, 3]) - np.maximum(cand[:, None, 1], near[None, :, 1])
+        overlap = (np.clip(ox, 0, None) * np.clip(oy, 0, None)).sum(axis=1)  # (M,) area covered
+        x, y = cand[int(np.argmin(overlap))]  # the first of the least covered
+        corners[k] = (x, y)
+        # kept _GAP px larger: the next labels keep that much background between them
+        placed[k] = (x - _GAP, y - _GAP, x + w + _GAP, y + h + _GAP)
+    return corners
+
+
+def _label_candidates(box: np.ndarray, w: float, h: float, near: np.ndarray, width: int, height: int) -> np.ndarray:
+    """Top-left corners [M, 2] for a ``w`` x ``h`` label of ``box`` (xyxy), inside the image, in
+    :func:`place_labels`' preference order; ``near``: [N, 4] labels placed nearby."""
+    x1, y1, x2, y2 = box
+    centres = (near[:, :2] + near[:, 2:]) / 2  # (N, 2)
+    near = near[np.argsort(np.abs(centres - [x1 + w / 2, y1 - h / 2]).sum(axis=1), kind="stable")[:_NEIGHBOURS]]  # (N, 4)
+    steps = np.arange(1, _STACK + 1)
+    first_tops = np.array([y1 - h, y1, y2, y2 - h])
+    stacked = np.concatenate((y1 - h - steps * h, y1 + steps * h, y2 + steps * h))  # (3 * _STACK,)
+    left, top, right, bottom = near.T  # (N,) each
+    above, below = top - h, bottom
+    first = np.array([(x, y) for y in first_tops for x in (x1, x2 - w)])  # (8, 2) y-major
+    rest = np.concatenate([
+        np.column_stack(pair) for pair in (
+            (np.repeat(x1, len(stacked)), stacked), (np.repeat(x2 - w, len(stacked)), stacked),
+            (left, above), (left, below), (np.full_like(above, x1), above), (np.full_like(below, x1), below),
+            (np.full_like(above, x2 - w), above), (np.full_like(below, x2 - w), below),  # touching above / below
+            (right, top), (left - w, top), (right, np.full_like(top, y1 - h)), (left - w, np.full_like(top, y1 - h)),
+        )
+    ])  # (M - 8, 2)
+    # the others nearest the box first: the gap between label and box, in pixels (0 when touching)
+    gap = (np.clip(np.maximum(x1 - (rest[:, 0] + w), rest[:, 0] - x2), 0, None)
+           + np.clip(np.maximum(y1 - (rest[:, 1] + h), rest[:, 1] - y2), 0, None))
+    cand = np.concatenate((first, rest[np.argsort(gap, kind="stable")]))  # (M, 2)
+    cand[:, 0] = np.clip(cand[:, 0], 0, max(width - w, 0))
+    inside = (cand[:, 1] >= 0) & (cand[:, 1] + h <= height)
+    return cand[inside] if inside.any() else np.array([[cand[0, 0], max(0.0, min(y1, height - h))]])
+
+
 def draw_detections(
     image_bgr: np.ndarray,
     boxes_xyxy_px: ArrayLike,
@@ -109,8 +193,11 @@ def draw_detections(
     captions: list[str] | None = None,
 ) -> np.ndarray:
     """Draw detections on a copy of an image: a box per detection in its class colour
-    (:func:`class_colour`) and a ``name score`` label on a filled background above the box (inside
-    it when the box touches the top edge). Line width and font size grow with the image.
+    (:func:`class_colour`) and a ``name score`` label on a filled background, placed by
+    :func:`place_labels` (above the box, else inside it, else where it covers no other label).
+    Line width and font size follow the image size (:func:`line_style`).
+
+    ``examples/onnx_inference.py`` draws the same picture without ssdcli (tested pixel for pixel).
 
     Args:
         image_bgr: np.ndarray[H, W, 3] uint8 BGR.
@@ -121,7 +208,8 @@ def draw_detections(
         captions: [K] texts to draw instead of ``name score`` (e.g. with an error type added).
 
     Returns:
-        A new np.ndarray[H, W, 3] uint8 BGR; drawn lowest score first so the best box is on top.
+        A new np.ndarray[H, W, 3] uint8 BGR; boxes, then labels, drawn lowest score first so the
+        best is on top; the best labels are placed first.
     """
     import cv2
 
@@ -130,36 +218,26 @@ def draw_detections(
     boxes = np.asarray(boxes_xyxy_px, dtype=np.float64).reshape(-1, 4)  # (K, 4)
     labels = np.asarray(labels, dtype=np.int64).reshape(-1)  # (K,)
     scores = np.asarray(scores, dtype=np.float64).reshape(-1)  # (K,)
-    # ~2 px on a 640x480 image, 1 px on small ones, growing linearly with the image side.
-    side = (width + height) / 2
-    thickness = max(1, round(0.003 * side))
-    font_scale = max(0.4, 0.0011 * side)  # ~0.6 on 640x480: readable, not covering small objects
-    text_thickness = max(1, thickness - 1)
-    for k in np.argsort(scores, kind="stable"):
-        label = int(labels[k])
-        colour = class_colour(label)
+    thickness, font_scale, text_thickness = line_style(width, height)
+    pad = thickness
+    order = np.argsort(-scores, kind="stable")  # best first
+    texts, sizes = [], []
+    for k in order:
+        name = class_names[labels[k] - 1] if 1 <= labels[k] <= len(class_names) else f"class {labels[k]}"
+        texts.append(captions[k] if captions is not None else f"{name} {scores[k]:.2f}")
+        (text_w, text_h), baseline = cv2.getTextSize(texts[-1], cv2.FONT_HERSHEY_SIMPLEX, font_scale, text_thickness)
+        sizes.append((text_w + 2 * pad, text_h + baseline + 2 * pad, text_h))
+    corners = place_labels(boxes[order], [size[:2] for size in sizes], width, height)
+    for k in order[::-1]:
         x1, y1, x2, y2 = (int(round(v)) for v in boxes[k])
-        cv2.rectangle(canvas, (x1, y1), (x2, y2), colour, thickness, cv2.LINE_8)  # crisp: axis-aligned
-        name = class_names[label - 1] if 1 <= label <= len(class_names) else f"class {label}"
-        text = captions[k] if captions is not None else f"{name} {scores[k]:.2f}"
-        (text_w, text_h), baseline = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, font_scale, text_thickness)
-        pad = thickness
-        box_h = text_h + baseline + 2 * pad
-        top = y1 - box_h if y1 - box_h >= 0 else y1  # above the box, or inside it at the top edge
-        left = min(max(x1, 0), max(width - text_w - 2 * pad, 0))
-        cv2.rectangle(canvas, (left, top), (left + text_w + 2 * pad, top + box_h), colour, cv2.FILLED)
-        cv2.putText(
-            canvas, text, (left + pad, top + pad + text_h), cv2.FONT_HERSHEY_SIMPLEX, font_scale,
-            _text_colour(colour), text_thickness, cv2.LINE_AA,
-        )
+        cv2.rectangle(canvas, (x1, y1), (x2, y2), class_colour(int(labels[k])), thickness, cv2.LINE_8)  # crisp
+    for i in range(len(order) - 1, -1, -1):
+        colour = class_colour(int(labels[order[i]]))
+        (left, top), (box_w, box_h, text_h) = corners[i], sizes[i]
+        cv2.rectangle(canvas, (left, top), (left + box_w - 1, top + box_h - 1), colour, cv2.FILLED)
+        cv2.putText(canvas, texts[i], (left + pad, top + pad + text_h), cv2.FONT_HERSHEY_SIMPLEX, font_scale,
+                    _text_colour(colour), text_thickness, cv2.LINE_AA)
     return canvas
-
-
-def _line_style(side: float) -> tuple[int, float, int]:
-    """``(thickness, font scale, text thickness)`` for an image of mean side ``side`` pixels:
-    ~2 px lines on 640x480, growing linearly with the image (as :func:`draw_detections`)."""
-    thickness = max(1, round(0.003 * side))
-    return thickness, max(0.4, 0.0011 * side), max(1, thickness - 1)
 
 
 def draw_ground_truth(
@@ -189,7 +267,7 @@ def draw_ground_truth(
     boxes = np.asarray(boxes_xyxy_px, dtype=np.float64).reshape(-1, 4)  # (K, 4)
     labels = np.asarray(labels, dtype=np.int64).reshape(-1)  # (K,)
     missed = np.zeros(labels.shape, bool) if missed is None else np.asarray(missed, bool).reshape(-1)
-    thickness, font_scale, text_thickness = _line_style((width + height) / 2)
+    thickness, font_scale, text_thickness = line_style(width, height)
     dash = 6 * thickness
     rows, cols = np.mgrid[0:height, 0:width]  # (H, W) each
     dashes = ((rows + cols) // dash) % 2 == 0  # diagonal stripes: dashes on every edge direction

@@ -32,6 +32,10 @@ CHECK_EPILOG = """\
   ssd data check data/bccd/test.csv               # CSV, one row per box (columns found by name)
   ssd data check boxes.csv --csv-coords pixels --images photos/
 
+--json FILE writes {"format", "classes", "num_images", "num_boxes", "boxes_per_class", "box_sizes", \
+"problems"}; box_sizes holds the box-size table: {"width" | "height" | "area": {"min", "median", "max"}, \
+"small", "medium", "large"} in original-image pixels (null without boxes).
+
 Exit status: 0 when training could proceed (warnings are fixed or skipped data),
 1 when not (errors), 2 when the dataset cannot be read at all.
 """

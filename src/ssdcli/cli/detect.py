@@ -21,7 +21,7 @@ HELP = "Detect objects in images, folders, glob patterns, videos or a webcam; dr
 EPILOG = """\
 [bold]Examples[/]
 
-  ssd detect photo.jpg                       # newest runs/*/best.pt
+  ssd detect photo.jpg                       # newest best.pt under runs/
   ssd detect photos/ --output rendered/ --json dets.json
   ssd detect "shots/**/*.png" --min-score 0.5 --classes person,dog
   ssd detect clip.mp4 --output rendered/     # rendered/clip.mp4, same fps
@@ -37,10 +37,12 @@ when none exists, exit 2. Unreadable images are reported one line each and skipp
 [bold]Outputs[/]: --json writes one entry per image (per frame for videos, with "frame"): \
 {"file", "width", "height", "detections": \\[{"class_id", "label", "score", "box": \\[x1, y1, x2, y2]}]}, \
 boxes in original-image pixels, class_id 1-based. --coco-json writes the same detections as COCO \
-results (image_id = file stem, category_id = class_id), the format `ssd eval --detections` scores.
+results (image_id = file stem, category_id = class_id), the format `ssd eval --detections` scores. \
+When nothing scores above --min-score, a warning gives the best score seen and a threshold that would show it.
 
-[bold]Weights[/]: without --weights, the newest runs/*/best.pt under the current folder (else the \
-newest last.pt). Pre-processing and class names come from the checkpoint.
+[bold]Weights[/]: without --weights, the newest best.pt anywhere under runs/ in the current folder \
+(e.g. runs/demo/train/best.pt after `make demo`; else the newest last.pt), named on stderr. \
+Pre-processing and class names come from the checkpoint.
 
 [bold]CPU speed[/]: SSD300 / SSD512 compute their large 3x3 convolutions with Winograd's algorithm (NNPACK, inside torch), about a third faster; outputs move by ~1e-5 of their largest value. SSDCLI_EXACT_CONV=1 in the environment computes them directly.
 """
@@ -103,7 +105,7 @@ def detect(
         Optional[list[str]], typer.Argument(metavar="SOURCE", help="Image files, folders, quoted glob patterns or video files.", show_default=False)
     ] = None,
     weights: Annotated[
-        Optional[Path], typer.Option("--weights", help="Checkpoint (.pt) or exported model (.onnx); default: the newest runs/*/best.pt, else last.pt.")
+        Optional[Path], typer.Option("--weights", help="Checkpoint (.pt) or exported model (.onnx); default: the newest best.pt under runs/, else last.pt.")
     ] = None,
     min_score: Annotated[float, typer.Option("--min-score", help="Keep detections scoring above this (0-1).")] = 0.3,
     nms_iou: Annotated[float, typer.Option("--nms-iou", help="NMS: drop a box overlapping a better one of its class by more than this IoU.")] = 0.45,
@@ -142,9 +144,9 @@ def detect(
     if weights is None:
         weights = find_default_weights(Path("."))
         if weights is None:
-            raise UserError("no runs/*/best.pt or runs/*/last.pt under the current folder; pass --weights CKPT")
-        err.print(f"using {escape(str(weights))} (the newest runs/*/{escape(weights.name)}; pass --weights to choose)",
-                  highlight=False)
+            raise UserError("no best.pt or last.pt under runs/ in the current folder; pass --weights CKPT")
+        why = "the newest best.pt under runs/" if weights.name == "best.pt" else "no best.pt under runs/; the newest last.pt"
+        err.print(f"using {escape(str(weights))} ({why}; pass --weights to choose)", highlight=False)
     detector = load_detector(weights, device.value, settings)
 
     columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())

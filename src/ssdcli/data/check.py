@@ -107,6 +107,11 @@ class BoxStats:
     medium: int
     large: int
 
+    def to_json(self) -> dict:
+        """``{"width" | "height" | "area": {"min", "median", "max"}, "small", "medium", "large"}``."""
+        spreads = {name: dict(zip(("min", "median", "max"), getattr(self, name))) for name in ("width", "height", "area")}
+        return {**spreads, "small": self.small, "medium": self.medium, "large": self.large}
+
 
 @dataclass(frozen=True)
 class DatasetSummary:
@@ -139,13 +144,15 @@ class DatasetSummary:
         return self.num_errors == 0 and self.num_images > 0
 
     def to_json(self) -> dict:
-        """The SPEC.md ``ssd data check --json`` object, exactly its keys."""
+        """The SPEC.md ``ssd data check --json`` object, plus ``box_sizes``: the size table's
+        numbers (``None`` without boxes; README "File formats")."""
         return {
             "format": self.format,
             "classes": list(self.classes),
             "num_images": self.num_images,
             "num_boxes": self.num_boxes,
             "boxes_per_class": dict(self.boxes_per_class),
+            "box_sizes": self.box_stats.to_json() if self.box_stats is not None else None,
             "problems": [p.to_dict() for p in self.problems],
         }
 

@@ -88,11 +88,14 @@ def _to_rgb(image: Image.Image) -> np.ndarray:
     if mode == "F":
         grey8 = np.asarray(image).clip(0, 255).astype(np.uint8)  # (H, W)
         return np.repeat(grey8[:, :, None], 3, axis=2)  # (H, W, 3)
-    if mode == "P" and "transparency" in image.info:
-        # Pillow warns when a palette image with transparency goes straight to RGB.
-        image = image.convert("RGBA")
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info:
+        # Transparent pixels are composited on white, in training and detection alike: their stored
+        # colour is arbitrary (often black, which dropping alpha as cv2.imread does would show).
+        rgba = np.asarray(image.convert("RGBA"), dtype=np.float32)  # (H, W, 4)
+        alpha = rgba[:, :, 3:] / 255.0  # (H, W, 1)
+        return np.rint(rgba[:, :, :3] * alpha + 255.0 * (1.0 - alpha)).astype(np.uint8)  # (H, W, 3)
     if image.mode != "RGB":
-        # RGBA / LA / PA: alpha is dropped (as cv2.imread does); L, 1, P, CMYK, YCbCr: converted.
+        # L, 1, P, CMYK, YCbCr: converted.
         image = image.convert("RGB")
     return np.asarray(image, dtype=np.uint8).copy()  # (H, W, 3), writable
 
@@ -121,10 +124,10 @@ def _load_truncated_jpeg(path: Path, draft: bool) -> Image.Image:
 def read_image_rgb(path: Path) -> np.ndarray:
     """Decode an image file to ``uint8[H, W, 3]`` RGB.
 
-    Greyscale, RGBA, palette, CMYK and 16-bit images are converted; EXIF orientation is not
-    applied (annotations refer to the stored pixels). A JPEG truncated after its header is
-    decoded as OpenCV decodes it, the missing rows grey (:func:`verify_image` tells which files
-    are; the dataset readers warn about them).
+    Greyscale, RGBA, palette, CMYK and 16-bit images are converted; transparent pixels are
+    composited on white; EXIF orientation is not applied (annotations refer to the stored pixels).
+    A JPEG truncated after its header is decoded as OpenCV decodes it, the missing rows grey
+    (:func:`verify_image` tells which files are; the dataset readers warn about them).
 
     Raises:
         DataError: naming the file, when it is missing, not an image, or corrupt (or a truncated

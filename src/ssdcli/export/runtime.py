@@ -24,6 +24,7 @@ from ssdcli.errors import UserError
 from ssdcli.export.metadata import INPUT_NAME, ExportMetadata
 from ssdcli.inference import Timings
 from ssdcli.postprocess import Detections, FlatDetections, PostprocessSettings, postprocess, split_by_image
+from ssdcli.score_hint import best_class_scores
 
 
 class OnnxDetector:
@@ -155,6 +156,12 @@ class OnnxDetector:
             # Scores descend within an image, so a higher threshold or a lower cap keeps a prefix,
             # exactly what running the post-processing with those settings would have kept.
             detections = [self._cut(d) for d in per_image]
+            if timings is not None:
+                # The graph returns only detections above its export threshold: a class's best
+                # score is known when it has one (NMS keeps each class's best box), else hidden.
+                timings.hidden_below = self.metadata.settings.score_threshold
+                best = torch.full((len(self.class_names),), float("nan"))
+                timings.see_scores(best.scatter_reduce(0, labels.long() - 1, scores.float(), "amax", include_self=False))
         else:
             cls_logits, box_deltas, priors = outputs
             detections = postprocess(
@@ -165,6 +172,8 @@ class OnnxDetector:
                 variances=self.metadata.variances,
                 **self.settings.to_dict(),
             )
+            if timings is not None:
+                timings.see_scores(best_class_scores(cls_logits))
         if timings is not None:
             timings.forward += forwarded - start
             timings.post += time.perf_counter() - forwarded
