@@ -302,6 +302,28 @@ def test_paths_with_rich_markup_are_printed_as_they_are(synth_images, weights, t
     assert result.exit_code == 2 and result.stderr.strip() == f"error: {gone}: the pattern matches no image or video files"
 
 
+@pytest.mark.skipif(sys.platform == "win32", reason="needs POSIX symlinks")
+def test_symlink_loops_in_a_folder_or_glob_are_warnings_not_a_hang(synth_images, weights, tmp_path):
+    root = tmp_path / "looped"
+    (root / "sub").mkdir(parents=True)
+    shutil.copy(synth_images[0], root / "a.jpg")
+    shutil.copy(synth_images[1], root / "sub" / "b.jpg")
+    (root / "sub" / "here").symlink_to(".")  # two folder loops: 2**40 paths for os.walk(followlinks=True)
+    (root / "sub" / "up").symlink_to("..")
+    (root / "x.jpg").symlink_to("y.jpg")  # a file loop: Path.resolve raised RuntimeError
+    (root / "y.jpg").symlink_to("x.jpg")
+    for source in (str(root), f"{root}/**/*.jpg"):
+        result = run(source, "--weights", str(weights), "--workers", "0", "--json", str(tmp_path / "d.json"))
+        assert result.exit_code == 0, result.output
+        assert f"warning: {root}/sub/here: a symlink loop (it leads back to {root}/sub); not searched" in result.stderr
+        assert f"warning: {root}/x.jpg: a symlink loop; skipped" in result.stderr
+        assert "detections: 2 images" in result.stdout
+        assert sorted(e["file"] for e in json.loads((tmp_path / "d.json").read_text())) == [
+            str(root / "a.jpg"), str(root / "sub" / "b.jpg")]
+    result = run(str(root / "x.jpg"), "--weights", str(weights))
+    assert result.exit_code == 2 and result.stderr.strip() == f"error: {root}/x.jpg: a symlink loop"
+
+
 def test_help_shows_examples_and_the_json_format():
     result = run("--help")
     assert result.exit_code == 0

@@ -165,9 +165,9 @@ def plan_detection(sources: Sequence[str | os.PathLike[str]], options: DetectOpt
         check_display()
     found = expand_sources(names)
     if not found.images and not found.videos and options.webcam is None:
-        raise UserError("; ".join(found.missing + found.unsupported))
+        raise UserError("; ".join(found.missing + found.unsupported + found.skipped))
     plan = DetectPlan(images=found.images, videos=list(found.videos))
-    plan.warnings = found.missing + [f"{message}; skipped" for message in found.unsupported]
+    plan.warnings = found.missing + [f"{message}; skipped" for message in found.unsupported] + found.skipped
     if options.webcam is not None:
         plan.videos.append(VideoSource(camera=options.webcam))
     if options.output is not None:
