@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
@@ -49,7 +50,7 @@ def progress_bar(description: str) -> Iterator[Callable[[int, int], None]]:
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
         console=err, transient=True, disable=not err.is_terminal,
     ) as bar:
-        task = bar.add_task(description, total=None)
+        task = bar.add_task(escape(description), total=None)
 
         def update(done: int, total: int) -> None:
             bar.update(task, completed=done, total=total)
@@ -63,7 +64,7 @@ def _class_table(summary: DatasetSummary) -> Table:
     table.add_column("class")
     table.add_column("boxes", justify="right")
     for index, name in enumerate(summary.classes, start=1):
-        table.add_row(str(index), name, str(summary.boxes_per_class[name]))
+        table.add_row(str(index), escape(name), str(summary.boxes_per_class[name]))
     return table
 
 
@@ -89,7 +90,7 @@ def _problem_table(problems: list[Problem]) -> Table:
     table.add_column("message", overflow="fold")
     for problem in problems[:MAX_PROBLEMS_SHOWN]:
         colour = "red" if problem.severity == "error" else "yellow"
-        table.add_row(f"[{colour}]{problem.severity}[/]", problem.file, problem.message)
+        table.add_row(f"[{colour}]{problem.severity}[/]", escape(problem.file), escape(problem.message))
     if len(problems) > MAX_PROBLEMS_SHOWN:
         table.add_row("", f"... {len(problems) - MAX_PROBLEMS_SHOWN} more", "all of them are in --json FILE")
     return table
@@ -127,14 +128,14 @@ def check(
         if json_file is not None:
             json_file.parent.mkdir(parents=True, exist_ok=True)
             json_file.write_text(json.dumps(summary.to_json(), indent=2) + "\n")
-            err.print(f"wrote {json_file}")
+            err.print(f"wrote {escape(str(json_file))}", highlight=False)
     if not summary.trainable:
         raise typer.Exit(EXIT_INTERNAL)  # SPEC: 1 when training could not proceed
 
 
 def _print_report(summary: DatasetSummary) -> None:
     out.print(
-        f"[bold]{summary.format.upper()}[/] dataset {summary.root}: {summary.num_images} images "
+        f"[bold]{summary.format.upper()}[/] dataset {escape(str(summary.root))}: {summary.num_images} images "
         f"({summary.images_without_boxes} without boxes), {summary.num_boxes} boxes "
         f"({summary.num_difficult} difficult, {summary.num_crowd} crowd), {len(summary.classes)} classes",
         highlight=False,
@@ -167,7 +168,7 @@ def synth(
         summary = make_synthetic_dataset(output, num_images=images, seed=seed, overwrite=force, progress=progress)
     per_class = ", ".join(f"{name} {count}" for name, count in summary.boxes_per_class.items())
     out.print(
-        f"wrote {summary.num_images} images to {summary.root} ({summary.num_train} train / {summary.num_val} val), "
-        f"{sum(summary.boxes_per_class.values())} boxes: {per_class}",
+        f"wrote {summary.num_images} images to {escape(str(summary.root))} ({summary.num_train} train / {summary.num_val} val), "
+        f"{sum(summary.boxes_per_class.values())} boxes: {escape(per_class)}",
         highlight=False,
     )

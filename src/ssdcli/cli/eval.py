@@ -27,7 +27,7 @@ EPILOG = """\
   ssd eval --detections dets.json --data coco/annotations/instances_val2017.json --metric coco
   ssd eval --detections dets.json --data my_voc_folder --json metrics.json --plot-dir pr_curves
 
-[bold]Detections[/] are COCO results json: a list of {"image_id", "category_id", "bbox": [x, y, w, h],
+[bold]Detections[/] are COCO results json: a list of {"image_id", "category_id", "bbox": \\[x, y, w, h],
 "score"} in original-image pixels. For VOC-style data image_id is the image file stem (a string)
 and category_id the 1-based class index (the list `ssd data check` prints); for COCO data both
 are the json's own ids.
@@ -70,7 +70,7 @@ def result_tables(result: EvalResult) -> list[Table]:
             per_class.add_column(title, justify="right")
     for c in result.classes:
         values = [_percent(getattr(c, key)) for _, key, shown in columns if shown]
-        per_class.add_row(c.name, str(c.num_gt), str(c.num_detections), *values)
+        per_class.add_row(escape(c.name), str(c.num_gt), str(c.num_detections), *values)
 
     summary = Table(title=f"Summary: {result.num_images} images, {result.num_detections} detections")
     summary.add_column("metric")
@@ -104,7 +104,7 @@ def _read_dataset(
 
     classes = load_classes_file(classes_file) if classes_file is not None else model_classes
     with Progress(console=err, transient=True, disable=not err.is_terminal) as bar:
-        task = bar.add_task(f"reading {data}", total=None)
+        task = bar.add_task(f"reading {escape(str(data))}", total=None)
         dataset = load_dataset(
             data, split=split, classes=classes, progress=lambda done, total: bar.update(task, completed=done, total=total)
         )
@@ -112,8 +112,8 @@ def _read_dataset(
         raise UserError(f"{data}: no images with annotations found; run `ssd data check {data}` to see why")
     if dataset.problems:
         err.print(
-            f"[yellow]warning:[/] {len(dataset.problems)} problem(s) while reading {data}; "
-            f"images that could not be read are left out. Run `ssd data check {data}` for the list.",
+            f"[yellow]warning:[/] {len(dataset.problems)} problem(s) while reading {escape(str(data))}; "
+            f"images that could not be read are left out. Run `ssd data check {escape(str(data))}` for the list.",
             highlight=False,
         )
     return dataset
@@ -143,7 +143,7 @@ def score_and_report(
         raise UserError("--plot-dir draws the VOC precision-recall curves; use --metric voc07, voc12 or all")
     if save_detections_file is not None:
         save_detections(save_detections_file, detections)
-        err.print(f"wrote {len(detections)} detections to {save_detections_file}", highlight=False)
+        err.print(f"wrote {len(detections)} detections to {escape(str(save_detections_file))}", highlight=False)
     coco_gt = _coco_ground_truth(dataset) if Metric.coco in wanted else None
     result = evaluate(dataset, detections, wanted, coco_ground_truth=coco_gt)
     for table in result_tables(result):
@@ -154,13 +154,13 @@ def score_and_report(
             json_file.write_text(json.dumps(result.to_json(), indent=2) + "\n", encoding="utf-8")
         except OSError as exc:
             raise UserError(f"--json {json_file}: cannot write there ({exc.strerror})") from None
-        err.print(f"wrote {json_file}", highlight=False)
+        err.print(f"wrote {escape(str(json_file))}", highlight=False)
     if plot_dir is not None:
         from ssdcli.evaluation.plots import write_pr_curves
 
         curves = [(c.name, c.curve, _plot_title(c)) for c in result.classes if c.curve is not None]
         written = write_pr_curves(plot_dir, curves)
-        err.print(f"wrote {len(written)} precision-recall curves to {plot_dir}", highlight=False)
+        err.print(f"wrote {len(written)} precision-recall curves to {escape(str(plot_dir))}", highlight=False)
     return result
 
 

@@ -124,12 +124,12 @@ def export(
     )
     target = output if output is not None else default_output(weights, format.value, postprocess)
     with err.status("exporting", spinner="dots") as status:
-        report = export_checkpoint(weights, target, options, progress=lambda message: status.update(message))
+        report = export_checkpoint(weights, target, options, progress=lambda message: status.update(escape(message)))
     out.print(parity_table(report))
     if not report.passed:
         err.print(
             f"[bold red]error:[/] the exported {report.format} model differs from PyTorch beyond tolerance "
-            f"(table above); {escape(str(target))} was not written." + (f" Likely cause: {report.note}." if report.note else ""),
+            f"(table above); {escape(str(target))} was not written." + (f" Likely cause: {escape(report.note)}." if report.note else ""),
             highlight=False,
         )
         raise typer.Exit(EXIT_INTERNAL)

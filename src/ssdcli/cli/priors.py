@@ -11,6 +11,7 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from ssdcli.cli.common import error_boundary, err, out
@@ -62,7 +63,7 @@ def layer_rows(spec: PriorSpec) -> list[dict]:
 
 
 def _render_table(spec: PriorSpec) -> Table:
-    table = Table(title=f"{spec.name}: default boxes for a {spec.image_size}x{spec.image_size} input")
+    table = Table(title=f"{escape(spec.name)}: default boxes for a {spec.image_size}x{spec.image_size} input")
     for column in ("layer", "feature map", "step", "min size", "max size", "aspect ratios", "boxes/loc", "count"):
         table.add_column(column, justify="right")
     for row in layer_rows(spec):
@@ -136,7 +137,7 @@ def priors(
         from ssdcli.render import draw_priors, write_image
 
         write_image(plot, draw_priors(spec))
-        err.print(f"wrote {plot}")
+        err.print(f"wrote {escape(str(plot))}", highlight=False)
 
     if fmt is Format.csv:
         text = _boxes_csv(spec)  # csv is always one row per default box
@@ -164,7 +165,7 @@ def _write(text: str, output: Optional[Path]) -> None:
     if output is not None:
         output.parent.mkdir(parents=True, exist_ok=True)
         output.write_text(text)
-        err.print(f"wrote {output}")
+        err.print(f"wrote {escape(str(output))}", highlight=False)
     else:
         typer.echo(text, nl=False)
 
@@ -179,7 +180,8 @@ def _coverage_text(spec: PriorSpec, data: Path, classes: Optional[Path], fmt: Fo
     with progress_bar(f"reading {data}") as progress:
         dataset = load_dataset(data, classes=class_list, progress=progress, verify_pixels=False)
     if dataset.problems:
-        err.print(f"note: {len(dataset.problems)} problems while reading {data}; see `ssd data check {data}`")
+        err.print(f"note: {len(dataset.problems)} problems while reading {escape(str(data))}; "
+                  f"see `ssd data check {escape(str(data))}`", highlight=False)
     report = prior_coverage(dataset, spec)
     groups = [("all", report.overall)] + [("size", g) for g in report.by_size] + [("class", g) for g in report.by_class]
     if fmt is Format.json:
@@ -192,7 +194,7 @@ def _coverage_text(spec: PriorSpec, data: Path, classes: Optional[Path], fmt: Fo
             writer.writerow([kind, g.name, g.num_boxes, *(("" if v is None else f"{v:.4f}")
                                                            for v in (g.mean_best_iou, g.median_best_iou, g.share_below))])
         return buffer.getvalue()
-    table = Table(title=f"{spec.name} priors vs {data}: best IoU of each ground-truth box with any default box")
+    table = Table(title=f"{escape(spec.name)} priors vs {escape(str(data))}: best IoU of each ground-truth box with any default box")
     for column in ("group", "boxes", "mean best IoU", "median best IoU", f"share < {report.threshold:g}"):
         table.add_column(column, justify="left" if column == "group" else "right")
     sections = ([("all boxes", report.overall)], [(f"{g.name} (COCO bins)", g) for g in report.by_size],
@@ -201,7 +203,7 @@ def _coverage_text(spec: PriorSpec, data: Path, classes: Optional[Path], fmt: Fo
         for label, g in section:
             cells = ["-" if v is None else f"{v:.3f}" for v in (g.mean_best_iou, g.median_best_iou)]
             share = "-" if g.share_below is None else f"{100 * g.share_below:.1f} %"
-            table.add_row(label, str(g.num_boxes), *cells, share)
+            table.add_row(escape(label), str(g.num_boxes), *cells, share)
         table.add_section()
     buffer = io.StringIO()
     Console(file=buffer, width=120, force_terminal=to_terminal).print(table)

@@ -1,0 +1,158 @@
+"""The bad-input corpus of issue 19 through the `ssd` app (Typer's CliRunner), each input built
+in tmp: rich markup in paths, class names and help texts; output paths that are folders, files
+or on a full disk. Every command must answer with the SPEC exit code and one clear line, never
+a traceback or an "internal error"."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import re
+from pathlib import Path
+
+import pytest
+import torch
+from rich.text import Text
+from typer.main import get_command
+from typer.testing import CliRunner
+
+from ssdcli.checkpoint import save_checkpoint
+from ssdcli.cli.app import app
+from ssdcli.data.synth import make_synthetic_dataset
+from ssdcli.models import build_model, model_settings
+
+runner = CliRunner()
+# Rich markup that crashed ("[/]": a closing tag with nothing to close) or vanished ("[bold]" is
+# taken for a style) when printed unescaped; "tri[angle" has an unmatched bracket.
+ODD_CLASSES = ["[/]", "[bold]sq", "star", "tri[angle"]  # sorted: the VOC reader's order for them
+RENAMED = {"circle": "[/]", "square": "[bold]sq", "triangle": "tri[angle"}
+
+
+def ssd(*args: str):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def table_rows(text: str) -> list[list[str]]:
+    """The cells of every row of the rich tables in ``text``."""
+    return [[cell.strip() for cell in line.split("│")[1:-1]] for line in text.splitlines() if "│" in line]
+
+
+def one_error_line(result, code: int) -> str:
+    """The single stderr line of a failed command, after checking its exit code."""
+    lines = result.stderr.strip().splitlines()
+    assert result.exit_code == code, result.output
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert "Traceback" not in result.output and "internal error" not in result.output
+    return lines[0]
+
+
+def write_checkpoint(path: Path, class_names: list[str], **overrides) -> Path:
+    """A random SSDLite320 at quarter width (fast on a CPU) with ``class_names``."""
+    torch.manual_seed(0)
+    model = build_model("ssdlite320", num_classes=len(class_names), width_mult=0.25)
+    settings = model_settings(model)
+    payload = {
+        "model": model.state_dict(), "arch": settings["arch"], "num_classes": len(class_names),
+        "options": settings["options"], "class_names": class_names, "image_size": settings["image_size"],
+        "mean": settings["mean"], "std": settings["std"], "priors": settings["prior_spec"],
+    }
+    save_checkpoint(path, {**payload, **overrides})
+    return path
+
+
+@pytest.fixture(scope="module")
+def odd_data(tmp_path_factory) -> Path:
+    """A VOC folder inside "odd[" / "]data [bold]" whose classes are ODD_CLASSES."""
+    root = tmp_path_factory.mktemp("markup") / "odd[/]data [bold]"
+    make_synthetic_dataset(root, num_images=4, seed=1)  # all four classes
+    for xml in (root / "Annotations").glob("*.xml"):
+        text = xml.read_text()
+        for old, new in RENAMED.items():
+            text = text.replace(f"<name>{old}</name>", f"<name>{new}</name>")
+        xml.write_text(text)
+    return root
+
+
+@pytest.fixture(scope="module")
+def odd_weights(tmp_path_factory) -> Path:
+    return write_checkpoint(tmp_path_factory.mktemp("odd_ckpt") / "[bold]best.pt", ODD_CLASSES)
+
+
+# --------------------------------------------------------------------------------------------
+# Item 8: rich markup in user text
+# --------------------------------------------------------------------------------------------
+
+
+def test_data_check_prints_markup_in_the_folder_and_class_names_as_it_is(odd_data, tmp_path):
+    report = tmp_path / "j[/]" / "[bold]r.json"
+    result = ssd("data", "check", odd_data, "--json", report)
+    assert result.exit_code == 0, result.output
+    assert f"VOC dataset {odd_data}: 4 images" in result.stdout
+    assert [row[1] for row in table_rows(result.stdout) if row and row[0] in "1234"] == ODD_CLASSES
+    assert f"wrote {report}" in result.stderr
+    assert json.loads(report.read_text())["classes"] == ODD_CLASSES
+
+
+def test_priors_data_table_keeps_markup_in_the_path_and_class_names(odd_data):
+    result = ssd("priors", "--data", odd_data)
+    assert result.exit_code == 0, result.output
+    assert str(odd_data) in result.stdout.replace("\n", "")
+    assert [row[0] for row in table_rows(result.stdout) if row and row[0] in ODD_CLASSES] == ODD_CLASSES
+
+
+def test_detect_and_eval_tables_keep_markup_in_class_names(odd_data, odd_weights, tmp_path):
+    result = ssd("detect", odd_data / "JPEGImages", "--weights", odd_weights, "--min-score", "0.01",
+                 "--workers", "0", "--json", tmp_path / "d[/].json")
+    assert result.exit_code == 0, result.output
+    found = [row[0] for row in table_rows(result.stdout) if row and row[0] in ODD_CLASSES]
+    assert found and found == sorted(found, key=ODD_CLASSES.index)
+    labels = {d["label"] for e in json.loads((tmp_path / "d[/].json").read_text()) for d in e["detections"]}
+    assert labels <= set(ODD_CLASSES) and labels == set(found)
+
+    result = ssd("eval", "--weights", odd_weights, "--data", odd_data, "--workers", "0", "--metric", "voc07",
+                 "--json", tmp_path / "m[/].json")
+    assert result.exit_code == 0, result.output
+    assert [row[0] for row in table_rows(result.stdout) if row and row[0] in ODD_CLASSES] == ODD_CLASSES
+    assert f"wrote {tmp_path / 'm[/].json'}" in result.stderr
+    assert list(json.loads((tmp_path / "m[/].json").read_text())["per_class"]) == ODD_CLASSES
+
+
+def test_export_keeps_markup_in_class_names_and_the_output_path(odd_weights, tmp_path):
+    from ssdcli.export import OnnxDetector
+
+    output = tmp_path / "e[/]" / "[bold]m.onnx"
+    result = ssd("export", "--weights", odd_weights, "--output", output, "--no-postprocess")
+    assert result.exit_code == 0, result.output
+    assert f"wrote {output}" in result.stderr.replace("\n", "")
+    assert OnnxDetector(output).class_names == ODD_CLASSES
+
+
+def _commands():
+    """Every (name, click command) of the app, groups included."""
+    stack = [("ssd", get_command(app))]
+    while stack:
+        name, command = stack.pop()
+        yield name, command
+        stack += [(f"{name} {sub}", c) for sub, c in getattr(command, "commands", {}).items()]
+
+
+STYLE_TAG = re.compile(r"\[/?(bold|green|red|yellow)?\]")
+
+
+def test_no_help_text_loses_bracketed_text_to_rich_markup():
+    # Typer renders help in rich markup mode: an unescaped "[default: ...]" or "[x, y, w, h]"
+    # was taken for a style tag and vanished ("Base learning rate ."). The text rich shows must
+    # be the source text minus the deliberate style tags, with "\[" shown as "[".
+    checked = 0
+    for name, command in _commands():
+        texts = [command.help or "", command.epilog or ""] + [getattr(p, "help", None) or "" for p in command.params]
+        for text in texts:
+            expected = STYLE_TAG.sub("", text).replace("\\[", "[")
+            assert Text.from_markup(text).plain == expected, (name, text)
+            checked += 1
+    assert checked > 60  # every command's help, epilog and options were seen
+
+    wide = {"COLUMNS": "300"}  # one line per option, so the text can be searched
+    assert "Base learning rate [default: 1e-3 x batch-size / 32]" in runner.invoke(app, ["train", "--help"], env=wide).stdout
+    assert '"bbox": [x, y, w, h]' in runner.invoke(app, ["eval", "--help"], env=wide).stdout
