@@ -156,3 +156,136 @@ def test_no_help_text_loses_bracketed_text_to_rich_markup():
     wide = {"COLUMNS": "300"}  # one line per option, so the text can be searched
     assert "Base learning rate [default: 1e-3 x batch-size / 32]" in runner.invoke(app, ["train", "--help"], env=wide).stdout
     assert '"bbox": [x, y, w, h]' in runner.invoke(app, ["eval", "--help"], env=wide).stdout
+
+
+# --------------------------------------------------------------------------------------------
+# Item 12: output paths that are folders or files, read-only folders, full disks
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture()
+def places(tmp_path, monkeypatch) -> Path:
+    """The working folder, holding ``afile`` (a file) and ``adir`` (a folder)."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "afile").write_text("a file")
+    (tmp_path / "adir").mkdir()
+    return tmp_path
+
+
+FOLDER_AS_FILE = "is a folder; give a file name"
+FILE_AS_FOLDER = "is a file, not a folder; give a folder to write into"
+FILE_IN_PATH = "afile is a file, not a folder; choose another path"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["data", "check", "{data}", "--json", "adir"], f"--json adir: {FOLDER_AS_FILE}"),
+        (["data", "check", "{data}", "--json", "afile/r.json"], f"--json afile/r.json: {FILE_IN_PATH}"),
+        (["priors", "--output", "adir"], f"--output adir: {FOLDER_AS_FILE}"),
+        (["priors", "--data", "{data}", "--output", "afile/p.txt"], f"--output afile/p.txt: {FILE_IN_PATH}"),
+        (["priors", "--plot", "adir"], f"--plot adir: {FOLDER_AS_FILE}"),
+        (["eval", "--weights", "{weights}", "--data", "{data}", "--json", "adir"], f"--json adir: {FOLDER_AS_FILE}"),
+        (["eval", "--weights", "{weights}", "--data", "{data}", "--plot-dir", "afile"], f"--plot-dir afile: {FILE_AS_FOLDER}"),
+        (["eval", "--weights", "{weights}", "--data", "{data}", "--save-detections", "adir"],
+         f"--save-detections adir: {FOLDER_AS_FILE}"),
+        (["eval", "--detections", "adir", "--data", "{data}"],
+         "--detections adir: is a folder; give the COCO results json (`ssd detect --coco-json`)"),
+        (["detect", "{data}", "--weights", "{weights}", "--json", "adir"], f"--json adir: {FOLDER_AS_FILE}"),
+        (["detect", "{data}", "--weights", "{weights}", "--coco-json", "afile/c.json"], f"--coco-json afile/c.json: {FILE_IN_PATH}"),
+        (["detect", "{data}", "--weights", "{weights}", "--output", "afile"], f"--output afile: {FILE_AS_FOLDER}"),
+        (["export", "--weights", "{weights}", "--output", "adir"], f"--output adir: {FOLDER_AS_FILE}"),
+        (["export", "--weights", "{weights}", "--output", "afile/m.onnx"], f"--output afile/m.onnx: {FILE_IN_PATH}"),
+    ],
+)
+def test_an_output_path_that_cannot_be_written_is_one_line_before_any_work(places, odd_data, odd_weights, args, message):
+    filled = [a.format(data=odd_data, weights=odd_weights) for a in args]
+    assert one_error_line(ssd(*filled), 2) == f"error: {message}"
+    assert sorted(p.name for p in places.iterdir()) == ["adir", "afile"] and not any((places / "adir").iterdir())
+
+
+DISK_FULL = "no space left on the device (disk full or quota reached); free some space or write elsewhere, and run again"
+
+
+def disk_full(*args, **kwargs):
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def test_eval_json_on_a_full_disk_exits_1_saying_so(places, odd_data, odd_weights, monkeypatch):
+    monkeypatch.setattr(os, "fsync", disk_full)  # the last step of an atomic write
+    result = ssd("eval", "--weights", odd_weights, "--data", odd_data, "--workers", "0", "--metric", "voc07",
+                 "--json", "m.json")
+    assert result.exit_code == 1
+    assert result.stderr.strip().splitlines()[-1] == f"error: m.json: {DISK_FULL}"
+    assert "internal error" not in result.output and not (places / "m.json").exists()
+
+
+def test_a_read_only_file_system_at_write_time_is_one_line_exit_2(places, odd_data, odd_weights, monkeypatch):
+    def read_only(source, target):
+        raise OSError(errno.EROFS, "Read-only file system", source, None, target)  # as os.replace raises it
+
+    monkeypatch.setattr(os, "replace", read_only)
+    result = ssd("eval", "--weights", odd_weights, "--data", odd_data, "--workers", "0", "--metric", "voc07",
+                 "--json", "m.json")
+    assert result.exit_code == 2
+    assert result.stderr.strip().splitlines()[-1] == "error: m.json: read-only file system; choose another path"
+
+
+def test_detect_json_on_a_full_disk_keeps_the_earlier_file_valid(places, odd_data, odd_weights, monkeypatch):
+    from ssdcli import detect as detect_module
+    from ssdcli.files import JsonListWriter
+
+    class FillsUp(JsonListWriter):
+        """The second entry is half written when the disk fills up."""
+
+        def add(self, entry):
+            if self.count == 1:
+                real = self._file
+                self._file = type("Full", (), {
+                    "write": lambda _, text: (real.write(text[: len(text) // 2]), disk_full()),
+                    "__getattr__": lambda _, name: getattr(real, name),
+                })()
+            super().add(entry)
+
+    monkeypatch.setattr(detect_module, "JsonListWriter", FillsUp)
+    (places / "d.json").write_text('[{"earlier": true}]\n')
+    result = ssd("detect", odd_data / "JPEGImages", "--weights", odd_weights, "--workers", "0", "--batch-size", "1",
+                 "--json", "d.json")
+    assert result.exit_code == 1
+    assert result.stderr.strip().splitlines()[-1] == f"error: d.json: {DISK_FULL}"
+    assert json.loads((places / "d.json").read_text()) == [{"earlier": True}]
+    assert sorted(p.name for p in places.iterdir()) == ["adir", "afile", "d.json"]  # no temp file left
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+def test_export_on_a_full_disk_exits_1_saying_so_and_leaves_nothing(places, odd_weights, monkeypatch, fmt):
+    if fmt == "onnx":
+        import onnx
+
+        monkeypatch.setattr(onnx, "save", disk_full)
+    else:  # torch.jit.save to a path would abort the process on a full disk; it now writes bytes
+        monkeypatch.setattr(Path, "write_bytes", disk_full)
+    result = ssd("export", "--weights", odd_weights, "--format", fmt, "--output", "adir/m.out", "--no-postprocess")
+    assert result.exit_code == 1
+    assert result.stderr.strip().splitlines()[-1] == f"error: adir/m.out: {DISK_FULL}"
+    assert list((places / "adir").iterdir()) == []
+
+
+def test_torchs_short_write_reaching_the_cli_is_reported_as_a_full_disk():
+    from ssdcli.cli.common import error_boundary
+
+    @error_boundary
+    def save() -> None:
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598")
+
+    probe = typer_app(save)
+    result = runner.invoke(probe, [])
+    assert result.exit_code == 1 and result.stderr.strip() == f"error: {DISK_FULL}"
+
+
+def typer_app(command):
+    import typer
+
+    probe = typer.Typer()
+    probe.command()(command)
+    return probe

@@ -25,7 +25,7 @@ import numpy as np
 from torch import Tensor
 
 from ssdcli.errors import UserError
-from ssdcli.files import JsonListWriter
+from ssdcli.files import JsonListWriter, check_file_target, check_folder_target
 from ssdcli.inference import Detector, Timings, class_labels, detection_entries
 from ssdcli.postprocess import Detections
 from ssdcli.sources import ImageSource, VideoSource, expand_sources, plan_outputs
@@ -61,6 +61,11 @@ class DetectOptions:
     def __post_init__(self) -> None:
         if self.batch_size < 1 or self.workers < 0:
             raise UserError("--batch-size must be >= 1 and --workers >= 0")
+        for target, flag in ((self.json_file, "--json"), (self.coco_json, "--coco-json")):
+            if target is not None:
+                check_file_target(target, flag)
+        if self.output is not None:
+            check_folder_target(self.output, "--output")
 
 
 @dataclass

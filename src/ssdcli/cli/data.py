@@ -16,6 +16,7 @@ from rich.table import Table
 from ssdcli.cli.common import EXIT_INTERNAL, err, error_boundary, out
 from ssdcli.data.check import DatasetSummary
 from ssdcli.data.records import Problem
+from ssdcli.files import check_file_target
 
 HELP = "Check a dataset before training on it, or make a synthetic one."
 CHECK_HELP = "Read a dataset the way training would; report classes, box statistics and every problem."
@@ -116,6 +117,8 @@ def check(
     from ssdcli.data.check import summarize
     from ssdcli.data.reader import load_classes_file, load_dataset
 
+    if json_file is not None and str(json_file) != "-":
+        check_file_target(json_file, "--json")
     class_list = load_classes_file(classes) if classes is not None else None
     with progress_bar(f"reading {data}") as progress:
         dataset = load_dataset(data, split=split, classes=class_list, progress=progress, verify_pixels=decode)

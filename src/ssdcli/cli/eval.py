@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
@@ -15,6 +14,7 @@ from rich.table import Table
 from ssdcli.cli.common import Device, err, error_boundary, out
 from ssdcli.data.records import DetectionDataset
 from ssdcli.errors import UserError
+from ssdcli.files import atomic_write_json, check_file_target, check_folder_target
 from ssdcli.evaluation import ClassResult, EvalResult, Metric, evaluate, load_detections, save_detections
 
 HELP = "Score a model (--weights) or saved detections against a dataset: VOC07 11-point, VOC all-point and COCO AP."
@@ -149,11 +149,8 @@ def score_and_report(
     for table in result_tables(result):
         out.print(table)
     if json_file is not None:
-        try:
-            json_file.parent.mkdir(parents=True, exist_ok=True)
-            json_file.write_text(json.dumps(result.to_json(), indent=2) + "\n", encoding="utf-8")
-        except OSError as exc:
-            raise UserError(f"--json {json_file}: cannot write there ({exc.strerror})") from None
+        json_file.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(json_file, result.to_json())  # OSErrors (a full disk) reach the CLI boundary
         err.print(f"wrote {escape(str(json_file))}", highlight=False)
     if plot_dir is not None:
         from ssdcli.evaluation.plots import write_pr_curves
@@ -220,6 +217,13 @@ def eval_command(
         raise UserError("give exactly one of --weights CKPT (run a model) or --detections FILE (score saved detections)")
     if batch_size < 1 or workers < 0:
         raise UserError("--batch-size must be >= 1 and --workers >= 0")
+    for target, flag in ((json_file, "--json"), (save_detections_file, "--save-detections")):
+        if target is not None:
+            check_file_target(target, flag)
+    if plot_dir is not None:
+        check_folder_target(plot_dir, "--plot-dir")
+    if detections is not None and detections.is_dir():
+        raise UserError(f"--detections {detections}: is a folder; give the COCO results json (`ssd detect --coco-json`)")
     if weights is not None:
         dataset, scored = _predict(weights, data, split, classes, batch_size, device.value, workers)
     else:

@@ -16,6 +16,7 @@ from rich.table import Table
 
 from ssdcli.cli.common import error_boundary, err, out
 from ssdcli.errors import UserError
+from ssdcli.files import check_file_target
 from ssdcli.priors import PRESETS, PriorSpec, generate_priors, layer_box_sizes, preset_spec, prior_layer_index
 
 HELP = "Show the default boxes (priors) of an architecture: per layer, every box, or a picture."
@@ -123,6 +124,9 @@ def priors(
         typer.Option(metavar="MIN MAX", help="Spread the sizes linearly from MIN to MAX of the input (SSD paper eq. 4) in the arch's layout, as ssd train --prior-scales does."),
     ] = None,
 ) -> None:
+    for target, flag in ((output, "--output"), (plot, "--plot")):
+        if target is not None:
+            check_file_target(target, flag)
     try:
         spec = preset_spec(arch.value, prior_scales)
     except ValueError as exc:
