@@ -289,3 +289,85 @@ def typer_app(command):
     probe = typer.Typer()
     probe.command()(command)
     return probe
+
+
+# --------------------------------------------------------------------------------------------
+# Item 13: checkpoints and exported models that are well formed but unusable
+# --------------------------------------------------------------------------------------------
+
+
+def _edited_checkpoint(source: Path, target: Path, edit) -> Path:
+    """``source`` with ``edit(payload)`` applied, written without save_checkpoint's checks."""
+    payload = torch.load(source, weights_only=True)
+    payload["model"] = {k: v.clone() for k, v in payload["model"].items()}
+    edit(payload)
+    torch.save(payload, target)
+    return target
+
+
+def _nan_weight(payload: dict) -> None:
+    payload["model"]["conf_heads.0.1.weight"].view(-1)[0] = float("nan")
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (_nan_weight, "the weight 'conf_heads.0.1.weight' holds NaN or inf values (the training run diverged); "
+                      "use an earlier checkpoint"),
+        (lambda p: p.update(std=[0.229, 0.0, 0.225]),
+         "'std' is [0.229, 0.0, 0.225]: inputs are divided by it, so every value must be positive"),
+    ],
+)
+@pytest.mark.parametrize("command", ["detect", "eval", "export"])
+def test_nan_weights_or_a_zero_std_are_refused_by_every_command(odd_data, odd_weights, tmp_path, edit, message, command):
+    bad = _edited_checkpoint(odd_weights, tmp_path / "bad.pt", edit)
+    args = {
+        "detect": ["detect", odd_data / "JPEGImages", "--weights", bad],
+        "eval": ["eval", "--weights", bad, "--data", odd_data],
+        "export": ["export", "--weights", bad, "--output", tmp_path / "m.onnx"],
+    }[command]
+    assert one_error_line(ssd(*args), 2) == f"error: {bad}: unusable ssdcli checkpoint: {message}"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.pt"]
+
+
+def test_weights_of_another_network_are_one_line_naming_the_file(odd_data, odd_weights, tmp_path):
+    def more_classes(payload: dict) -> None:
+        payload["num_classes"] = 5
+        payload["class_names"] = [*ODD_CLASSES, "extra"]
+
+    bad = _edited_checkpoint(odd_weights, tmp_path / "bad.pt", more_classes)
+    line = one_error_line(ssd("detect", odd_data / "JPEGImages", "--weights", bad), 2)
+    assert line.startswith(f"error: {bad}: does not hold a usable ssdlite320 network with 5 classes: "
+                           "weight names or shapes do not match: ")
+    assert "of another shape (first 'conf_heads.0.1.weight': (" in line and "missing" not in line
+
+
+@pytest.fixture(scope="module")
+def raw_onnx(odd_weights, tmp_path_factory) -> Path:
+    from ssdcli.export import ExportOptions, export_checkpoint
+
+    output = tmp_path_factory.mktemp("onnx") / "raw.onnx"
+    assert export_checkpoint(odd_weights, output, ExportOptions(postprocess=False)).passed
+    return output
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("image_size", "300", "its input is [1, 3, 320, 320] but its ssdcli metadata says [N, 3, 300, 300]; "
+                              "the file was edited or its metadata mixed up: export it again with `ssd export`"),
+        ("std", "[0.229, 0.0, 0.225]", "unusable ssdcli metadata: 'std' is [0.229, 0.0, 0.225]: inputs are "
+                                       "divided by it, so every value must be positive"),
+    ],
+)
+def test_an_onnx_model_whose_metadata_disagrees_with_its_graph_is_one_line(odd_data, raw_onnx, tmp_path, key, value, message):
+    import onnx
+
+    model = onnx.load(str(raw_onnx))
+    (entry,) = [p for p in model.metadata_props if p.key == key]
+    entry.value = value
+    edited = tmp_path / "edited.onnx"
+    onnx.save(model, str(edited))
+    for args in (["detect", odd_data / "JPEGImages", "--weights", edited, "--workers", "0"],
+                 ["eval", "--weights", edited, "--data", odd_data, "--workers", "0"]):
+        assert one_error_line(ssd(*args), 2) == f"error: {edited}: {message}"

@@ -151,7 +151,7 @@ def export_checkpoint(
     output = Path(output)
     check_file_target(output, "--output")
     checkpoint = load_checkpoint(weights)
-    network = model_from_checkpoint(checkpoint).eval()
+    network = model_from_checkpoint(checkpoint, source=weights).eval()
     settings = options.postprocess_settings(checkpoint)
     metadata = metadata_for(checkpoint, options.postprocess, settings)
     priors = priors_for_model(network)
