@@ -126,6 +126,7 @@ def test_export_keeps_markup_in_class_names_and_the_output_path(odd_weights, tmp
     assert result.exit_code == 0, result.output
     assert f"wrote {output}" in result.stderr.replace("\n", "")
     assert OnnxDetector(output).class_names == ODD_CLASSES
+    assert "onnx vs PyTorch, 2 runs at batch size 1 (" in result.stdout  # was "batch sizes 1, 1"
 
 
 def _commands():
@@ -371,3 +372,104 @@ def test_an_onnx_model_whose_metadata_disagrees_with_its_graph_is_one_line(odd_d
     for args in (["detect", odd_data / "JPEGImages", "--weights", edited, "--workers", "0"],
                  ["eval", "--weights", edited, "--data", odd_data, "--workers", "0"]):
         assert one_error_line(ssd(*args), 2) == f"error: {edited}: {message}"
+
+
+# --------------------------------------------------------------------------------------------
+# Item 15: a model scored on data of other classes, --classes subsets, crowded images, wording
+# --------------------------------------------------------------------------------------------
+
+
+def _eval(weights: Path, data: Path, *flags):
+    return ssd("eval", "--weights", weights, "--data", data, "--workers", "0", "--metric", "voc07", *flags)
+
+
+def test_eval_of_a_model_sharing_no_class_with_the_data_is_an_error_naming_both_lists(odd_data, tmp_path):
+    weights = write_checkpoint(tmp_path / "pets.pt", ["cat", "dog"])
+    assert one_error_line(_eval(weights, odd_data), 2) == (
+        f"error: {odd_data}: the model's classes (cat, dog) and this dataset's ([/], [bold]sq, star, tri[angle) "
+        "have none in common, so nothing can be scored; evaluate on data annotated with the model's class names"
+    )
+
+
+def test_eval_of_a_partial_overlap_warns_with_the_missing_classes_and_scores_the_shared_ones(odd_data, odd_weights, tmp_path):
+    full = _eval(odd_weights, odd_data, "--json", tmp_path / "full.json")
+    assert full.exit_code == 0, full.output
+    # the same network, two of its four classes renamed: "[bold]sq" and "tri[angle" are unknown to it
+    partial = write_checkpoint(tmp_path / "partial.pt", ["[/]", "dog", "star", "pig"])
+    result = _eval(partial, odd_data, "--json", tmp_path / "partial.json")
+    assert result.exit_code == 0, result.output
+    objects = {name: int(n) for name, n in zip(ODD_CLASSES, json_counts(odd_data))}
+    left_out = objects["[bold]sq"] + objects["tri[angle"]
+    assert result.stderr.strip().splitlines() == [
+        f"warning: {odd_data}: no objects of the model's 2 classes dog, pig (no AP for them)",
+        f"warning: {odd_data}: {left_out} objects of 2 classes the model does not know ([bold]sq, tri[angle) "
+        "left out of the scores",
+        f"wrote {tmp_path / 'partial.json'}",
+    ]
+    rows = [row for row in table_rows(result.stdout) if row and row[0] in ("[/]", "dog", "star", "pig")]
+    assert [(row[0], row[1]) for row in rows] == [("[/]", str(objects["[/]"])), ("dog", "0"), ("star", str(objects["star"])), ("pig", "0")]
+    scores = json.loads((tmp_path / "partial.json").read_text())["per_class"]
+    reference = json.loads((tmp_path / "full.json").read_text())["per_class"]
+    for shared in ("[/]", "star"):  # same weights, same detections, same ground truth: same AP
+        assert scores[shared]["voc07_ap"] == reference[shared]["voc07_ap"]
+
+
+def json_counts(data: Path) -> list[int]:
+    """Objects per class of ``data`` as `ssd data check --json` counts them (the independent count)."""
+    report = ssd("data", "check", data, "--json", "-")
+    payload = json.loads(report.stdout)
+    return [payload["boxes_per_class"][name] for name in payload["classes"]]
+
+
+def test_eval_with_a_subset_of_the_models_classes_scores_that_subset(odd_data, odd_weights, tmp_path):
+    full = _eval(odd_weights, odd_data, "--json", tmp_path / "full.json")
+    subset = tmp_path / "subset.txt"
+    subset.write_text("star\n[/]\n")  # another order than the model's
+    result = _eval(odd_weights, odd_data, "--classes", subset, "--json", tmp_path / "subset.json")
+    assert full.exit_code == 0 and result.exit_code == 0, result.output  # was: "category_id 3 is not a class"
+    assert "error" not in result.stderr
+    scores = json.loads((tmp_path / "subset.json").read_text())["per_class"]
+    reference = json.loads((tmp_path / "full.json").read_text())["per_class"]
+    assert list(scores) == ["star", "[/]"]
+    for name in scores:
+        assert scores[name]["voc07_ap"] == reference[name]["voc07_ap"]
+
+    subset.write_text("star\ndog\n")
+    assert one_error_line(_eval(odd_weights, odd_data, "--classes", subset), 2) == (
+        "error: --classes: dog not among the model's classes: [/], [bold]sq, star, tri[angle"
+    )
+
+
+def test_an_image_with_more_boxes_than_the_cap_is_skipped_with_an_error(tmp_path):
+    from ssdcli.data.records import MAX_BOXES_PER_IMAGE
+
+    root = tmp_path / "crowded"
+    make_synthetic_dataset(root, num_images=2, seed=1)
+    xml = sorted((root / "Annotations").glob("*.xml"))[0]
+    text = xml.read_text()
+    one = text[text.index("<object>"): text.index("</object>") + len("</object>")]
+    copies = MAX_BOXES_PER_IMAGE + 1 - (text.count("<object>") - 1)  # one box over the cap in all
+    xml.write_text(text.replace(one, one * copies, 1))  # 3 M boxes asked matching for ~270 GB
+    result = ssd("data", "check", root, "--json", tmp_path / "r.json", "--no-decode")
+    assert result.exit_code == 1
+    problems = json.loads((tmp_path / "r.json").read_text())["problems"]
+    assert {"file": str(root / "JPEGImages" / f"{xml.stem}.jpg"), "severity": "error",
+            "message": f"{MAX_BOXES_PER_IMAGE + 1:,} boxes on one image, more than the {MAX_BOXES_PER_IMAGE:,} "
+                       "ssdcli handles (its IoU matrices would not fit in memory); image skipped"} in problems
+    assert "1 image (" in result.stdout and "NOT READY: 1 error to fix" in result.stdout  # was "1 images", "1 errors"
+
+
+def test_counts_of_one_read_in_the_singular(tmp_path):
+    root = tmp_path / "one"
+    make_synthetic_dataset(root, num_images=2, seed=1)
+    first, second = sorted((root / "Annotations").glob("*.xml"))
+    second.unlink()
+    (root / "JPEGImages" / f"{second.stem}.jpg").unlink()
+    for split in (root / "ImageSets" / "Main").glob("*.txt"):
+        split.unlink()
+    first.write_text(re.sub(r"<name>\w+</name>", "<name>circle</name>", first.read_text()))  # one class
+    boxes = first.read_text().count("<object>")
+    result = ssd("data", "check", root)
+    assert result.exit_code == 0, result.output
+    assert f": 1 image (0 without boxes), {boxes} boxes (0 difficult, 0 crowd), 1 class\n" in result.stdout
+    assert "OK: training can proceed (0 warnings)." in result.stdout  # was "1 images", "1 classes"

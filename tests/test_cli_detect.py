@@ -161,7 +161,7 @@ def test_classes_filter_unknown_class_and_one_missing_source_among_others(shared
     result = run(str(tmp_path / "gone.jpg"), str(image), "--weights", str(weights), "--min-score", "0.01",
                  "--classes", "star, circle", "--workers", "0", "--json", str(out_json))
     assert result.exit_code == 0, result.output
-    assert "gone.jpg: no such file or folder" in result.stderr and "1 images" in result.stdout
+    assert "gone.jpg: no such file or folder" in result.stderr and "detections: 1 image, 0 video frames" in result.stdout
     detections = json.loads(out_json.read_text())[0]["detections"]
     assert detections and {d["label"] for d in detections} <= {"star", "circle"}
     result = run(str(image), "--weights", str(weights), "--classes", "circle,dog")
@@ -188,7 +188,8 @@ def test_a_corrupt_image_and_an_unsupported_file_in_a_folder(shared_data, weight
     result = run(str(folder / "notes.txt"), str(folder / VOC_IMAGES[0]), "--weights", str(weights), "--workers", "0")
     assert result.exit_code == 0 and "notes.txt: not an image or video file" in result.stderr
     result = run(str(folder / "broken.jpg"), "--weights", str(weights), "--workers", "0")
-    assert result.exit_code == 2 and "could be read" in result.stderr
+    assert result.exit_code == 2
+    assert result.stderr.strip().splitlines()[-1] == "error: the only image or video could not be read (see the warning above)"
 
 
 def test_missing_sources(weights, tmp_path):
@@ -296,7 +297,7 @@ def test_paths_with_rich_markup_are_printed_as_they_are(synth_images, weights, t
     assert result.exit_code == 0, result.output
     # "gone[/].jpg" holds "[", so it is taken for a glob pattern that matches nothing
     assert f"warning: {gone}: the pattern matches no image or video files" in result.stderr
-    assert f"wrote {out_json} (1 entries)" in result.stderr
+    assert f"wrote {out_json} (1 entry)" in result.stderr
     assert json.loads(out_json.read_text())[0]["file"] == str(odd / "a.jpg")
     result = run(str(gone), "--weights", str(weights))
     assert result.exit_code == 2 and result.stderr.strip() == f"error: {gone}: the pattern matches no image or video files"

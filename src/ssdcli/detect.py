@@ -25,6 +25,7 @@ import numpy as np
 from torch import Tensor
 
 from ssdcli.errors import UserError
+from ssdcli.wording import plural
 from ssdcli.files import JsonListWriter, check_file_target, check_folder_target
 from ssdcli.inference import Detector, Timings, class_labels, detection_entries
 from ssdcli.postprocess import Detections
@@ -231,7 +232,9 @@ def run_detection(
         sink.summary.seconds = time.perf_counter() - start
     summary = sink.summary
     if summary.images + summary.frames == 0 and summary.unreadable:
-        raise UserError(f"none of the {summary.unreadable} image(s) / video(s) could be read (see the warnings above)")
+        raise UserError(f"none of the {plural(summary.unreadable, 'image or video', 'images and videos')} could be "
+                        "read (see the warnings above)" if summary.unreadable > 1
+                        else "the only image or video could not be read (see the warning above)")
     return summary
 
 

@@ -17,6 +17,7 @@ from ssdcli.cli.common import EXIT_INTERNAL, err, error_boundary, out
 from ssdcli.data.check import DatasetSummary
 from ssdcli.data.records import Problem
 from ssdcli.files import check_file_target
+from ssdcli.wording import plural
 
 HELP = "Check a dataset before training on it, or make a synthetic one."
 CHECK_HELP = "Read a dataset the way training would; report classes, box statistics and every problem."
@@ -138,9 +139,9 @@ def check(
 
 def _print_report(summary: DatasetSummary) -> None:
     out.print(
-        f"[bold]{summary.format.upper()}[/] dataset {escape(str(summary.root))}: {summary.num_images} images "
-        f"({summary.images_without_boxes} without boxes), {summary.num_boxes} boxes "
-        f"({summary.num_difficult} difficult, {summary.num_crowd} crowd), {len(summary.classes)} classes",
+        f"[bold]{summary.format.upper()}[/] dataset {escape(str(summary.root))}: {plural(summary.num_images, 'image')} "
+        f"({summary.images_without_boxes} without boxes), {plural(summary.num_boxes, 'box')} "
+        f"({summary.num_difficult} difficult, {summary.num_crowd} crowd), {plural(len(summary.classes), 'class')}",
         highlight=False,
     )
     out.print(_class_table(summary))
@@ -149,9 +150,9 @@ def _print_report(summary: DatasetSummary) -> None:
     if summary.problems:
         out.print(_problem_table(summary.problems))
     if summary.trainable:
-        out.print(f"[green]OK[/]: training can proceed ({summary.num_warnings} warnings).", highlight=False)
+        out.print(f"[green]OK[/]: training can proceed ({plural(summary.num_warnings, 'warning')}).", highlight=False)
     else:
-        out.print(f"[red]NOT READY[/]: {summary.num_errors} errors to fix before training"
+        out.print(f"[red]NOT READY[/]: {plural(summary.num_errors, 'error')} to fix before training"
                   f"{'' if summary.num_images else ' (no usable images)'}.", highlight=False)
 
 

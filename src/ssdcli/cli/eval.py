@@ -14,6 +14,7 @@ from rich.table import Table
 from ssdcli.cli.common import Device, err, error_boundary, out
 from ssdcli.data.records import DetectionDataset
 from ssdcli.errors import UserError
+from ssdcli.wording import plural
 from ssdcli.files import atomic_write_json, check_file_target, check_folder_target
 from ssdcli.evaluation import ClassResult, EvalResult, Metric, evaluate, load_detections, save_detections
 
@@ -72,7 +73,7 @@ def result_tables(result: EvalResult) -> list[Table]:
         values = [_percent(getattr(c, key)) for _, key, shown in columns if shown]
         per_class.add_row(escape(c.name), str(c.num_gt), str(c.num_detections), *values)
 
-    summary = Table(title=f"Summary: {result.num_images} images, {result.num_detections} detections")
+    summary = Table(title=f"Summary: {plural(result.num_images, 'image')}, {plural(result.num_detections, 'detection')}")
     summary.add_column("metric")
     summary.add_column("value (%)", justify="right")
     if has_voc07:
@@ -95,14 +96,11 @@ def _plot_title(c: ClassResult) -> str:
     return f"{c.name}: AP " + "  ".join(aps) if aps else f"{c.name}"
 
 
-def _read_dataset(
-    data: Path, split: Optional[str], classes_file: Optional[Path], model_classes: Optional[list[str]] = None
-) -> DetectionDataset:
-    """The ground truth, read as `ssd train` / `ssd data check` read it; with a model, in the
-    model's class order (objects of other classes are left out with a warning)."""
+def _read_dataset(data: Path, split: Optional[str], classes_file: Optional[Path]) -> DetectionDataset:
+    """The ground truth, read as `ssd train` / `ssd data check` read it."""
     from ssdcli.data.reader import load_classes_file, load_dataset
 
-    classes = load_classes_file(classes_file) if classes_file is not None else model_classes
+    classes = load_classes_file(classes_file) if classes_file is not None else None
     with Progress(console=err, transient=True, disable=not err.is_terminal) as bar:
         task = bar.add_task(f"reading {escape(str(data))}", total=None)
         dataset = load_dataset(
@@ -112,8 +110,8 @@ def _read_dataset(
         raise UserError(f"{data}: no images with annotations found; run `ssd data check {data}` to see why")
     if dataset.problems:
         err.print(
-            f"[yellow]warning:[/] {len(dataset.problems)} problem(s) while reading {escape(str(data))}; "
-            f"images that could not be read are left out. Run `ssd data check {escape(str(data))}` for the list.",
+            f"[yellow]warning:[/] {plural(len(dataset.problems), 'problem')} while reading {escape(str(data))} "
+            f"(unreadable images and unusable boxes are left out); `ssd data check {escape(str(data))}` lists them.",
             highlight=False,
         )
     return dataset
@@ -143,7 +141,7 @@ def score_and_report(
         raise UserError("--plot-dir draws the VOC precision-recall curves; use --metric voc07, voc12 or all")
     if save_detections_file is not None:
         save_detections(save_detections_file, detections)
-        err.print(f"wrote {len(detections)} detections to {escape(str(save_detections_file))}", highlight=False)
+        err.print(f"wrote {plural(len(detections), 'detection')} to {escape(str(save_detections_file))}", highlight=False)
     coco_gt = _coco_ground_truth(dataset) if Metric.coco in wanted else None
     result = evaluate(dataset, detections, wanted, coco_ground_truth=coco_gt)
     for table in result_tables(result):
@@ -157,7 +155,7 @@ def score_and_report(
 
         curves = [(c.name, c.curve, _plot_title(c)) for c in result.classes if c.curve is not None]
         written = write_pr_curves(plot_dir, curves)
-        err.print(f"wrote {len(written)} precision-recall curves to {escape(str(plot_dir))}", highlight=False)
+        err.print(f"wrote {plural(len(written), 'precision-recall curve')} to {escape(str(plot_dir))}", highlight=False)
     return result
 
 
@@ -166,11 +164,18 @@ def _predict(
     workers: int,
 ) -> tuple[DetectionDataset, list[dict]]:
     """Run a model over a dataset with the evaluation post-processing (score 0.01, NMS 0.45,
-    200 per image); the dataset is read with the model's class list."""
+    200 per image), scoring the model's classes (or the --classes file's, which it must know)."""
+    from ssdcli.data.reader import load_classes_file
+    from ssdcli.evaluation.classes import align_classes, check_listed_classes
     from ssdcli.inference import detect_dataset, load_detector
 
     detector = load_detector(weights, device)
-    dataset = _read_dataset(data, split, classes_file, model_classes=detector.class_names)
+    if classes_file is not None:  # before reading the data: a wrong name fails fast
+        check_listed_classes(load_classes_file(classes_file), detector.class_names)
+    dataset = _read_dataset(data, split, classes_file)
+    detector, dataset, warnings = align_classes(detector, dataset, str(data), listed=classes_file is not None)
+    for message in warnings:
+        err.print(f"[yellow]warning:[/] {escape(message)}", highlight=False)
     with Progress(console=err, transient=True, disable=not err.is_terminal) as bar:
         task = bar.add_task(f"detecting with {escape(weights.name)}", total=len(dataset.records))
         detections = detect_dataset(

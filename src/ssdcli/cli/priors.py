@@ -17,6 +17,7 @@ from rich.table import Table
 from ssdcli.cli.common import error_boundary, err, out
 from ssdcli.errors import UserError
 from ssdcli.files import check_file_target
+from ssdcli.wording import plural
 from ssdcli.priors import PRESETS, PriorSpec, generate_priors, layer_box_sizes, preset_spec, prior_layer_index
 
 HELP = "Show the default boxes (priors) of an architecture: per layer, every box, or a picture."
@@ -184,7 +185,7 @@ def _coverage_text(spec: PriorSpec, data: Path, classes: Optional[Path], fmt: Fo
     with progress_bar(f"reading {data}") as progress:
         dataset = load_dataset(data, classes=class_list, progress=progress, verify_pixels=False)
     if dataset.problems:
-        err.print(f"note: {len(dataset.problems)} problems while reading {escape(str(data))}; "
+        err.print(f"note: {plural(len(dataset.problems), 'problem')} while reading {escape(str(data))}; "
                   f"see `ssd data check {escape(str(data))}`", highlight=False)
     report = prior_coverage(dataset, spec)
     groups = [("all", report.overall)] + [("size", g) for g in report.by_size] + [("class", g) for g in report.by_class]

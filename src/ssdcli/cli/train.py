@@ -12,6 +12,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
+from ssdcli.wording import plural
 from ssdcli.cli.common import Device, err, error_boundary, out
 from ssdcli.config import TrainConfig
 from ssdcli.errors import UserError
@@ -68,7 +69,7 @@ class RichCallbacks:
         if not self.enabled:
             return
         err.print(
-            f"training {len(info['classes'])} classes on {info['train_images']} images"
+            f"training {plural(len(info['classes']), 'class')} on {plural(info['train_images'], 'image')}"
             + (f" (validating on {info['val_images']})" if info["val_images"] else "")
             + f", device {info['device']}{' x' + str(info['world_size']) if info['world_size'] > 1 else ''}"
             + f", AMP {'on' if info['amp'] else 'off'}, lr {info['lr']:.3g}; writing to {escape(str(info['output']))}"
