@@ -33,6 +33,10 @@ EPILOG = """\
 and category_id the 1-based class index (the list `ssd data check` prints); for COCO data both
 are the json's own ids.
 
+[bold]Classes[/]: with --weights the model's classes are scored, matched to the dataset's by name;
+objects of other classes are left out (a warning says which), and a model that shares no class
+with the data is an error.
+
 [bold]Metrics[/]: voc07 = PASCAL VOC2007 11-point AP at IoU > 0.5, voc12 = all-point AP (area under
 the interpolated precision-recall curve), both per the PASCAL devkit with "difficult" objects
 ignored; coco = COCO box AP/AR (pycocotools COCOeval bbox numbers, computed by ssdcli's own
@@ -200,7 +204,7 @@ def eval_command(
         Optional[str], typer.Option(help="Which split of the dataset (e.g. test, val2017); the reader's default when omitted.")
     ] = None,
     classes: Annotated[
-        Optional[Path], typer.Option("--classes", help="Class names, one per line, overriding the dataset's class list.")
+        Optional[Path], typer.Option("--classes", help="Class names, one per line, overriding the dataset's class list; with --weights, score only these of the model's classes.")
     ] = None,
     metric: Annotated[
         MetricChoice, typer.Option(help="voc07, voc12, coco, or all three from the same detections.")
