@@ -310,6 +310,67 @@ def test_bare_state_dict_and_foreign_dicts_are_refused(tmp_path):
         load_checkpoint(other)
 
 
+# ------------------------------------------------------------------------------- unusable files
+
+
+def _raw_save(path: Path, payload: dict) -> Path:
+    """Write ``payload`` as a checkpoint without save_checkpoint's checks (as a foreign tool might)."""
+    torch.save({"format": FORMAT, "format_version": FORMAT_VERSION, **payload}, path)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda p: p["model"]["4.weight"].view(-1).__setitem__(5, float("nan")),
+         r"unusable ssdcli checkpoint: the weight '4\.weight' holds NaN or inf values"),
+        (lambda p: p["model"]["1.running_var"].__setitem__(0, float("inf")),
+         r"the weight '1\.running_var' holds NaN or inf"),
+        (lambda p: p.update(std=[0.229, 0.0, 0.225]),
+         r"'std' is \[0\.229, 0\.0, 0\.225\]: inputs are divided by it, so every value must be positive"),
+        (lambda p: p.update(std=[0.2, -0.2, 0.2]), r"'std' is \[0\.2, -0\.2, 0\.2\]"),
+        (lambda p: p.update(mean=[0.5, float("nan"), 0.5]), r"'mean' is \[0\.5, nan, 0\.5\], expected 3 finite numbers"),
+        (lambda p: p.update(mean=[0.5]), r"'mean' is \[0\.5\], expected 3 finite numbers"),
+        (lambda p: p.update(class_names=["cat"]), r"'class_names' has 1 name but 'num_classes' is 2"),
+        (lambda p: p.update(image_size=0), r"'image_size' is 0, expected a positive size"),
+    ],
+)
+def test_well_formed_but_unusable_checkpoints_are_refused_at_load(tmp_path, change, message):
+    payload = model_payload(tiny_model())
+    payload["model"] = {k: v.clone() for k, v in payload["model"].items()}
+    change(payload)
+    path = _raw_save(tmp_path / "best.pt", payload)
+    with pytest.raises(CheckpointError, match=message) as info:
+        load_checkpoint(path)
+    assert str(info.value).startswith(f"{path}: unusable ssdcli checkpoint: ")
+    assert "\n" not in str(info.value)
+
+
+def test_weights_that_do_not_fit_the_network_are_one_line_naming_the_file(tmp_path):
+    from ssdcli.models import build_model, model_from_checkpoint, model_settings
+
+    model = build_model("ssdlite320", num_classes=2, width_mult=0.25)
+    settings = model_settings(model)
+    state = dict(model.state_dict())
+    names = list(state)
+    del state[names[0]], state[names[1]]  # 2 missing
+    state["extra.weight"] = torch.zeros(1)  # 1 unexpected
+    head = next(k for k in names if k.startswith("conf_heads") and k.endswith("weight"))
+    state[head] = torch.zeros(3, 3)  # 1 of another shape
+    payload = {"model": state, "arch": "ssdlite320", "num_classes": 2, "options": settings["options"],
+               "class_names": CLASSES, "image_size": 320, "mean": settings["mean"], "std": settings["std"],
+               "priors": settings["prior_spec"]}
+    path = _raw_save(tmp_path / "other.pt", payload)
+    with pytest.raises(CheckpointError) as info:
+        model_from_checkpoint(load_checkpoint(path), source=path)
+    expected_shape = tuple(model.state_dict()[head].shape)
+    assert str(info.value) == (
+        f"{path}: does not hold a usable ssdlite320 network with 2 classes: weight names or shapes do not match: "
+        f"2 missing (first {names[0]!r}), 1 unexpected (first 'extra.weight'), 1 of another shape "
+        f"(first {head!r}: (3, 3) in the file, {expected_shape} expected); it was written for another network, or edited"
+    )
+
+
 # ------------------------------------------------------------------------------- save checks
 
 

@@ -161,7 +161,7 @@ def test_classes_filter_unknown_class_and_one_missing_source_among_others(shared
     result = run(str(tmp_path / "gone.jpg"), str(image), "--weights", str(weights), "--min-score", "0.01",
                  "--classes", "star, circle", "--workers", "0", "--json", str(out_json))
     assert result.exit_code == 0, result.output
-    assert "gone.jpg: no such file or folder" in result.stderr and "1 images" in result.stdout
+    assert "gone.jpg: no such file or folder" in result.stderr and "detections: 1 image, 0 video frames" in result.stdout
     detections = json.loads(out_json.read_text())[0]["detections"]
     assert detections and {d["label"] for d in detections} <= {"star", "circle"}
     result = run(str(image), "--weights", str(weights), "--classes", "circle,dog")
@@ -188,7 +188,8 @@ def test_a_corrupt_image_and_an_unsupported_file_in_a_folder(shared_data, weight
     result = run(str(folder / "notes.txt"), str(folder / VOC_IMAGES[0]), "--weights", str(weights), "--workers", "0")
     assert result.exit_code == 0 and "notes.txt: not an image or video file" in result.stderr
     result = run(str(folder / "broken.jpg"), "--weights", str(weights), "--workers", "0")
-    assert result.exit_code == 2 and "could be read" in result.stderr
+    assert result.exit_code == 2
+    assert result.stderr.strip().splitlines()[-1] == "error: the only image or video could not be read (see the warning above)"
 
 
 def test_missing_sources(weights, tmp_path):
@@ -301,10 +302,32 @@ def test_paths_with_rich_markup_are_printed_as_they_are(synth_images, weights, t
     assert result.exit_code == 0, result.output
     # "gone[/].jpg" holds "[", so it is taken for a glob pattern that matches nothing
     assert f"warning: {gone}: the pattern matches no image or video files" in result.stderr
-    assert f"wrote {out_json} (1 entries)" in result.stderr
+    assert f"wrote {out_json} (1 entry)" in result.stderr
     assert json.loads(out_json.read_text())[0]["file"] == str(odd / "a.jpg")
     result = run(str(gone), "--weights", str(weights))
     assert result.exit_code == 2 and result.stderr.strip() == f"error: {gone}: the pattern matches no image or video files"
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="needs POSIX symlinks")
+def test_symlink_loops_in_a_folder_or_glob_are_warnings_not_a_hang(synth_images, weights, tmp_path):
+    root = tmp_path / "looped"
+    (root / "sub").mkdir(parents=True)
+    shutil.copy(synth_images[0], root / "a.jpg")
+    shutil.copy(synth_images[1], root / "sub" / "b.jpg")
+    (root / "sub" / "here").symlink_to(".")  # two folder loops: 2**40 paths for os.walk(followlinks=True)
+    (root / "sub" / "up").symlink_to("..")
+    (root / "x.jpg").symlink_to("y.jpg")  # a file loop: Path.resolve raised RuntimeError
+    (root / "y.jpg").symlink_to("x.jpg")
+    for source in (str(root), f"{root}/**/*.jpg"):
+        result = run(source, "--weights", str(weights), "--workers", "0", "--json", str(tmp_path / "d.json"))
+        assert result.exit_code == 0, result.output
+        assert f"warning: {root}/sub/here: a symlink loop (it leads back to {root}/sub); not searched" in result.stderr
+        assert f"warning: {root}/x.jpg: a symlink loop; skipped" in result.stderr
+        assert "detections: 2 images" in result.stdout
+        assert sorted(e["file"] for e in json.loads((tmp_path / "d.json").read_text())) == [
+            str(root / "a.jpg"), str(root / "sub" / "b.jpg")]
+    result = run(str(root / "x.jpg"), "--weights", str(weights))
+    assert result.exit_code == 2 and result.stderr.strip() == f"error: {root}/x.jpg: a symlink loop"
 
 
 def test_help_shows_examples_and_the_json_format():

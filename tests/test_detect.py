@@ -282,8 +282,10 @@ def test_unreadable_and_missing_sources_are_warnings_until_nothing_is_left(synth
     assert "broken.jpg" in events.warnings[1] and events.warnings[1].endswith("; skipped")
     assert events.warnings[2].startswith(f"{tmp_path / 'bad.mp4'}: cannot open this video")
 
-    with pytest.raises(UserError, match=r"none of the 1 image\(s\) / video\(s\) could be read"):
+    with pytest.raises(UserError, match=r"^the only image or video could not be read \(see the warning above\)$"):
         run_detection(detector, [folder / "broken.jpg"], DetectOptions(json_file=tmp_path / "e.json", workers=0))
+    with pytest.raises(UserError, match=r"^none of the 2 images and videos could be read \(see the warnings above\)$"):
+        run_detection(detector, [folder / "broken.jpg", tmp_path / "bad.mp4"], DetectOptions(workers=0))
     assert json.loads((tmp_path / "e.json").read_text()) == []  # still a valid (empty) list
     with pytest.raises(UserError, match=r"^.*nope\.jpg: no such file or folder$"):
         run_detection(detector, [tmp_path / "nope.jpg"], DetectOptions(workers=0))

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import sys
+import threading
 from pathlib import Path
 
 import cv2
@@ -16,6 +19,7 @@ from ssdcli.sources import (
     VideoFrames,
     VideoSource,
     _glob_root,
+    _match_parts,
     expand_sources,
     plan_outputs,
     probe_video,
@@ -154,3 +158,92 @@ def test_plan_outputs_keeps_relative_paths_renames_clashes_and_never_overwrites_
     inside = [ImageSource(tmp_path / "photos" / "p.jpg", Path("p.jpg"))]
     with pytest.raises(UserError, match=r"--output .*photos: would overwrite the input .*p\.jpg"):
         plan_outputs(inside, [], tmp_path / "photos")
+
+
+symlinks = pytest.mark.skipif(not hasattr(os, "symlink") or sys.platform == "win32", reason="needs POSIX symlinks")
+
+
+def _finishes(function, *args, seconds: float = 60.0):
+    """``function(*args)`` run in a thread; fails instead of hanging when it does not return."""
+    result: list = []
+    worker = threading.Thread(target=lambda: result.append(function(*args)), daemon=True)
+    worker.start()
+    worker.join(seconds)
+    assert not worker.is_alive(), f"{function.__name__}{args} did not finish in {seconds} s"
+    assert result, f"{function.__name__}{args} raised (see the thread's traceback above)"
+    return result[0]
+
+
+@pytest.fixture()
+def looped(tmp_path, monkeypatch) -> Path:
+    """loops/a.jpg, loops/sub/b.png and, as symlinks: sub/here -> . and sub/up -> .. (two folder
+    loops: os.walk(followlinks=True) would walk 2**40 paths), x.jpg <-> y.jpg (a file loop),
+    gone.png -> missing.png (broken), self -> self."""
+    monkeypatch.chdir(tmp_path)
+    root = tmp_path / "loops"
+    touch_image(root / "a.jpg")
+    touch_image(root / "sub" / "b.png")
+    os.symlink(".", root / "sub" / "here")
+    os.symlink("..", root / "sub" / "up")
+    os.symlink("y.jpg", root / "x.jpg")
+    os.symlink("x.jpg", root / "y.jpg")
+    os.symlink("missing.png", root / "gone.png")
+    os.symlink("self", root / "self")
+    return root
+
+
+@symlinks
+def test_a_folder_with_symlink_loops_is_searched_once_and_the_loops_reported(looped):
+    plan = _finishes(expand_sources, ["loops"])
+    assert plan.images == [ImageSource(Path("loops/a.jpg"), Path("a.jpg")),
+                           ImageSource(Path("loops/sub/b.png"), Path("sub/b.png"))]
+    assert plan.skipped == [
+        "loops/gone.png: a broken symlink (No such file or directory); skipped",
+        "loops/x.jpg: a symlink loop; skipped",
+        "loops/y.jpg: a symlink loop; skipped",
+        "loops/sub/here: a symlink loop (it leads back to loops/sub); not searched",
+        "loops/sub/up: a symlink loop (it leads back to loops); not searched",
+    ]
+    assert plan.missing == [] and plan.unsupported == []
+
+
+@symlinks
+def test_a_recursive_glob_over_symlink_loops_matches_each_file_once(looped):
+    plan = _finishes(expand_sources, ["loops/**/*.png"])
+    assert plan.images == [ImageSource(Path("loops/sub/b.png"), Path("sub/b.png"))]
+    # only files the pattern matches are reported (x.jpg / y.jpg are not *.png)
+    assert plan.skipped == [
+        "loops/gone.png: a broken symlink (No such file or directory); skipped",
+        "loops/sub/here: a symlink loop (it leads back to loops/sub); not searched",
+        "loops/sub/up: a symlink loop (it leads back to loops); not searched",
+    ]
+    plan = _finishes(expand_sources, ["**/*.jpg"])
+    assert [item.path for item in plan.images] == [Path("loops/a.jpg")]
+
+
+@symlinks
+def test_a_looping_or_broken_symlink_named_as_a_source_is_missing(looped):
+    plan = _finishes(expand_sources, ["loops/x.jpg", "loops/self", "loops/gone.png", "loops/a.jpg"])
+    assert plan.images == [ImageSource(Path("loops/a.jpg"), Path("a.jpg"))]
+    assert plan.missing == [
+        "loops/x.jpg: a symlink loop",
+        "loops/self: a symlink loop",
+        "loops/gone.png: a broken symlink (No such file or directory)",
+    ]
+
+
+def test_recursive_patterns_follow_glob_rules():
+    # (path components, pattern components, glob.glob's answer)
+    cases = [
+        (("a.jpg",), ("**", "*.jpg"), True),  # ** spans zero components
+        (("s", "t", "a.jpg"), ("**", "*.jpg"), True),
+        (("s", "a.png"), ("**", "*.jpg"), False),
+        (("s", "a.jpg"), ("s", "**"), True),
+        (("s", "t", "a.jpg"), ("*", "a.jpg"), False),  # * stays inside one component
+        ((".hidden", "a.jpg"), ("**", "*.jpg"), False),  # wildcards skip dot names
+        (("a", ".b.jpg"), ("**", "*.jpg"), False),
+        (("a", ".b.jpg"), ("**", ".*.jpg"), True),
+        (("img1.jpg",), ("**", "img[0-9].jpg"), True),
+    ]
+    for parts, pattern, expected in cases:
+        assert _match_parts(parts, pattern) is expected, (parts, pattern)

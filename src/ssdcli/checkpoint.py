@@ -45,6 +45,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from ssdcli.checkpoint_checks import usability_problems
 from ssdcli.errors import CheckpointError
 from ssdcli.files import atomic_write
 from ssdcli.priors import PriorSpec
@@ -304,8 +305,10 @@ def load_checkpoint(
         CheckpointNotFoundError: ``path`` does not exist.
         CheckpointError: ``path`` is not a file, not a PyTorch file (text, truncated, corrupt),
             holds pickled classes or code (refused unexecuted), is a plain dict that is not an
-            ssdcli checkpoint (e.g. a bare state dict), is from a newer format version, or lacks
-            keys. The message names the file and says what to do.
+            ssdcli checkpoint (e.g. a bare state dict), is from a newer format version, lacks
+            keys, or cannot be used (NaN / inf weights, a zero ``std``, a class list that
+            disagrees with ``num_classes``: :mod:`ssdcli.checkpoint_checks`). The message names
+            the file and says what to do.
     """
     path = Path(path)
     if not path.exists():
@@ -409,3 +412,6 @@ def _check_loaded(path: Path, obj: Any, for_resume: bool) -> None:
             )
     if problems:
         raise CheckpointError(f"{path}: malformed ssdcli checkpoint: {'; '.join(problems)}")
+    unusable = usability_problems(obj)
+    if unusable:
+        raise CheckpointError(f"{path}: unusable ssdcli checkpoint: {'; '.join(unusable)}")

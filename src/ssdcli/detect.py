@@ -25,7 +25,8 @@ import numpy as np
 from torch import Tensor
 
 from ssdcli.errors import UserError
-from ssdcli.files import JsonListWriter
+from ssdcli.wording import plural
+from ssdcli.files import JsonListWriter, check_file_target, check_folder_target
 from ssdcli.inference import Detector, Timings, class_labels, detection_entries
 from ssdcli.postprocess import Detections
 from ssdcli.sources import ImageSource, VideoSource, expand_sources, plan_outputs
@@ -61,6 +62,11 @@ class DetectOptions:
     def __post_init__(self) -> None:
         if self.batch_size < 1 or self.workers < 0:
             raise UserError("--batch-size must be >= 1 and --workers >= 0")
+        for target, flag in ((self.json_file, "--json"), (self.coco_json, "--coco-json")):
+            if target is not None:
+                check_file_target(target, flag)
+        if self.output is not None:
+            check_folder_target(self.output, "--output")
 
 
 @dataclass
@@ -165,9 +171,9 @@ def plan_detection(sources: Sequence[str | os.PathLike[str]], options: DetectOpt
         check_display()
     found = expand_sources(names)
     if not found.images and not found.videos and options.webcam is None:
-        raise UserError("; ".join(found.missing + found.unsupported))
+        raise UserError("; ".join(found.missing + found.unsupported + found.skipped))
     plan = DetectPlan(images=found.images, videos=list(found.videos))
-    plan.warnings = found.missing + [f"{message}; skipped" for message in found.unsupported]
+    plan.warnings = found.missing + [f"{message}; skipped" for message in found.unsupported] + found.skipped
     if options.webcam is not None:
         plan.videos.append(VideoSource(camera=options.webcam))
     if options.output is not None:
@@ -226,7 +232,9 @@ def run_detection(
         sink.summary.seconds = time.perf_counter() - start
     summary = sink.summary
     if summary.images + summary.frames == 0 and summary.unreadable:
-        raise UserError(f"none of the {summary.unreadable} image(s) / video(s) could be read (see the warnings above)")
+        raise UserError(f"none of the {plural(summary.unreadable, 'image or video', 'images and videos')} could be "
+                        "read (see the warnings above)" if summary.unreadable > 1
+                        else "the only image or video could not be read (see the warning above)")
     if summary.images + summary.frames and not summary.detections_per_class:
         from ssdcli.score_hint import no_detection_message
 

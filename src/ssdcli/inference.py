@@ -380,7 +380,7 @@ def load_detector(
         return OnnxDetector(weights, settings)
     torch_device = resolve_device(device)
     checkpoint = load_checkpoint(weights)
-    model = model_from_checkpoint(checkpoint).to(torch_device)
+    model = model_from_checkpoint(checkpoint, source=weights).to(torch_device)
     return TorchDetector(
         model, torch_device, settings, amp=torch_device.type == "cuda", class_names=checkpoint["class_names"]
     )

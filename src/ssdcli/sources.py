@@ -13,10 +13,12 @@ worker reads and pre-processes the next frames while the model runs on the curre
 
 from __future__ import annotations
 
+import errno
+import fnmatch
 import glob
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -90,12 +92,15 @@ class SourcePlan:
         missing: one message per argument that named nothing (missing path, empty glob).
         unsupported: one message per file named explicitly whose type is neither image nor video
             (left out).
+        skipped: one message per symlink loop, broken symlink or unreadable folder met while
+            searching folders and ``**`` patterns (left out; the search goes on).
     """
 
     images: list[ImageSource] = field(default_factory=list)
     videos: list[VideoSource] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)
     unsupported: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
 
 
 def is_image(path: Path) -> bool:
@@ -104,6 +109,10 @@ def is_image(path: Path) -> bool:
 
 def is_video(path: Path) -> bool:
     return path.suffix.lower() in VIDEO_EXTENSIONS
+
+
+def _is_media(path: Path) -> bool:
+    return is_image(path) or is_video(path)
 
 
 def _glob_root(pattern: str) -> Path:
@@ -117,16 +126,96 @@ def _glob_root(pattern: str) -> Path:
     return Path(*fixed) if fixed else Path(".")
 
 
-def _folder_images(folder: Path) -> list[ImageSource]:
+def walk_files(folder: Path, wanted: Callable[[Path], bool], skipped: list[str]) -> Iterator[Path]:
+    """Files below ``folder`` (prefix kept) for which ``wanted(path)`` holds, following symlinks:
+    a folder's files in name order, then its sub-folders, depth first.
+
+    Each folder is searched once: a symlink back to a folder on the way down (a loop, which
+    ``os.walk(followlinks=True)`` follows to the kernel's 40-link limit: 2**40 paths for two such
+    links) is reported in ``skipped``, a second link to a folder already searched is ignored, and
+    looping or broken links among the wanted files are reported and left out."""
+    searched: set[tuple[int, int]] = set()
+    stack: list[tuple[Path, tuple[tuple[tuple[int, int], Path], ...]]] = [(folder, ())]
+    while stack:
+        directory, chain = stack.pop()
+        try:
+            info = os.stat(directory)
+            key = (info.st_dev, info.st_ino)
+            ancestor = next((path for seen, path in chain if seen == key), None)
+            if ancestor is not None:
+                skipped.append(f"{directory}: a symlink loop (it leads back to {ancestor}); not searched")
+                continue
+            if key in searched:
+                continue
+            searched.add(key)
+            entries = sorted(os.scandir(directory), key=lambda entry: entry.name)
+        except OSError as exc:
+            skipped.append(f"{directory}: cannot be searched ({exc.strerror or exc}); skipped")
+            continue
+        folders = []
+        for entry in entries:
+            path = Path(entry.path)
+            try:
+                if entry.is_dir():  # follows symlinks
+                    folders.append(path)
+                    continue
+            except OSError:  # a link loop: stat fails with ELOOP
+                pass
+            if not wanted(path):
+                continue
+            problem = _link_problem(path) if entry.is_symlink() else None
+            if problem is not None:
+                skipped.append(f"{path}: {problem}; skipped")
+                continue
+            yield path
+        stack.extend((sub, chain + ((key, directory),)) for sub in reversed(folders))
+
+
+def _link_problem(path: Path) -> str | None:
+    """``None`` when the symlink ``path`` leads to an existing file, else what is wrong with it."""
+    try:
+        os.stat(path)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return "a symlink loop"
+        return f"a broken symlink ({exc.strerror or exc})"
+    return None
+
+
+def _folder_images(folder: Path, skipped: list[str]) -> list[ImageSource]:
     """Image files anywhere below ``folder``, sorted; other files are skipped silently."""
-    found = []
-    for root, dirs, files in os.walk(folder, followlinks=True):
-        dirs.sort()
-        for name in sorted(files):
-            path = Path(root) / name
-            if is_image(path):
-                found.append(ImageSource(path, path.relative_to(folder)))
-    return found
+    return [ImageSource(path, path.relative_to(folder)) for path in walk_files(folder, is_image, skipped)]
+
+
+def _match_parts(parts: Sequence[str], pattern: Sequence[str]) -> bool:
+    """Whether path components ``parts`` match glob components ``pattern`` as :func:`glob.glob`
+    would: ``**`` spans any number of components, ``*`` ``?`` ``[...]`` stay inside one, and a
+    wildcard never matches a hidden (dot) name."""
+    if not pattern:
+        return not parts
+    head, rest = pattern[0], pattern[1:]
+    if head == "**":
+        return any(_match_parts(parts[i:], rest) for i in range(len(parts) + 1)
+                   if not any(part.startswith(".") for part in parts[:i]))
+    if not parts or (parts[0].startswith(".") and not head.startswith(".")):
+        return False
+    return fnmatch.fnmatch(parts[0], head) and _match_parts(parts[1:], rest)
+
+
+def _glob_files(pattern: str, skipped: list[str]) -> list[Path]:
+    """The image and video files ``pattern`` matches, sorted. A ``**`` pattern is matched on a
+    :func:`walk_files` search of its fixed part, so symlink loops are reported, not followed."""
+    if "**" not in pattern:
+        return [m for m in sorted(Path(m) for m in glob.glob(pattern)) if m.is_file() and _is_media(m)]
+    root = _glob_root(pattern)
+    below = Path(pattern).parts[len(root.parts) :]
+    if not root.is_dir():
+        return []
+
+    def wanted(path: Path) -> bool:
+        return _is_media(path) and _match_parts(path.relative_to(root).parts, below)
+
+    return sorted(walk_files(root, wanted, skipped))
 
 
 def expand_sources(sources: Sequence[str]) -> SourcePlan:
@@ -136,13 +225,13 @@ def expand_sources(sources: Sequence[str]) -> SourcePlan:
     ``unsupported``); an existing folder contributes every image file below it; an argument
     that does not exist but holds ``*``, ``?`` or ``[`` is a glob (``**`` recurses) whose image
     and video matches are taken; everything else goes to ``missing``. An image reached twice is
-    kept once.
+    kept once; symlink loops are reported in ``skipped`` (:func:`walk_files`), never followed.
     """
     plan = SourcePlan()
     seen: set[Path] = set()
 
     def add_image(item: ImageSource) -> None:
-        key = item.path.resolve()
+        key = Path(os.path.realpath(item.path))  # never raises on a link loop, unlike Path.resolve
         if key not in seen:
             seen.add(key)
             plan.images.append(item)
@@ -150,7 +239,7 @@ def expand_sources(sources: Sequence[str]) -> SourcePlan:
     for source in sources:
         path = Path(source)
         if path.is_dir():
-            items = _folder_images(path)
+            items = _folder_images(path, plan.skipped)
             if not items:
                 plan.missing.append(f"{source}: folder holds no image files ({', '.join(sorted(IMAGE_EXTENSIONS))})")
             for item in items:
@@ -166,8 +255,7 @@ def expand_sources(sources: Sequence[str]) -> SourcePlan:
                 )
         elif _GLOB_CHARS & set(source):
             root = _glob_root(source)
-            matches = sorted(Path(m) for m in glob.glob(source, recursive=True))
-            matches = [m for m in matches if m.is_file() and (is_image(m) or is_video(m))]
+            matches = _glob_files(source, plan.skipped)
             if not matches:
                 plan.missing.append(f"{source}: the pattern matches no image or video files")
             for match in matches:
@@ -175,6 +263,8 @@ def expand_sources(sources: Sequence[str]) -> SourcePlan:
                     plan.videos.append(VideoSource(path=match))
                 else:
                     add_image(ImageSource(match, match.relative_to(root)))
+        elif path.is_symlink():
+            plan.missing.append(f"{source}: {_link_problem(path) or 'a symlink to neither a file nor a folder'}")
         else:
             plan.missing.append(f"{source}: no such file or folder")
     return plan

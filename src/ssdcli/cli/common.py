@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import functools
 import os
 from collections.abc import Callable
@@ -14,6 +15,7 @@ from rich.markup import escape
 
 from ssdcli.config import DEVICES
 from ssdcli.errors import UserError
+from ssdcli.files import DISK_FULL_ERRNOS, is_torch_short_write
 
 # Results (tables, JSON, CSV) go to stdout; progress, warnings and errors go to stderr.
 out = Console(soft_wrap=True)
@@ -36,11 +38,39 @@ def user_error(message: str) -> typer.Exit:
     return typer.Exit(EXIT_USER)
 
 
+# OS errors the user fixes by choosing another path: one line, exit 2, as a UserError.
+_PATH_ERRORS = {
+    errno.EISDIR: "is a folder, not a file",
+    errno.ENOTDIR: "a part of this path is a file, not a folder",
+    errno.EEXIST: "exists and is not a folder",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "permission denied",
+    errno.EROFS: "read-only file system",
+    errno.ELOOP: "a symlink loop",
+    errno.ENAMETOOLONG: "the name is too long",
+}
+
+
+def os_error_exit(exc: OSError) -> typer.Exit | None:
+    """The one line and exit for an ``OSError`` that escaped a command: a path the user can
+    change (exit 2), a full disk (exit 1, saying so); ``None`` for any other (an internal error)."""
+    name = exc.filename2 if exc.filename2 is not None else exc.filename  # os.replace(tmp, target)
+    where = f"{os.fsdecode(name)}: " if name is not None else ""
+    if exc.errno in DISK_FULL_ERRNOS:
+        err.print(f"[bold red]error:[/] {escape(where)}no space left on the device (disk full or quota "
+                  "reached); free some space or write elsewhere, and run again", highlight=False)
+        return typer.Exit(EXIT_INTERNAL)
+    if exc.errno in _PATH_ERRORS:
+        return user_error(f"{where}{_PATH_ERRORS[exc.errno]}; choose another path")
+    return None
+
+
 def error_boundary(fn: F) -> F:
     """Turn library exceptions into one line on stderr and the SPEC exit codes.
 
-    UserError, missing files and bad values -> exit 2; anything else -> exit 1 (set
-    ``SSD_DEBUG=1`` to see the traceback).
+    UserError, missing files, bad values and unusable paths (a folder where a file goes, no
+    permission, ...) -> exit 2; a full disk -> exit 1 with that message; anything else -> exit 1
+    (set ``SSD_DEBUG=1`` to see the traceback).
     """
 
     @functools.wraps(fn)
@@ -54,14 +84,26 @@ def error_boundary(fn: F) -> F:
         except FileNotFoundError as exc:
             name = exc.filename or str(exc)
             raise user_error(f"{name}: no such file or directory") from None
+        except OSError as exc:
+            exit_ = None if os.environ.get("SSD_DEBUG") else os_error_exit(exc)
+            if exit_ is None:
+                raise _internal_error(exc) from None
+            raise exit_ from None
         except Exception as exc:  # noqa: BLE001 - the CLI's last line of defence
-            if os.environ.get("SSD_DEBUG"):
-                raise
-            err.print(
-                f"[bold red]internal error:[/] {type(exc).__name__}: {escape(str(exc))}\n"
-                "Re-run with SSD_DEBUG=1 for the traceback, and please report it.",
-                highlight=False,
-            )
-            raise typer.Exit(EXIT_INTERNAL) from None
+            if is_torch_short_write(exc):
+                raise os_error_exit(OSError(errno.ENOSPC, str(exc))) from None
+            raise _internal_error(exc) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def _internal_error(exc: BaseException) -> typer.Exit:
+    """Print the internal-error line for ``exc`` (exit 1); re-raise it under ``SSD_DEBUG=1``."""
+    if os.environ.get("SSD_DEBUG"):
+        raise exc
+    err.print(
+        f"[bold red]internal error:[/] {type(exc).__name__}: {escape(str(exc))}\n"
+        "Re-run with SSD_DEBUG=1 for the traceback, and please report it.",
+        highlight=False,
+    )
+    return typer.Exit(EXIT_INTERNAL)

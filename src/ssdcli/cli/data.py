@@ -18,6 +18,8 @@ from rich.table import Table
 from ssdcli.cli.common import EXIT_INTERNAL, err, error_boundary, out
 from ssdcli.data.check import DatasetSummary
 from ssdcli.data.records import Problem
+from ssdcli.files import check_file_target
+from ssdcli.wording import plural
 
 HELP = "Check a dataset before training on it, split it, convert it, or make a synthetic one."
 CHECK_HELP = "Read a dataset the way training would; report classes, box statistics and every problem."
@@ -105,7 +107,7 @@ def progress_bar(description: str) -> Iterator[Callable[[int, int], None]]:
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
         console=err, transient=True, disable=not err.is_terminal,
     ) as bar:
-        task = bar.add_task(description, total=None)
+        task = bar.add_task(escape(description), total=None)
 
         def update(done: int, total: int) -> None:
             bar.update(task, completed=done, total=total)
@@ -173,6 +175,8 @@ def check(
     from ssdcli.data.check import summarize
     from ssdcli.data.reader import load_classes_file, load_dataset
 
+    if json_file is not None and str(json_file) != "-":
+        check_file_target(json_file, "--json")
     class_list = load_classes_file(classes) if classes is not None else None
     with progress_bar(f"reading {escape(str(data))}") as progress:
         dataset = load_dataset(data, split=split, classes=class_list, progress=progress, verify_pixels=decode,
@@ -193,9 +197,9 @@ def check(
 
 def _print_report(summary: DatasetSummary) -> None:
     out.print(
-        f"[bold]{summary.format.upper()}[/] dataset {escape(summary.root)}: {summary.num_images} images "
-        f"({summary.images_without_boxes} without boxes: negatives, background only), {summary.num_boxes} boxes "
-        f"({summary.num_difficult} difficult, {summary.num_crowd} crowd), {len(summary.classes)} classes",
+        f"[bold]{summary.format.upper()}[/] dataset {escape(str(summary.root))}: {plural(summary.num_images, 'image')} "
+        f"({summary.images_without_boxes} without boxes: negatives, background only), {plural(summary.num_boxes, 'box')} "
+        f"({summary.num_difficult} difficult, {summary.num_crowd} crowd), {plural(len(summary.classes), 'class')}",
         highlight=False,
     )
     out.print(_class_table(summary))
@@ -204,9 +208,9 @@ def _print_report(summary: DatasetSummary) -> None:
     if summary.problems:
         out.print(_problem_table(summary.problems))
     if summary.trainable:
-        out.print(f"[green]OK[/]: training can proceed ({summary.num_warnings} warnings).", highlight=False)
+        out.print(f"[green]OK[/]: training can proceed ({plural(summary.num_warnings, 'warning')}).", highlight=False)
     else:
-        out.print(f"[red]NOT READY[/]: {summary.num_errors} errors to fix before training"
+        out.print(f"[red]NOT READY[/]: {plural(summary.num_errors, 'error')} to fix before training"
                   f"{'' if summary.num_images else ' (no usable images)'}.", highlight=False)
 
 
@@ -227,7 +231,7 @@ def synth(
     per_class = ", ".join(f"{name} {count}" for name, count in summary.boxes_per_class.items())
     out.print(
         f"wrote {summary.num_images} images to {escape(str(summary.root))} ({summary.num_train} train / {summary.num_val} val), "
-        f"{sum(summary.boxes_per_class.values())} boxes: {per_class}",
+        f"{sum(summary.boxes_per_class.values())} boxes: {escape(per_class)}",
         highlight=False,
     )
 

@@ -13,6 +13,7 @@ from rich.table import Table
 
 from ssdcli.cli.common import Device, err, error_boundary, out
 from ssdcli.errors import UserError
+from ssdcli.wording import plural
 
 if TYPE_CHECKING:
     from ssdcli.detect import DetectedImage, DetectSummary
@@ -72,7 +73,7 @@ class ProgressEvents:
 
 def summary_tables(summary: DetectSummary) -> list[Table]:
     """Counts per class and the time per image by stage."""
-    counts = Table(title=f"detections: {summary.images} images, {summary.frames} video frames"
+    counts = Table(title=f"detections: {plural(summary.images, 'image')}, {plural(summary.frames, 'video frame')}"
                    + (f", {summary.unreadable} unreadable" if summary.unreadable else ""))
     counts.add_column("class")
     counts.add_column("detections", justify="right")
@@ -158,6 +159,6 @@ def detect(
         out.print(table)
     for path, count in ((json_file, summary.json_entries), (coco_json, summary.coco_entries)):
         if count is not None:
-            err.print(f"wrote {escape(str(path))} ({count} entries)", highlight=False)
+            err.print(f"wrote {escape(str(path))} ({plural(count, 'entry', 'entries')})", highlight=False)
     if output is not None:
         err.print(f"rendered images and videos are in {escape(str(output))}", highlight=False)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
@@ -15,6 +14,8 @@ from rich.table import Table
 from ssdcli.cli.common import Device, err, error_boundary, out
 from ssdcli.data.records import DetectionDataset
 from ssdcli.errors import UserError
+from ssdcli.wording import plural
+from ssdcli.files import atomic_write_json, check_file_target, check_folder_target
 from ssdcli.evaluation import ClassResult, EvalResult, Metric, evaluate, load_detections, save_detections
 
 HELP = "Score a model (--weights) or saved detections against a dataset: VOC07 11-point, VOC all-point and COCO AP."
@@ -33,6 +34,10 @@ EPILOG = """\
 "score"} in original-image pixels. For VOC-style data image_id is the image file stem (a string)
 and category_id the 1-based class index (the list `ssd data check` prints); for COCO data both
 are the json's own ids.
+
+[bold]Classes[/]: with --weights the model's classes are scored, matched to the dataset's by name;
+objects of other classes are left out (a warning says which), and a model that shares no class
+with the data is an error.
 
 [bold]Metrics[/]: voc07 = PASCAL VOC2007 11-point AP at IoU > 0.5, voc12 = all-point AP (area under
 the interpolated precision-recall curve), both per the PASCAL devkit with "difficult" objects
@@ -81,9 +86,9 @@ def result_tables(result: EvalResult) -> list[Table]:
             per_class.add_column(title, justify="right")
     for c in result.classes:
         values = [_percent(getattr(c, key)) for _, key, shown in columns if shown]
-        per_class.add_row(c.name, str(c.num_gt), str(c.num_detections), *values)
+        per_class.add_row(escape(c.name), str(c.num_gt), str(c.num_detections), *values)
 
-    summary = Table(title=f"Summary: {result.num_images} images, {result.num_detections} detections")
+    summary = Table(title=f"Summary: {plural(result.num_images, 'image')}, {plural(result.num_detections, 'detection')}")
     summary.add_column("metric")
     summary.add_column("value (%)", justify="right")
     if has_voc07:
@@ -107,18 +112,16 @@ def _plot_title(c: ClassResult) -> str:
 
 
 def _read_dataset(
-    data: Path, split: Optional[str], classes_file: Optional[Path], model_classes: Optional[list[str]] = None,
-    need_pixels: bool = True,
+    data: Path, split: Optional[str], classes_file: Optional[Path], need_pixels: bool = True
 ) -> DetectionDataset:
-    """The ground truth, read as `ssd train` / `ssd data check` read it; with a model, in the
-    model's class order (objects of other classes are left out with a warning). Without
-    ``need_pixels`` (scoring saved detections) images are not opened where the annotation gives
-    their size, so an unreadable image keeps its ground truth in the recall."""
+    """The ground truth, read as `ssd train` / `ssd data check` read it. Without ``need_pixels``
+    (scoring saved detections) images are not opened where the annotation gives their size, so
+    an unreadable image keeps its ground truth in the recall."""
     from ssdcli.data.reader import load_classes_file, load_dataset
 
-    classes = load_classes_file(classes_file) if classes_file is not None else model_classes
+    classes = load_classes_file(classes_file) if classes_file is not None else None
     with Progress(console=err, transient=True, disable=not err.is_terminal) as bar:
-        task = bar.add_task(f"reading {data}", total=None)
+        task = bar.add_task(f"reading {escape(str(data))}", total=None)
         dataset = load_dataset(
             data, split=split, classes=classes, check_images=need_pixels,
             progress=lambda done, total: bar.update(task, completed=done, total=total),
@@ -127,8 +130,8 @@ def _read_dataset(
         raise UserError(f"{data}: no images with annotations found; run `ssd data check {data}` to see why")
     if dataset.problems:
         err.print(
-            f"[yellow]warning:[/] {len(dataset.problems)} problem(s) while reading {data}; "
-            f"images that could not be read are left out. Run `ssd data check {data}` for the list.",
+            f"[yellow]warning:[/] {plural(len(dataset.problems), 'problem')} while reading {escape(str(data))} "
+            f"(unreadable images and unusable boxes are left out); `ssd data check {escape(str(data))}` lists them.",
             highlight=False,
         )
     return dataset
@@ -158,24 +161,21 @@ def score_and_report(
         raise UserError("--plot-dir draws the VOC precision-recall curves; use --metric voc07, voc12 or all")
     if save_detections_file is not None:
         save_detections(save_detections_file, detections)
-        err.print(f"wrote {len(detections)} detections to {save_detections_file}", highlight=False)
+        err.print(f"wrote {plural(len(detections), 'detection')} to {escape(str(save_detections_file))}", highlight=False)
     coco_gt = _coco_ground_truth(dataset) if Metric.coco in wanted else None
     result = evaluate(dataset, detections, wanted, coco_ground_truth=coco_gt)
     for table in result_tables(result):
         out.print(table)
     if json_file is not None:
-        try:
-            json_file.parent.mkdir(parents=True, exist_ok=True)
-            json_file.write_text(json.dumps(result.to_json(), indent=2) + "\n", encoding="utf-8")
-        except OSError as exc:
-            raise UserError(f"--json {json_file}: cannot write there ({exc.strerror})") from None
-        err.print(f"wrote {json_file}", highlight=False)
+        json_file.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(json_file, result.to_json())  # OSErrors (a full disk) reach the CLI boundary
+        err.print(f"wrote {escape(str(json_file))}", highlight=False)
     if plot_dir is not None:
         from ssdcli.evaluation.plots import write_pr_curves
 
         curves = [(c.name, c.curve, _plot_title(c)) for c in result.classes if c.curve is not None]
         written = write_pr_curves(plot_dir, curves)
-        err.print(f"wrote {len(written)} precision-recall curves to {plot_dir}", highlight=False)
+        err.print(f"wrote {plural(len(written), 'precision-recall curve')} to {escape(str(plot_dir))}", highlight=False)
     return result
 
 
@@ -184,11 +184,18 @@ def _predict(
     workers: int,
 ) -> tuple[DetectionDataset, list[dict]]:
     """Run a model over a dataset with the evaluation post-processing (score 0.01, NMS 0.45,
-    200 per image); the dataset is read with the model's class list."""
+    200 per image), scoring the model's classes (or the --classes file's, which it must know)."""
+    from ssdcli.data.reader import load_classes_file
+    from ssdcli.evaluation.classes import align_classes, check_listed_classes
     from ssdcli.inference import detect_dataset, load_detector
 
     detector = load_detector(weights, device)
-    dataset = _read_dataset(data, split, classes_file, model_classes=detector.class_names)
+    if classes_file is not None:  # before reading the data: a wrong name fails fast
+        check_listed_classes(load_classes_file(classes_file), detector.class_names)
+    dataset = _read_dataset(data, split, classes_file)
+    detector, dataset, warnings = align_classes(detector, dataset, str(data), listed=classes_file is not None)
+    for message in warnings:
+        err.print(f"[yellow]warning:[/] {escape(message)}", highlight=False)
     with Progress(console=err, transient=True, disable=not err.is_terminal) as bar:
         task = bar.add_task(f"detecting with {escape(weights.name)}", total=len(dataset.records))
         detections = detect_dataset(
@@ -213,7 +220,7 @@ def eval_command(
         Optional[str], typer.Option(help="Which split of the dataset (e.g. test, val2017); the reader's default when omitted.")
     ] = None,
     classes: Annotated[
-        Optional[Path], typer.Option("--classes", help="Class names, one per line, overriding the dataset's class list.")
+        Optional[Path], typer.Option("--classes", help="Class names, one per line, overriding the dataset's class list; with --weights, score only these of the model's classes.")
     ] = None,
     metric: Annotated[
         MetricChoice, typer.Option(help="voc07, voc12, coco, or all three from the same detections.")
@@ -245,6 +252,13 @@ def eval_command(
         raise UserError("give exactly one of --weights CKPT (run a model) or --detections FILE (score saved detections)")
     if batch_size < 1 or workers < 0:
         raise UserError("--batch-size must be >= 1 and --workers >= 0")
+    for target, flag in ((json_file, "--json"), (save_detections_file, "--save-detections")):
+        if target is not None:
+            check_file_target(target, flag)
+    if plot_dir is not None:
+        check_folder_target(plot_dir, "--plot-dir")
+    if detections is not None and detections.is_dir():
+        raise UserError(f"--detections {detections}: is a folder; give the COCO results json (`ssd detect --coco-json`)")
     from ssdcli.cli.eval_analysis import analysis_settings, report_analysis
 
     settings = analysis_settings(analysis, similar, conf_threshold, worst)

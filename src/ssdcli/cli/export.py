@@ -12,6 +12,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from ssdcli.cli.common import EXIT_INTERNAL, err, error_boundary, out
+from ssdcli.wording import plural
 
 HELP = (
     "Export a checkpoint to ONNX or TorchScript (optionally with decoding + NMS inside) and check it against PyTorch."
@@ -48,6 +49,13 @@ def _size(num_bytes: int) -> str:
     return f"{num_bytes / 2**20:.1f} MiB"
 
 
+def _runs(batch_sizes: list[int]) -> str:
+    """``[1, 1]`` -> "2 runs at batch size 1"; ``[1, 3]`` -> "batch sizes 1 and 3"."""
+    if len(set(batch_sizes)) == 1:
+        return f"{plural(len(batch_sizes), 'run')} at batch size {batch_sizes[0]}"
+    return "batch sizes " + ", ".join(map(str, batch_sizes[:-1])) + f" and {batch_sizes[-1]}"
+
+
 def _diff(value: float, integer: bool) -> str:
     if math.isnan(value):
         return "shape differs"
@@ -57,8 +65,7 @@ def _diff(value: float, integer: bool) -> str:
 def parity_table(report) -> Table:
     """Output name, shapes over the runs, max difference, tolerance and pass/fail per output."""
     table = Table(
-        title=f"{report.format} vs PyTorch, batch sizes {', '.join(map(str, report.batch_sizes))} "
-        f"({_size(report.size_bytes)})"
+        title=f"{report.format} vs PyTorch, {_runs(report.batch_sizes)} ({_size(report.size_bytes)})"
     )
     table.add_column("output")
     table.add_column("shape (exported vs PyTorch)")
@@ -124,12 +131,12 @@ def export(
     )
     target = output if output is not None else default_output(weights, format.value, postprocess)
     with err.status("exporting", spinner="dots") as status:
-        report = export_checkpoint(weights, target, options, progress=lambda message: status.update(message))
+        report = export_checkpoint(weights, target, options, progress=lambda message: status.update(escape(message)))
     out.print(parity_table(report))
     if not report.passed:
         err.print(
             f"[bold red]error:[/] the exported {report.format} model differs from PyTorch beyond tolerance "
-            f"(table above); {escape(str(target))} was not written." + (f" Likely cause: {report.note}." if report.note else ""),
+            f"(table above); {escape(str(target))} was not written." + (f" Likely cause: {escape(report.note)}." if report.note else ""),
             highlight=False,
         )
         raise typer.Exit(EXIT_INTERNAL)

@@ -17,15 +17,9 @@ from rich.table import Table
 
 from ssdcli.cli.common import err, error_boundary, out
 from ssdcli.errors import UserError
+from ssdcli.files import check_file_target
 from ssdcli.prior_file import read_prior_spec_file, save_prior_spec
-from ssdcli.priors import (
-    PRESETS,
-    PriorSpec,
-    generate_priors,
-    layer_box_sizes,
-    preset_spec,
-    prior_layer_index,
-)
+from ssdcli.priors import PRESETS, PriorSpec, generate_priors, layer_box_sizes, preset_spec, prior_layer_index
 
 HELP = "Show the default boxes (priors) of an architecture: per layer, every box, a picture, coverage of a dataset; or fit them to one."
 EPILOG = """\
@@ -75,7 +69,7 @@ def layer_rows(spec: PriorSpec) -> list[dict]:
 
 
 def _render_table(spec: PriorSpec) -> Table:
-    table = Table(title=f"{spec.name}: default boxes for a {spec.image_size}x{spec.image_size} input")
+    table = Table(title=f"{escape(spec.name)}: default boxes for a {spec.image_size}x{spec.image_size} input")
     for column in ("layer", "feature map", "step", "min size", "max size", "aspect ratios", "boxes/loc", "count"):
         table.add_column(column, justify="right")
     for row in layer_rows(spec):
@@ -145,6 +139,9 @@ def priors(
     seed: Annotated[int, typer.Option(help="With --fit: seed of the random starts (and of --zoom-out); the same seed gives the same spec.")] = 0,
     zoom_out: Annotated[bool, typer.Option("--zoom-out", help="With --fit: also fit a zoomed-out copy of every box (training's zoom-out augmentation).")] = False,
 ) -> None:
+    for target, flag in ((output, "--output"), (plot, "--plot")):
+        if target is not None:
+            check_file_target(target, flag)
     if fit is not None:
         if spec_file is not None:
             raise UserError("--fit searches from the arch's preset; give --arch, not --spec")

@@ -8,9 +8,11 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
+from ssdcli.wording import plural
 from ssdcli.cli.common import Device, err, error_boundary, out
 from ssdcli.config import ARCH_NAMES, AUGMENTATIONS, SCHEDULES, TrainConfig
 from ssdcli.errors import UserError
@@ -56,10 +58,10 @@ class RichCallbacks:
         if not self.enabled:
             return
         err.print(
-            f"training {len(info['classes'])} classes on {info['train_images']} images"
+            f"training {plural(len(info['classes']), 'class')} on {plural(info['train_images'], 'image')}"
             + (f" (validating on {info['val_images']})" if info["val_images"] else "")
             + f", device {info['device']}{' x' + str(info['world_size']) if info['world_size'] > 1 else ''}"
-            + f", AMP {'on' if info['amp'] else 'off'}, lr {info['lr']:.3g}; writing to {info['output']}"
+            + f", AMP {'on' if info['amp'] else 'off'}, lr {info['lr']:.3g}; writing to {escape(str(info['output']))}"
             + (f"; resuming at epoch {info['start_epoch'] + 1}" if info["start_epoch"] else ""),
             highlight=False,
         )
@@ -111,7 +113,7 @@ class RichCallbacks:
     def on_warning(self, message: str) -> None:
         if self.enabled:
             target = self.progress.console if self.progress is not None else err
-            target.print(f"[yellow]warning:[/] {message}", highlight=False)
+            target.print(f"[yellow]warning:[/] {escape(message)}", highlight=False)
 
 
 def _given(ctx: typer.Context, name: str) -> bool:
@@ -145,18 +147,18 @@ def train(
     classes: Annotated[Optional[Path], typer.Option(help="Class list file, one name per line (overrides the default order).")] = None,
     arch: Annotated[Arch, typer.Option(help="Network.")] = Arch.ssd300,
     batch_size: Annotated[int, typer.Option(help="Images per step (per process under torchrun).")] = 32,
-    lr: Annotated[Optional[float], typer.Option(help="Base learning rate [default: 1e-3 x batch-size / 32].")] = None,
+    lr: Annotated[Optional[float], typer.Option(help="Base learning rate \\[default: 1e-3 x batch-size / 32].")] = None,
     momentum: Annotated[float, typer.Option(help="SGD momentum.")] = 0.9,
     weight_decay: Annotated[float, typer.Option(help="L2 weight decay on conv weights.")] = 5e-4,
     warmup_iters: Annotated[int, typer.Option(help="Iterations of linear learning-rate warm-up.")] = 500,
     schedule: Annotated[Schedule, typer.Option(help="multistep (x0.1 at 2/3 and 5/6 of the run) or cosine.")] = Schedule.multistep,
-    output: Annotated[Optional[Path], typer.Option(help="Run folder [default: runs/train, runs/train2, ...].")] = None,
+    output: Annotated[Optional[Path], typer.Option(help="Run folder \\[default: runs/train, runs/train2, ...].")] = None,
     resume: Annotated[Optional[Path], typer.Option(help="Continue the run saved in this last.pt (its settings are used).")] = None,
     device: Annotated[Device, typer.Option(help="auto = CUDA when available.")] = Device.auto,
     workers: Annotated[int, typer.Option(help="Data-loading worker processes.")] = 2,
-    amp: Annotated[Optional[bool], typer.Option("--amp/--no-amp", help="Mixed precision [default: on with CUDA].")] = None,
+    amp: Annotated[Optional[bool], typer.Option("--amp/--no-amp", help="Mixed precision \\[default: on with CUDA].")] = None,
     seed: Annotated[int, typer.Option(help="Seed for initialisation, data order and augmentation.")] = 0,
-    backbone_weights: Annotated[Optional[str], typer.Option(help="VGG16 ImageNet state dict FILE, or 'none' for scratch [default: torchvision's cached weights].")] = None,
+    backbone_weights: Annotated[Optional[str], typer.Option(help="VGG16 ImageNet state dict FILE, or 'none' for scratch \\[default: torchvision's cached weights].")] = None,
     eval_every: Annotated[int, typer.Option(help="Validate every N epochs (0 = never; the last epoch always).")] = 1,
     save_every: Annotated[int, typer.Option(help="Also write last.pt every N iterations (0 = once per epoch).")] = 0,
     use_difficult: Annotated[bool, typer.Option(help="Train on VOC 'difficult' boxes too.")] = False,
@@ -198,9 +200,9 @@ def train(
     try:
         result = fit(config, callbacks, resume=resume, overrides=overrides)
     except TrainingInterrupted as exc:
-        err.print(f"[yellow]{exc}[/]; continue with: ssd train --resume {exc.checkpoint}", highlight=False)
+        err.print(f"[yellow]{escape(str(exc))}[/]; continue with: ssd train --resume {escape(str(exc.checkpoint))}", highlight=False)
         raise typer.Exit(130) from None
     if is_main:
         out.print(_summary(result.rows))
-        out.print(f"run folder: {result.output}  (last.pt{', best.pt' if result.best else ''}, metrics.csv, "
+        out.print(f"run folder: {escape(str(result.output))}  (last.pt{', best.pt' if result.best else ''}, metrics.csv, "
                   f"config.json, manifest.json); {result.seconds:.0f}s", highlight=False)

@@ -13,6 +13,12 @@ from typing import Literal
 import numpy as np
 
 
+MAX_BOXES_PER_IMAGE = 10_000
+"""More boxes than this on one image is refused (the image is skipped with an error): matching,
+evaluation and prior coverage compare every box with every default box or detection, so 3 million
+boxes on one image asked a training step for some 270 GB."""
+
+
 @dataclass(frozen=True)
 class ImageRecord:
     """One annotated image.
@@ -83,6 +89,17 @@ class DetectionDataset:
     problems: list[Problem] = field(default_factory=list)
     category_ids: list[int] | None = None
     annotation_file: Path | None = None
+
+    def __post_init__(self) -> None:
+        # Every reader builds its dataset through here, so the cap holds whatever the format.
+        crowded = [r for r in self.records if r.num_boxes > MAX_BOXES_PER_IMAGE]
+        if crowded:
+            self.records[:] = [r for r in self.records if r.num_boxes <= MAX_BOXES_PER_IMAGE]
+            self.problems.extend(
+                Problem(str(r.image_path), "error", f"{r.num_boxes:,} boxes on one image, more than the "
+                        f"{MAX_BOXES_PER_IMAGE:,} ssdcli handles (its IoU matrices would not fit in memory); image skipped")
+                for r in crowded
+            )
 
     @property
     def num_classes(self) -> int:

@@ -14,6 +14,7 @@ is stored in the file: ONNX ``metadata_props`` / TorchScript ``_extra_files["ssd
 from __future__ import annotations
 
 import inspect
+import io
 import json
 import os
 from collections.abc import Callable
@@ -99,8 +100,12 @@ def write_onnx(
 def write_torchscript(traced: torch.jit.ScriptModule, path: Path, metadata: ExportMetadata) -> None:
     """Save a traced graph with ``metadata`` as the extra file ``ssdcli.json``."""
     extra = {TORCHSCRIPT_METADATA_FILE: json.dumps(metadata.to_dict(), indent=2)}
+    # Into memory first: torch.jit.save to a path aborts the whole process (std::terminate in
+    # its writer's destructor) when the disk fills up; Python's write raises OSError instead.
+    buffer = io.BytesIO()
     with quiet_export():
-        torch.jit.save(traced, str(path), _extra_files=extra)
+        torch.jit.save(traced, buffer, _extra_files=extra)
+    Path(path).write_bytes(buffer.getbuffer())
 
 
 def load_torchscript(

@@ -28,7 +28,7 @@ from ssdcli.export.formats import (
 from ssdcli.export.graphs import DetectionGraph, RawGraph, trace_graph
 from ssdcli.export.metadata import ExportMetadata, metadata_for
 from ssdcli.export.parity import OutputCheck, check_parity, has_tied_scores, parity_batches, sample_images
-from ssdcli.files import replace_atomically, temp_file_for
+from ssdcli.files import DISK_FULL_ERRNOS, check_file_target, replace_atomically, temp_file_for
 from ssdcli.postprocess import PostprocessSettings
 from ssdcli.models import model_from_checkpoint, priors_for_model
 from ssdcli.models.winograd import direct_convolutions
@@ -149,8 +149,9 @@ def export_checkpoint(
             progress(message)
 
     output = Path(output)
+    check_file_target(output, "--output")
     checkpoint = load_checkpoint(weights)
-    network = model_from_checkpoint(checkpoint).eval()
+    network = model_from_checkpoint(checkpoint, source=weights).eval()
     settings = options.postprocess_settings(checkpoint)
     metadata = metadata_for(checkpoint, options.postprocess, settings)
     priors = priors_for_model(network)
@@ -212,6 +213,8 @@ def _write(
         else:
             write_torchscript(traced, path, metadata)
     except OSError as exc:
+        if exc.errno in DISK_FULL_ERRNOS:
+            raise OSError(exc.errno, exc.strerror, str(output)) from exc  # exit 1, "disk full"
         raise UserError(f"--output {output}: cannot write there ({exc.strerror or exc})") from exc
 
 

@@ -79,6 +79,7 @@ class OnnxDetector:
             raise UserError(
                 f"{self.path}: outputs {names} do not match its ssdcli metadata {list(self.metadata.outputs)}"
             )
+        self._check_input()
         batch_dim = self.session.get_inputs()[0].shape[0]
         self.fixed_batch: int | None = batch_dim if isinstance(batch_dim, int) else None
         self.settings = self._check_settings(settings)
@@ -87,6 +88,24 @@ class OnnxDetector:
         self.mean = list(self.metadata.mean)
         self.std = list(self.metadata.std)
         self.class_names = list(self.metadata.class_names)
+
+    def _check_input(self) -> None:
+        """The graph's input must be what the metadata promises: ``[N, 3, S, S]``, a usable
+        normalisation (else onnxruntime refuses every batch, or the inputs divide by zero)."""
+        from ssdcli.checkpoint_checks import normalisation_problems
+
+        shape = list(self.session.get_inputs()[0].shape)  # ints, or names / None for symbolic dims
+        size = self.metadata.image_size
+        expected = [None, 3, size, size]
+        if len(shape) != 4 or any(isinstance(d, int) and e is not None and d != e for d, e in zip(shape, expected)):
+            shown = "[" + ", ".join(str(d) if isinstance(d, int) else "N" for d in shape) + "]"
+            raise UserError(
+                f"{self.path}: its input is {shown} but its ssdcli metadata says [N, 3, {size}, {size}]; "
+                "the file was edited or its metadata mixed up: export it again with `ssd export`"
+            )
+        problems = normalisation_problems(self.metadata.mean, self.metadata.std)
+        if problems:
+            raise UserError(f"{self.path}: unusable ssdcli metadata: {'; '.join(problems)}")
 
     def _check_settings(self, settings: PostprocessSettings | None) -> PostprocessSettings:
         stored = self.metadata.settings

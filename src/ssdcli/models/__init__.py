@@ -9,6 +9,7 @@ backbone weights. Every model is an
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -176,12 +177,17 @@ def build_from_settings(settings: dict) -> SSD:
     return build_model(arch, num_classes, prior_spec=spec, **options)
 
 
-def model_from_checkpoint(checkpoint: dict) -> SSD:
+def model_from_checkpoint(checkpoint: dict, source: str | os.PathLike[str] | None = None) -> SSD:
     """The trained network held by a checkpoint dict (from :func:`ssdcli.checkpoint.load_checkpoint`).
 
+    Args:
+        source: the file it came from, named in the error message.
+
     Raises:
-        CheckpointError: the settings or weights do not make a network this version can build.
+        CheckpointError: the settings or weights do not make a network this version can build
+            (one line: the file, the counts of missing, unexpected and mis-shaped weights).
     """
+    from ssdcli.checkpoint_checks import state_dict_mismatch
     from ssdcli.errors import CheckpointError
 
     settings = {
@@ -190,9 +196,17 @@ def model_from_checkpoint(checkpoint: dict) -> SSD:
         "options": checkpoint.get("options", {}),
         "prior_spec": checkpoint.get("priors"),
     }
+    where = f"{os.fspath(source)}: " if source is not None else "checkpoint: "
     try:
         model = build_from_settings(settings)
+        mismatch = state_dict_mismatch(model.state_dict(), checkpoint["model"])
+        if mismatch is not None:
+            raise CheckpointError(
+                f"{where}does not hold a usable {settings['arch']} network with {settings['num_classes']} classes: "
+                f"{mismatch}; it was written for another network, or edited"
+            )
         model.load_state_dict(checkpoint["model"])
     except (ValueError, RuntimeError, KeyError) as exc:
-        raise CheckpointError(f"checkpoint does not hold a usable {settings['arch']} network: {exc}") from exc
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"{where}does not hold a usable {settings['arch']} network: {first}") from exc
     return model
