@@ -471,5 +471,5 @@ def test_counts_of_one_read_in_the_singular(tmp_path):
     boxes = first.read_text().count("<object>")
     result = ssd("data", "check", root)
     assert result.exit_code == 0, result.output
-    assert f": 1 image (0 without boxes), {boxes} boxes (0 difficult, 0 crowd), 1 class\n" in result.stdout
+    assert f": 1 image (0 without boxes: negatives, background only), {boxes} boxes (0 difficult, 0 crowd), 1 class\n" in result.stdout
     assert "OK: training can proceed (0 warnings)." in result.stdout  # was "1 images", "1 classes"
