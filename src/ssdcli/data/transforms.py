@@ -16,9 +16,10 @@ ssd.pytorch ones: brightness x[0.875, 1.125] ~ ssd.pytorch's +-32/255, contrast 
 x[0.5, 1.5], hue +-0.05 turns = +-18 degrees). Step 3 is written here because torchvision's
 ``RandomIoUCrop`` is wrong for SSD on images without boxes: it never crops them (every trial
 needs a box centre inside the crop) and spins through its ``while True`` until it draws the
-"whole image" option, about 12 ms per negative image against 1 ms for a positive one (measured
-on a 500x353 VOC image, one thread); it also hides which IoU it drew, which the tests need. Ours
-draws all 50 trials at once and is vectorised over trials and boxes.
+"whole image" option, many times the cost of a positive image (README "CPU speed notes"); it
+also hides which IoU it drew, which the tests need. Ours draws all 50 trials at once and is
+vectorised over trials and boxes. Before step 1, an image much larger than the smallest crop
+needs is resized down to that (:mod:`ssdcli.data.resolution`).
 
 Every step keeps every box inside its image with positive area; a box that stops being one is
 dropped together with its label. Randomness comes only from torch's global RNG (torchvision does
