@@ -29,6 +29,7 @@ from ssdcli.inference import TorchDetector
 from ssdcli.loss import MultiBoxLoss
 from ssdcli.matching import assign_targets
 from ssdcli.models import SSD, micro_batch_size, priors_for_model
+from ssdcli.models.winograd import winograd_convolutions
 from ssdcli.postprocess import PostprocessSettings, postprocess
 from ssdcli.train.epoch import forward_backward
 
@@ -85,14 +86,16 @@ def detect_case(model: SSD, images_hwc: list[Tensor], device: torch.device) -> C
     return ours, theirs
 
 
-def forward_case(model: SSD, inputs: Tensor) -> Case:
-    """Raw head outputs of a normalised batch: our ``forward`` vs torchvision's backbone + head."""
+def forward_case(model: SSD, inputs: Tensor, winograd: bool = False) -> Case:
+    """Raw head outputs of a normalised batch: our ``forward`` vs torchvision's backbone + head.
+    ``winograd``: ours with ``SSDCLI_WINOGRAD=1``'s path (:mod:`ssdcli.models.winograd`)."""
     reference = build_reference(model).eval().to(inputs.device)
     model = model.eval()
 
     @torch.inference_mode()
     def ours():
-        return model(inputs)
+        with winograd_convolutions() if winograd else contextlib.nullcontext():
+            return model(inputs)
 
     @torch.inference_mode()
     def theirs():

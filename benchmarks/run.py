@@ -21,14 +21,17 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import ssdcli  # noqa: F401  before torch, as `ssd` does: it sets the OpenMP spin (ssdcli.OPENMP_SPIN_COUNT)
-import torch
+from ssdcli.cli.process import limit_openmp_spin
+
+limit_openmp_spin()  # this script owns its process: the OpenMP spin limit `ssd` runs under, before torch loads
+import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `benchmarks` importable as a script
 
 from benchmarks import cases, workloads  # noqa: E402
 from benchmarks.timing import compare, conv_gflops, gemm_peak_gflops  # noqa: E402
 from ssdcli.data.transforms import to_model_input  # noqa: E402
+from ssdcli.models.winograd import nnpack_ready  # noqa: E402
 
 CPU_REPEATS = 5
 MIN_SECONDS = 2.0
@@ -104,6 +107,8 @@ def run_suite(
     measure(f"detect_ssd300_b{batch}", lambda: cases.detect_case(model, images, device))
     inputs = to_model_input(images[:1], model.image_size, model.mean, model.std, device=device)
     measure("forward_ssd300", lambda: cases.forward_case(model.to(device), inputs))
+    if device.type == "cpu" and nnpack_ready():  # is SSDCLI_WINOGRAD=1 worth it on this machine?
+        measure("forward_ssd300_winograd", lambda: cases.forward_case(model, inputs, winograd=True))
     model = model.cpu()
 
     notes = []
@@ -247,7 +252,7 @@ def render(report: Report, console) -> None:
     )
     if share is not None and share > 1:
         console.print(
-            "[dim]above 100 %: on the CPU our large 3x3 convolutions run as Winograd (NNPACK), which needs "
+            "[dim]above 100 %: the large 3x3 convolutions ran as Winograd (NNPACK, SSDCLI_WINOGRAD=1), which needs "
             "fewer multiplications than the direct count above (ssdcli.models.winograd)[/]"
         )
     for note in report.notes:

@@ -6,9 +6,15 @@ from pathlib import Path
 
 import pytest
 
-import ssdcli  # noqa: F401  first, as the `ssd` command does: it sets the OpenMP spin before torch loads
+from ssdcli.cli.process import limit_openmp_spin
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # The test process runs under the OpenMP spin limit the `ssd` command sets, before any test
+    # module imports torch: speed only, no result depends on it (tests/test_import_side_effects.py).
+    limit_openmp_spin()
 
 
 @pytest.fixture(scope="session")

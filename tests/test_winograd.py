@@ -1,5 +1,6 @@
-"""Winograd (NNPACK) 3x3 convolutions for CPU inference: when they run, and that they agree with
-the direct convolution computed in float64."""
+"""Winograd (NNPACK) 3x3 convolutions for CPU inference: off unless asked for, when they run, that
+they agree with the direct convolution computed in float64, and the fall-back when torch lacks
+NNPACK's private entry points."""
 
 from __future__ import annotations
 
@@ -8,19 +9,25 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import ssdcli
 from ssdcli.models import build_model, winograd
 from ssdcli.models.vgg import ChannelsLastMaxPool2d
 from ssdcli.models.winograd import WinogradConv2d
 
-pytestmark = pytest.mark.skipif(not winograd.nnpack_ready(), reason="NNPACK does not run on this CPU")
+needs_nnpack = pytest.mark.skipif(not winograd.nnpack_ready(), reason="NNPACK does not run on this CPU")
 
 
 @pytest.fixture(autouse=True)
-def fast_path_allowed(monkeypatch):
-    """Each test starts with the fast path allowed, whatever the process's import order was."""
-    monkeypatch.setattr(ssdcli, "OPENMP_YIELDS", True)
+def no_switch_in_the_environment(monkeypatch):
+    """Each test starts with neither SSDCLI_EXACT_CONV nor SSDCLI_WINOGRAD set."""
     monkeypatch.delenv(winograd.EXACT_ENV, raising=False)
+    monkeypatch.delenv(winograd.WINOGRAD_ENV, raising=False)
+
+
+@pytest.fixture
+def forced():
+    """The Winograd path wherever it applies."""
+    with winograd.winograd_convolutions():
+        yield
 
 
 @pytest.fixture
@@ -49,8 +56,9 @@ def _exact64(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
     )
 
 
+@needs_nnpack
 @pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
-def test_matches_float64_direct_convolution(nnpack_calls, memory_format) -> None:
+def test_matches_float64_direct_convolution(nnpack_calls, forced, memory_format) -> None:
     conv = _conv(64, 96).to(memory_format=memory_format)
     x = torch.randn(1, 64, 40, 33).contiguous(memory_format=memory_format)  # odd width: partial tiles
     with torch.inference_mode():
@@ -63,7 +71,8 @@ def test_matches_float64_direct_convolution(nnpack_calls, memory_format) -> None
     assert 0 < error < 1e-4
 
 
-def test_batches_are_convolved_image_by_image_equally(nnpack_calls) -> None:
+@needs_nnpack
+def test_batches_are_convolved_image_by_image_equally(nnpack_calls, forced) -> None:
     conv = _conv(64, 64)
     x = torch.randn(3, 64, 32, 32)
     with torch.inference_mode():
@@ -73,11 +82,12 @@ def test_batches_are_convolved_image_by_image_equally(nnpack_calls) -> None:
     assert len(nnpack_calls) == 4
 
 
+@needs_nnpack
 @pytest.mark.parametrize(
     "case",
     [
         "training", "small map", "few channels", "stride 2", "dilated", "float64", "exact env",
-        "spinning openmp", "traced", "direct block",
+        "traced", "direct block", "direct block inside forced",
     ],
 )
 def test_direct_convolution_where_winograd_does_not_apply(nnpack_calls, monkeypatch, case) -> None:
@@ -96,30 +106,31 @@ def test_direct_convolution_where_winograd_does_not_apply(nnpack_calls, monkeypa
     if case == "float64":
         conv, x = conv.double(), x.double()
     if case == "exact env":
-        monkeypatch.setenv(winograd.EXACT_ENV, "1")
-    if case == "spinning openmp":
-        monkeypatch.setattr(ssdcli, "OPENMP_YIELDS", False)
-    if case == "traced":
-        with torch.no_grad():
-            traced = torch.jit.trace(conv, (x,), check_trace=False)
-        out = traced(x)
-    elif case == "direct block":
-        with winograd.direct_convolutions():
+        monkeypatch.setenv(winograd.EXACT_ENV, "1")  # after import: read at each call
+    with winograd.winograd_convolutions():  # only the case itself may turn the fast path off
+        if case == "traced":
+            with torch.no_grad():
+                traced = torch.jit.trace(conv, (x,), check_trace=False)
+            out = traced(x)
+        elif case.startswith("direct block"):
+            with winograd.direct_convolutions():
+                out = conv(x)
+        else:
             out = conv(x)
-    else:
-        out = conv(x)
     assert nnpack_calls == []
     torch.testing.assert_close(out.double(), _exact64(conv, x), rtol=1e-5, atol=1e-5)
 
 
-def test_exact_env_zero_keeps_the_fast_path(nnpack_calls, monkeypatch) -> None:
+@needs_nnpack
+def test_exact_env_zero_keeps_the_fast_path(nnpack_calls, forced, monkeypatch) -> None:
     monkeypatch.setenv(winograd.EXACT_ENV, "0")
     with torch.inference_mode():
         _conv(64, 64)(torch.randn(1, 64, 32, 32))
     assert len(nnpack_calls) == 1
 
 
-def test_gradients_flow_through_the_fast_path_in_eval_mode(nnpack_calls) -> None:
+@needs_nnpack
+def test_gradients_flow_through_the_fast_path_in_eval_mode(nnpack_calls, forced) -> None:
     conv = _conv(64, 64)
     x = torch.randn(1, 64, 32, 32, requires_grad=True)
     conv(x).square().sum().backward()
@@ -132,7 +143,8 @@ def test_gradients_flow_through_the_fast_path_in_eval_mode(nnpack_calls) -> None
     torch.testing.assert_close(conv.weight.grad, reference.weight.grad, rtol=1e-3, atol=1e-3)
 
 
-def test_ssd300_inference_uses_winograd_on_the_large_maps_and_agrees(nnpack_calls, monkeypatch) -> None:
+@needs_nnpack
+def test_ssd300_inference_uses_winograd_on_the_large_maps_and_agrees(nnpack_calls, forced, monkeypatch) -> None:
     torch.manual_seed(0)
     model = build_model("ssd300", num_classes=20).eval()
     images = torch.randn(1, 3, 300, 300)
@@ -146,6 +158,67 @@ def test_ssd300_inference_uses_winograd_on_the_large_maps_and_agrees(nnpack_call
     assert sides == [300, 150, 150, 75, 75, 75, 38, 38, 38, 38]
     for a, b in zip(fast, exact):
         assert (a - b).abs().max() <= 1e-4 * b.abs().max()
+
+
+@needs_nnpack
+def test_off_by_default_on_every_shape_it_could_take(nnpack_calls) -> None:
+    torch.manual_seed(0)
+    model = build_model("ssd300", num_classes=20).eval()
+    with torch.inference_mode():
+        model(torch.randn(1, 3, 300, 300))
+    assert nnpack_calls == []
+
+
+@needs_nnpack
+@pytest.mark.parametrize(("value", "used"), [("1", True), ("yes", True), ("0", False), ("", False), (" ", False)])
+def test_the_environment_switch_is_read_at_each_call(nnpack_calls, monkeypatch, value, used) -> None:
+    conv = _conv(64, 64)
+    x = torch.randn(1, 64, 32, 32)
+    with torch.inference_mode():
+        conv(x)
+        monkeypatch.setenv(winograd.WINOGRAD_ENV, value)  # after import and after a first call
+        out = conv(x)
+        monkeypatch.delenv(winograd.WINOGRAD_ENV)
+        conv(x)
+    assert len(nnpack_calls) == (1 if used else 0)
+    torch.testing.assert_close(out.double(), _exact64(conv, x), rtol=1e-4, atol=1e-4)
+
+
+@needs_nnpack
+def test_exact_env_and_direct_block_win_over_the_winograd_switch(nnpack_calls, monkeypatch) -> None:
+    monkeypatch.setenv(winograd.WINOGRAD_ENV, "1")
+    conv = _conv(64, 64)
+    x = torch.randn(1, 64, 32, 32)
+    with torch.inference_mode():
+        with winograd.direct_convolutions():
+            conv(x)
+        monkeypatch.setenv(winograd.EXACT_ENV, "1")
+        with winograd.winograd_convolutions():
+            conv(x)
+    assert nnpack_calls == []
+
+
+@pytest.mark.parametrize("missing", ["_nnpack_spatial_convolution", "_nnpack_available"])
+def test_without_nnpack_entry_points_every_convolution_is_direct(monkeypatch, missing) -> None:
+    monkeypatch.delattr(torch, missing, raising=False)
+    monkeypatch.setenv(winograd.WINOGRAD_ENV, "1")
+    assert not winograd.nnpack_ready()
+    conv = _conv(64, 64)
+    x = torch.randn(1, 64, 32, 32)
+    with torch.inference_mode():
+        by_env = conv(x)
+        with winograd.winograd_convolutions():
+            by_block = conv(x)
+    for out in (by_env, by_block):
+        torch.testing.assert_close(out.double(), _exact64(conv, x), rtol=1e-5, atol=1e-5)
+
+
+def test_nnpack_that_fails_to_initialise_counts_as_missing(monkeypatch) -> None:
+    def broken() -> bool:
+        raise RuntimeError("nnpack init failed")
+
+    monkeypatch.setattr(torch, "_nnpack_available", broken, raising=False)
+    assert winograd.nnpack_ready() is False
 
 
 def test_state_dict_is_that_of_plain_conv2d() -> None:

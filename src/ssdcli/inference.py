@@ -20,8 +20,9 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 from ssdcli.boxes import xyxy_to_xywh
-from ssdcli.data.images import read_image_rgb
+from ssdcli.data.images import read_image_rgb, read_image_rgb_at_least
 from ssdcli.data.records import DetectionDataset
+from ssdcli.data.resolution import inference_side
 from ssdcli.data.transforms import normalize, resize_uint8
 from ssdcli.errors import DataError, UserError
 from ssdcli.postprocess import Detections, PostprocessSettings, postprocess
@@ -79,15 +80,16 @@ class ImageFiles(Dataset):
     def __getitem__(self, index: int):
         start = time.perf_counter()
         try:
-            image = read_image_rgb(self.paths[index])
+            # A large JPEG decoded reduced, still >= 2 S pixels a side (ssdcli.data.resolution).
+            side = inference_side(self.size)
+            decoded = read_image_rgb_at_least(self.paths[index], side, side)
+            full = decoded.rgb if decoded.scale == 1 or not self.keep_original else read_image_rgb(self.paths[index])
         except DataError as exc:
             return torch.zeros(3, self.size, self.size), (0, 0), index, str(exc), time.perf_counter() - start, None
-        height, width = image.shape[:2]
-        original = torch.from_numpy(image)  # (H, W, 3) uint8 RGB
-        chw = original.permute(2, 0, 1)  # (3, H, W) uint8
+        chw = torch.from_numpy(decoded.rgb).permute(2, 0, 1)  # (3, h, w) uint8 RGB
         tensor = normalize(resize_uint8(chw, self.size), self.mean, self.std)  # (3, S, S)
-        kept = original if self.keep_original else None
-        return tensor, (width, height), index, None, time.perf_counter() - start, kept
+        kept = torch.from_numpy(full) if self.keep_original else None  # (H, W, 3) uint8 RGB, full size
+        return tensor, (decoded.width, decoded.height), index, None, time.perf_counter() - start, kept
 
 
 def collate_items(batch):

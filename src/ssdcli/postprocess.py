@@ -150,10 +150,9 @@ def postprocess_flat(
 
 # The first stretch of each image holds FIRST_PREFIX times ``max_detections`` candidates. Later
 # stretches are sized from the survival rate so far, GROWTH_SLACK times what it predicts. 2.5
-# measured best of 1.25 / 1.5 / 2 / 2.5 / 3 on the bench's score-0.01 inputs (an 8-epoch SSDLite,
-# about 40 % of each image's best candidates survive: 6.0 ms against 6.6 ms with 2) and no worse on
-# those of an undertrained one (5.9 ms both); a short first stretch costs a second round, a long
-# one IoU work on candidates the answer does not need.
+# measured best of 1.25 / 1.5 / 2 / 2.5 / 3 on the bench's score-0.01 inputs and no worse on an
+# undertrained model's (README "CPU speed notes"); a short first stretch costs a second round, a
+# long one IoU work on candidates the answer does not need.
 FIRST_PREFIX = 2.5
 GROWTH_SLACK = 1.5
 

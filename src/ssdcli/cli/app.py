@@ -48,4 +48,6 @@ app.add_typer(data_app, name="data")
 
 
 def main() -> None:
+    """Run the Typer app in this process. The ``ssd`` command enters through
+    :func:`ssdcli.__main__.main`, which sets the OpenMP spin limit before this module loads torch."""
     app()

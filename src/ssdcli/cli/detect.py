@@ -45,7 +45,7 @@ When nothing scores above --min-score, a warning gives the best score seen and a
 (e.g. runs/demo/train/best.pt after `make demo`; else the newest last.pt), named on stderr. \
 Pre-processing and class names come from the checkpoint.
 
-[bold]CPU speed[/]: SSD300 / SSD512 compute their large 3x3 convolutions with Winograd's algorithm (NNPACK, inside torch), about a third faster; outputs move by ~1e-5 of their largest value. SSDCLI_EXACT_CONV=1 in the environment computes them directly.
+[bold]CPU speed[/]: large JPEGs are decoded at 1/2-1/8 scale while they keep twice the network's input size (detections stay in the file's pixels). SSDCLI_WINOGRAD=1 in the environment computes SSD300 / SSD512's large 3x3 convolutions with Winograd's algorithm (NNPACK, inside torch): faster on some CPUs, slower on others (measure: benchmarks/run.py --only forward_ssd300,forward_ssd300_winograd); outputs move by ~1e-5 of their largest value. SSDCLI_EXACT_CONV=1 computes every convolution directly.
 """
 
 

@@ -23,12 +23,13 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from ssdcli.data.images import read_image_rgb
+from ssdcli.data.images import DecodedImage, read_image_rgb, read_image_rgb_at_least
 from ssdcli.data.records import ImageRecord
 from ssdcli.errors import DataError
 
 # (image uint8[H, W, 3], boxes_xyxy_px [N, 4], labels [N]) -> (image Tensor[3, S, S],
-# boxes_xyxy_norm Tensor[N', 4], labels Tensor[N']): TrainTransform or EvalTransform.
+# boxes_xyxy_norm Tensor[N', 4], labels Tensor[N']): TrainTransform or EvalTransform. A transform
+# with a `source_side` attribute is given large JPEGs decoded reduced to it (boxes scaled alike).
 Transform = Callable[[np.ndarray, Tensor, Tensor], tuple[Tensor, Tensor, Tensor]]
 Target = dict[str, Tensor | int]
 
@@ -56,25 +57,36 @@ class DetectionTrainDataset(Dataset):
 
     def __getitem__(self, index: int) -> tuple[Tensor, Target]:
         record = self.records[index]
-        try:
-            image = read_image_rgb(record.image_path)
-        except DataError as exc:
-            raise DataError(
-                f"{exc}; it was readable when the dataset was loaded. Fix or remove it, then "
-                "continue with --resume"
-            ) from None
-        if image.shape[:2] != (record.height, record.width):
-            raise DataError(
-                f"{record.image_path}: image is now {image.shape[1]}x{image.shape[0]} pixels but was "
-                f"{record.width}x{record.height} when the dataset was loaded; its boxes no longer fit"
-            )
+        image, scale = self._read(record)
         keep = ~np.asarray(record.iscrowd, dtype=bool)
         if not self.use_difficult:
             keep &= ~np.asarray(record.difficult, dtype=bool)
         boxes = torch.from_numpy(np.asarray(record.boxes_xyxy_px, dtype=np.float32)[keep]).reshape(-1, 4)  # (N, 4)
         labels = torch.from_numpy(np.asarray(record.labels, dtype=np.int64)[keep])  # (N,)
-        image_t, boxes_xyxy_norm, labels = self.transform(image, boxes, labels)
+        image_t, boxes_xyxy_norm, labels = self.transform(image, boxes / scale, labels)
         return image_t, {"boxes_xyxy_norm": boxes_xyxy_norm, "labels": labels, "index": index}
+
+    def _read(self, record: ImageRecord) -> tuple[np.ndarray, int]:
+        """The record's pixels (a large JPEG reduced to the transform's ``source_side``,
+        :mod:`ssdcli.data.resolution`) and the scale they were decoded at."""
+        side = getattr(self.transform, "source_side", None)
+        try:
+            if side is None:
+                rgb = read_image_rgb(record.image_path)
+                decoded = DecodedImage(rgb, 1, rgb.shape[1], rgb.shape[0])
+            else:
+                decoded = read_image_rgb_at_least(record.image_path, side, side)
+        except DataError as exc:
+            raise DataError(
+                f"{exc}; it was readable when the dataset was loaded. Fix or remove it, then "
+                "continue with --resume"
+            ) from None
+        if (decoded.height, decoded.width) != (record.height, record.width):
+            raise DataError(
+                f"{record.image_path}: image is now {decoded.width}x{decoded.height} pixels but was "
+                f"{record.width}x{record.height} when the dataset was loaded; its boxes no longer fit"
+            )
+        return decoded.rgb, decoded.scale
 
 
 def collate(batch: Sequence[tuple[Tensor, Target]]) -> tuple[Tensor, list[Target]]:

@@ -80,7 +80,7 @@ def load_dataset(
         check_images: read every image header (true sizes, missing / unreadable files). False
             trusts the annotation's sizes where it gives them and skips ``verify_pixels``.
         progress: called as ``progress(done, total)`` while reading.
-        verify_pixels: also decode every image (JPEGs at 1/8 scale, about 1 ms each) so that a
+        verify_pixels: also decode every image (JPEGs at 1/8 scale, several times faster than in full) so that a
             truncated file is skipped here, with a warning, rather than failing mid-epoch; False
             reads headers only (when pixels are never decoded, e.g. prior coverage).
         unknown_classes: ``warning`` when ``classes`` lists what to keep (the ``--classes``

@@ -16,9 +16,10 @@ ssd.pytorch ones: brightness x[0.875, 1.125] ~ ssd.pytorch's +-32/255, contrast 
 x[0.5, 1.5], hue +-0.05 turns = +-18 degrees). Step 3 is written here because torchvision's
 ``RandomIoUCrop`` is wrong for SSD on images without boxes: it never crops them (every trial
 needs a box centre inside the crop) and spins through its ``while True`` until it draws the
-"whole image" option, about 12 ms per negative image against 1 ms for a positive one (measured
-on a 500x353 VOC image, one thread); it also hides which IoU it drew, which the tests need. Ours
-draws all 50 trials at once and is vectorised over trials and boxes.
+"whole image" option, many times the cost of a positive image (README "CPU speed notes"); it
+also hides which IoU it drew, which the tests need. Ours draws all 50 trials at once and is
+vectorised over trials and boxes. Before step 1, an image much larger than the smallest crop
+needs is resized down to that (:mod:`ssdcli.data.resolution`).
 
 Every step keeps every box inside its image with positive area; a box that stops being one is
 dropped together with its label. Randomness comes only from torch's global RNG (torchvision does
@@ -44,6 +45,7 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
 from ssdcli.boxes import box_iou_xyxy
+from ssdcli.data.resolution import MIN_CROP_SCALE, inference_side, shrink_to_side, training_side
 
 # Caffe ssd_pascal.py batch_sampler, one entry per mode, drawn uniformly (as ssd.pytorch and
 # torchvision do): None = the whole image; m > 0 = a crop with IoU >= m with at least one box
@@ -79,7 +81,7 @@ def sample_iou_crop(
     height: int,
     width: int,
     *,
-    min_scale: float = 0.3,
+    min_scale: float = MIN_CROP_SCALE,
     max_scale: float = 1.0,
     min_aspect: float = 0.5,
     max_aspect: float = 2.0,
@@ -233,10 +235,15 @@ class EvalTransform:
         mean, std: per-channel RGB normalisation for pixels scaled to [0, 1].
         min_box_size: boxes narrower or shorter than this many pixels (after clipping to the image)
             are dropped with their labels.
+
+    Attributes:
+        source_side: pixels an image needs on each side (:func:`ssdcli.data.resolution.inference_side`);
+            the dataset may hand over a large JPEG decoded reduced to that.
     """
 
     def __init__(self, size: int, mean: Sequence[float], std: Sequence[float], *, min_box_size: float = 1.0):
         self.size = size
+        self.source_side = inference_side(size)
         self.mean = tuple(float(m) for m in mean)
         self.std = tuple(float(s) for s in std)
         self.min_box_size = min_box_size
@@ -265,6 +272,11 @@ class TrainTransform:
         crop: apply the min-IoU random crop.
         flip_p: probability of a horizontal flip.
         min_box_size: boxes under this many pixels (input image or final crop) are dropped.
+
+    Attributes:
+        source_side: pixels the augmentation needs on the image's shorter side
+            (:func:`ssdcli.data.resolution.training_side`): larger images are resized down to it
+            first, and the dataset may decode a large JPEG reduced to it.
     """
 
     def __init__(
@@ -286,6 +298,7 @@ class TrainTransform:
         self.std = tuple(float(s) for s in std)
         self.fill = tuple(int(round(255 * m)) for m in self.mean) if fill is None else tuple(int(c) for c in fill)
         self.crop = crop
+        self.source_side = training_side(size, crop)
         self.min_box_size = min_box_size
         self._photometric = v2.RandomPhotometricDistort(p=0.5) if photometric else None
         self._zoom_out = v2.RandomZoomOut(fill=self.fill, side_range=(1.0, max_zoom_out), p=zoom_out_p)
@@ -294,7 +307,8 @@ class TrainTransform:
     def augment(
         self, image: ImageLike, boxes_xyxy_px: np.ndarray | Tensor, labels: np.ndarray | Tensor
     ) -> tuple[Tensor, Tensor, Tensor]:
-        """Steps 1-4 (everything but resize + normalise), in pixels.
+        """Steps 1-4 (everything but resize + normalise), in pixels, on the image brought down to
+        :attr:`source_side` first when it is much larger (:mod:`ssdcli.data.resolution`).
 
         Args:
             image: uint8[H, W, 3] RGB, numpy or torch.
@@ -305,8 +319,10 @@ class TrainTransform:
             ``(uint8 Tensor[3, h, w], boxes_xyxy_px Tensor[M, 4] with 0 <= x1 < x2 <= w and
             0 <= y1 < y2 <= h, labels Tensor[M])``, M <= N, labels aligned with boxes.
         """
-        chw = tv_tensors.Image(_as_chw_uint8(image))
-        boxes, labels = _prepare_targets(boxes_xyxy_px, labels, chw.shape[1], chw.shape[2], self.min_box_size)
+        boxes_px = torch.as_tensor(boxes_xyxy_px, dtype=torch.float32).reshape(-1, 4)  # (N, 4)
+        chw, boxes_px = shrink_to_side(_as_chw_uint8(image), boxes_px, self.source_side)
+        chw = tv_tensors.Image(chw)
+        boxes, labels = _prepare_targets(boxes_px, labels, chw.shape[1], chw.shape[2], self.min_box_size)
         if self._photometric is not None:
             chw = self._photometric(chw)
         chw, boxes = self._zoom_out(chw, boxes)

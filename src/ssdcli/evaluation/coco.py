@@ -1,8 +1,8 @@
 """COCO box metrics (``COCOeval``, iouType ``bbox``, default parameters), for COCO and VOC data.
 
 Three backends give the same numbers: ``ssdcli`` (the default), pycocotools' algorithm in
-vectorised numpy (:mod:`ssdcli.evaluation.cocoeval`, about 20x faster than pycocotools on
-coco128-sized sets); ``pycocotools`` itself; and the optional ``faster-coco-eval`` package (the
+vectorised numpy (:mod:`ssdcli.evaluation.cocoeval`, much faster than pycocotools: README
+Benchmarks, ``eval_metrics``); ``pycocotools`` itself; and the optional ``faster-coco-eval`` package (the
 same algorithm in C++). The last two are the references the tests compare ours with.
 
 COCO data is scored against its own annotation json when it is given (its ids, its ``area``

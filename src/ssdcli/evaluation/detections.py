@@ -76,9 +76,8 @@ def _lookups(dataset: DetectionDataset) -> tuple[dict, dict]:
 
 
 def _convert(entries: list, image_index_of: dict, label_of: dict) -> DetectionTable | None:
-    """The fast path: columns pulled out with comprehensions and checked as arrays (about 1 s
-    for a million detections). ``None`` when anything is off; :func:`_first_problem` then says
-    what."""
+    """The fast path: columns pulled out with comprehensions and checked as arrays (README "CPU
+    speed notes"). ``None`` when anything is off; :func:`_first_problem` then says what."""
     try:
         image_ids = [entry["image_id"] for entry in entries]
         category_ids = [entry["category_id"] for entry in entries]

@@ -117,11 +117,9 @@ def micro_batch_size(model: nn.Module, device: torch.device) -> int | None:
 
     On the CPU, VGG16 SSDs (no BatchNorm, no depthwise convolutions) go image by image: one
     image's activations stay closer to the caches than a batch's, and there is plenty of work per
-    layer for the threads even so. Measured on the 2-core development machine, batch 8: SSD300
-    inference 2411 ms by one against 2550 ms in one call, SSD512 7389 against 7964 ms, an SSD300
-    training step 7.6 s against 8.1 s. MobileNet SSDLite keeps whole batches: one image leaves its
-    thin depthwise layers too little work (225 against 213 ms), and in training its BatchNorm
-    statistics depend on the images seen together. GPUs get whole batches.
+    layer for the threads even so. MobileNet SSDLite keeps whole batches: one image leaves its
+    thin depthwise layers too little work, and in training its BatchNorm statistics depend on the
+    images seen together. GPUs get whole batches. Measurements: README "CPU speed notes".
     """
     if device.type != "cpu":
         return None

@@ -75,8 +75,8 @@ class ChannelsLastMaxPool2d(nn.MaxPool2d):
     """``nn.MaxPool2d`` computed on channels-last memory (a no-op conversion when it already is).
 
     Winograd convolutions (:mod:`ssdcli.models.winograd`) hand back NCHW tensors, and torch's CPU
-    max pooling is an order of magnitude slower on NCHW: pool1 on 64x300x300 takes 23.5 ms against
-    0.9 ms channels-last plus 3.2 ms to convert (2-core development machine).
+    max pooling is far slower on NCHW than converting and pooling channels-last (README "CPU
+    speed notes").
     """
 
     def forward(self, x: Tensor) -> Tensor:
@@ -153,9 +153,9 @@ class VGG16Backbone(nn.Module):
     def forward(self, images: Tensor) -> list[Tensor]:
         """Source feature maps: list of Tensor[N, C_i, f_i, f_i] with ``C_i = out_channels[i]``."""
         sources = []
-        # NHWC: oneDNN's convolutions run ~15 % faster on it on CPU (measured, benchmarks/run.py)
-        # than on NCHW, and the heads' (N, H, W, C) permute becomes a view. A no-op when the
-        # input is already channels-last; the weights are converted when the model is built.
+        # NHWC: oneDNN's convolutions run faster on it on CPU than on NCHW (README "CPU speed
+        # notes"), and the heads' (N, H, W, C) permute becomes a view. A no-op when the input is
+        # already channels-last; the weights are converted when the model is built.
         x = images.contiguous(memory_format=torch.channels_last)
         for index, layer in enumerate(self.vgg):
             x = layer(x)
