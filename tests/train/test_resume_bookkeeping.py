@@ -108,3 +108,15 @@ def test_resume_removes_the_temp_files_of_a_killed_writer(synth, tmp_path, tiny_
     other.write_text("mine")
     build_run(None, Callbacks(), resume=run.last_path)
     assert not dead.exists() and other.exists()
+
+
+def test_a_last_pt_from_before_the_new_entries_still_resumes():
+    from ssdcli.train.state import TrainState
+
+    old = {"epoch": 3, "iteration": 30, "scheduler": {"kind": "multistep", "iteration": 30, "lr_scale": 1.0},
+           "train_state": {"batch_in_epoch": 0, "lr_scale": 0.1, "best_metric": 0.25}}
+    state = TrainState.from_checkpoint(old)
+    assert (state.epoch, state.iteration, state.lr_scale, state.best_metric) == (3, 30, 0.1, 0.25)
+    # no plan (build_run then plans it from the saved epochs), no patience count, an empty epoch
+    assert state.plan is None and state.stale_validations == 0 and state.best_epoch is None
+    assert state.epoch_sums == [0.0] * 6
