@@ -6,6 +6,7 @@ import re
 
 import pytest
 import typer
+from typer.testing import CliRunner
 
 from ssdcli.cli import train as train_cli
 from ssdcli.cli.app import app
@@ -33,6 +34,7 @@ BAD_VALUES = {
     "max_bad_steps": 0,
     "milestones": (0.0, 0.5),
     "prior_scales": (0.5, 0.2),
+    "patience": -1,
 }
 
 
@@ -90,3 +92,59 @@ def test_to_dict_and_from_dict_are_inverse():
     assert TrainConfig.from_dict(plain) == config
     with pytest.raises(UserError, match=r"unknown training settings \['future'\]"):
         TrainConfig.from_dict({**plain, "future": 1})
+
+
+# --- per-arch recipes (ssdcli.config.RECIPES): the defaults, resolved into the config
+
+
+def test_each_arch_gets_its_recipe_and_flags_given_override_it():
+    lite = TrainConfig(data="x", epochs=1, arch="ssdlite320")
+    # README "Measured accuracy": batch 16, lr 0.05, 50 warm-up iterations, cosine, from scratch
+    assert (lite.batch_size, lite.lr, lite.warmup_iters, lite.schedule, lite.weight_decay, lite.backbone_weights) == (
+        16, 0.05, 50, "cosine", 5e-4, "none")
+    paper = TrainConfig(data="x", epochs=1, arch="ssd512")
+    # SSD sec. 3.1: 1e-3 at batch 32, decay 5e-4, step decay; ImageNet VGG16 (None = torchvision's)
+    assert (paper.batch_size, paper.lr, paper.warmup_iters, paper.schedule, paper.weight_decay,
+            paper.backbone_weights) == (32, 1e-3, 500, "multistep", 5e-4, None)
+    # the learning rate scales with the batch size given (0.05 x 8 / 16), unless it is given too
+    assert TrainConfig(data="x", epochs=1, arch="ssdlite320", batch_size=8).lr == pytest.approx(0.025)
+    assert TrainConfig(data="x", epochs=1, arch="ssd300", batch_size=8).lr == pytest.approx(2.5e-4)
+    given = TrainConfig(data="x", epochs=1, arch="ssdlite320", lr=0.01, schedule="multistep", warmup_iters=0,
+                        weight_decay=4e-5, backbone_weights="w.pth")
+    assert (given.lr, given.schedule, given.warmup_iters, given.weight_decay, given.backbone_weights) == (
+        0.01, "multistep", 0, 4e-5, "w.pth")
+    # config.json holds the resolved values, and reads back to the same config
+    plain = lite.to_dict()
+    assert plain["lr"] == 0.05 and plain["batch_size"] == 16 and plain["schedule"] == "cosine"
+    assert TrainConfig.from_dict(plain) == lite
+
+
+def test_a_config_json_from_before_the_recipes_keeps_its_learning_rate():
+    old = TrainConfig(data="x", epochs=1, arch="ssdlite320", batch_size=8).to_dict()
+    old.update(lr=None, weight_decay=5e-4, warmup_iters=500, schedule="multistep")
+    # lr null meant 1e-3 x batch / 32 then: a resumed run must not jump to the new recipe's rate
+    assert TrainConfig.from_dict(old).lr == pytest.approx(2.5e-4)
+
+
+def test_help_names_each_arch_default():
+    from ssdcli.config import recipe_default_text
+
+    assert recipe_default_text("lr") == "0.001 x batch-size/32 for ssd300/ssd512, 0.05 x batch-size/16 for ssdlite320"
+    assert recipe_default_text("batch_size") == "32 for ssd300/ssd512, 16 for ssdlite320"
+    assert recipe_default_text("weight_decay") == "0.0005 for every arch"
+    result = CliRunner().invoke(app, ["train", "--help"], env={"COLUMNS": "400"})
+    assert result.exit_code == 0
+    flat = " ".join(result.output.split())
+    assert "Base learning rate (default: 0.001 x batch-size/32 for ssd300/ssd512, 0.05 x batch-size/16 for " \
+           "ssdlite320)." in flat
+    assert "cosine for ssdlite320" in flat and "none for ssdlite320" in flat
+
+
+def test_patience_needs_validation_and_priors_exclude_prior_scales():
+    with pytest.raises(UserError, match="--patience counts validations"):
+        TrainConfig(data="x", epochs=1, patience=3)
+    with pytest.raises(UserError, match="--patience counts validations"):
+        TrainConfig(data="x", epochs=1, patience=3, val_data="v", eval_every=0)
+    assert TrainConfig(data="x", epochs=1, patience=3, val_data="v").patience == 3
+    with pytest.raises(UserError, match="--priors and --prior-scales"):
+        TrainConfig(data="x", epochs=1, prior_spec={"layers": []}, prior_scales=(0.1, 0.9))

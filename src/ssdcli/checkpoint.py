@@ -19,10 +19,13 @@ Layout (``format_version`` 1), as :func:`checkpoint_payload` builds it::
     metrics           the epoch's metrics row, plus "epochs_done"
     # last.pt only; the first six all or none (TRAINING_KEYS):
     optimizer, scaler                torch state dicts
-    scheduler         {"kind", "iteration", "lr_scale"}: the schedule is a function of these
+    scheduler         {"kind", "iteration", "lr_scale", "plan"}: the schedule is a function of
+                      these (plan: ssdcli.train.schedule.SchedulePlan.to_dict(); absent in older files)
     epoch, iteration  ints: epochs finished, batches trained (steps skipped included)
     rng               ssdcli.train.rng.capture_rng_state()
-    train_state       {"batch_in_epoch", "lr_scale", "best_metric"}: the loop's position
+    train_state       {"batch_in_epoch", "lr_scale", "best_metric", "best_epoch",
+                      "stale_validations", "epoch_sums"}: the loop's position (the last three
+                      absent in older files; ssdcli.train.state.TrainState)
 
 Only ``format`` to ``priors`` (:data:`MODEL_KEYS`) are required to load a checkpoint.
 

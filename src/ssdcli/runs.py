@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import platform
 import socket
 import subprocess
@@ -11,22 +12,45 @@ from pathlib import Path
 
 import torch
 
-from ssdcli.files import atomic_write_json
+from ssdcli.files import atomic_write_json, atomic_write_text
 
 METRIC_COLUMNS = (
     "epoch", "train_loss", "train_loc", "train_conf", "val_loss", "val_map", "lr", "images_per_s", "seconds",
-    "skipped_steps",
+    "skipped_steps", "bn_seconds", "val_seconds", "save_seconds", "epoch_seconds",
 )
+"""``seconds`` is the training part of an epoch (``images_per_s`` is its rate); the columns after
+``skipped_steps`` time the rest of it: precise BatchNorm statistics, validation, writing the
+checkpoints, and ``epoch_seconds`` the sum of all four."""
 
 
 def next_run_dir(base: Path) -> Path:
-    """``base`` if it does not exist yet, else ``base2``, ``base3``, ...: never an existing folder."""
+    """``base`` if it does not exist yet, else ``base2``, ``base3``, ...: never an existing folder
+    (but another process may take it before this one does; :func:`claim_run_dir` is atomic)."""
     if not base.exists():
         return base
     n = 2
     while (candidate := base.with_name(f"{base.name}{n}")).exists():
         n += 1
     return candidate
+
+
+def claim_run_dir(base: Path) -> Path:
+    """Create and return the first of ``base``, ``base2``, ``base3``, ... that did not exist.
+
+    Each candidate is created with an exclusive ``mkdir``, so of two runs started together with
+    the same ``--output`` exactly one gets each folder (the other goes on to the next number).
+
+    Raises:
+        OSError: the parent cannot be created or written to.
+    """
+    base.parent.mkdir(parents=True, exist_ok=True)
+    candidate = next_run_dir(base)
+    while True:
+        try:
+            candidate.mkdir()
+            return candidate
+        except FileExistsError:
+            candidate = next_run_dir(base)
 
 
 def write_json(path: Path, data: object) -> None:
@@ -85,13 +109,26 @@ class MetricsLog:
                 writer.writeheader()
             writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
 
+    def last_epoch(self) -> int:
+        """The highest epoch with a row (0 when there is none or no file)."""
+        if not self.path.exists():
+            return 0
+        with self.path.open(newline="") as handle:
+            return max((int(row["epoch"]) for row in csv.DictReader(handle)), default=0)
+
     def truncate_after(self, epochs_done: int) -> None:
         """Drop rows of epochs after ``epochs_done`` (written before a crash, redone on resume)."""
         if not self.path.exists():
             return
         with self.path.open(newline="") as handle:
             rows = [row for row in csv.DictReader(handle) if int(row["epoch"]) <= epochs_done]
-        with self.path.open("w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=METRIC_COLUMNS)
-            writer.writeheader()
-            writer.writerows(rows)
+        # rows of an older ssdcli lack the newer columns: written empty (not measured)
+        atomic_write_text(self.path, _csv_text(rows))
+
+
+def _csv_text(rows: list[dict]) -> str:
+    handle = io.StringIO(newline="")
+    writer = csv.DictWriter(handle, fieldnames=METRIC_COLUMNS, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    return handle.getvalue()

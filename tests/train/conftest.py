@@ -27,7 +27,7 @@ def _tiny_config(data, output, **changes) -> TrainConfig:
     return TrainConfig(**values)
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def tiny_config():
     """``tiny_config(data, output, **changes)``: SSDLite320 on the CPU, batch 2, 2 batches an epoch."""
     return _tiny_config

@@ -119,12 +119,16 @@ def test_collectives_across_two_processes(tmp_path):
 @pytest.mark.slow
 def test_two_processes_with_gloo_train_and_only_rank0_writes(synth, tmp_path, read_metrics, train_args):
     out = tmp_path / "ddp"
-    completed = _run_torchrun(["-m", "ssdcli", *train_args(synth, out, "--epochs", "1", "--limit-batches", "2")],
+    # validated, with --patience: every process must take rank 0's decision (its mAP is broadcast)
+    completed = _run_torchrun(["-m", "ssdcli", *train_args(synth, out, "--epochs", "1", "--limit-batches", "2",
+                                                           "--val-data", str(synth), "--val-split", "val",
+                                                           "--eval-every", "1", "--patience", "1")],
                               timeout=300)
     assert completed.returncode == 0, completed.stderr[-3000:]
     ckpt = load_checkpoint(out / "last.pt", for_resume=True)
     assert ckpt["iteration"] == 2
-    assert len(read_metrics(out / "metrics.csv")) == 1
+    rows = read_metrics(out / "metrics.csv")
+    assert len(rows) == 1 and rows[0]["val_map"] != ""
     # rank 1 wrote nothing of its own: no second run folder next to ours
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ddp"]
     assert completed.stdout.count("training summary") == 1

@@ -55,8 +55,17 @@ def test_validation_writes_best_and_map(synth, tmp_path, tiny_config, read_metri
     assert set(last) == MODEL_KEYS | RESUME_KEYS
     assert last["metrics"]["epochs_done"] == 1
     assert last["metrics"]["val_map"] == pytest.approx(float(row["val_map"]), rel=1e-5)  # the csv keeps 6 digits
-    assert set(last["train_state"]) == {"batch_in_epoch", "lr_scale", "best_metric"}
-    assert last["scheduler"] == {"kind": "multistep", "iteration": 2, "lr_scale": 1.0}
+    assert set(last["train_state"]) == {"batch_in_epoch", "lr_scale", "best_metric", "best_epoch",
+                                        "stale_validations", "epoch_sums"}
+    assert last["train_state"]["best_epoch"] == 1 and last["train_state"]["epoch_sums"] == [0.0] * 6  # next epoch
+    # ssdlite320's recipe schedule; the plan of a fresh 2-step run with 2 warm-up steps
+    assert last["scheduler"] == {"kind": "cosine", "iteration": 2, "lr_scale": 1.0, "plan": {
+        "total_iters": 2, "start_iter": 0, "start_progress": 0.0, "warmup_start": 0, "warmup_iters": 2,
+        "passed_milestones": 0, "milestone_iters": [1, 2]}}
+    # every part of the epoch is timed, and the parts add up
+    seconds = [float(row[c]) for c in ("seconds", "bn_seconds", "val_seconds", "save_seconds")]
+    assert all(s > 0 for s in seconds) and float(row["epoch_seconds"]) == pytest.approx(sum(seconds), rel=1e-4)
+    assert (result.output / "curves.png").stat().st_size > 0
 
 
 class Warnings(Callbacks):
@@ -93,6 +102,19 @@ def test_non_finite_loss_skips_steps_rolls_back_and_lowers_lr(synth, tmp_path, m
     assert rows[0]["skipped_steps"] == "3" and math.isfinite(float(rows[1]["train_loss"]))
 
 
+def test_a_training_curves_failure_is_a_warning_not_a_failure(synth, tmp_path, tiny_config, monkeypatch):
+    import ssdcli.plotting
+
+    def broken(path, output=None):
+        raise RuntimeError("no fonts")
+
+    monkeypatch.setattr(ssdcli.plotting, "write_training_curves", broken)
+    warnings = Warnings()
+    result = fit(tiny_config(synth, tmp_path / "run", limit_batches=1), warnings)
+    assert warnings.messages == ["curves.png not drawn: RuntimeError: no fonts"]
+    assert result.last.exists() and not (result.output / "curves.png").exists()
+
+
 def test_fit_needs_a_config_or_a_checkpoint():
     with pytest.raises(ValueError, match="needs a config or a checkpoint"):
         fit(None)
@@ -110,7 +132,7 @@ def test_overfitting_four_images_drives_the_loss_down_and_finds_their_boxes(tmp_
     make_synthetic_dataset(data, num_images=5, seed=11)  # 4 train images, 1 val
     config = tiny_config(
         data, tmp_path / "run", epochs=60, batch_size=4, limit_batches=0, lr=0.05, warmup_iters=10,
-        augment="none", milestones=(1.0, 1.0), seed=0,
+        augment="none", schedule="multistep", milestones=(1.0, 1.0), seed=0,
     )
     result = fit(config)
     losses = [float(r["train_loss"]) for r in read_metrics(result.output / "metrics.csv")]

@@ -52,3 +52,65 @@ def test_resume_refuses_data_whose_classes_changed(synth, tmp_path, tiny_config)
     with pytest.raises(UserError, match="its classes differ from those of"):
         # the run's own config, pointed at a class list that is not the checkpoint's
         build_run(None, Callbacks(), resume=run.last_path, overrides={"classes_file": str(classes)})
+
+
+def test_a_run_folder_taken_after_its_name_was_chosen_is_not_shared(synth, tmp_path, tiny_config, monkeypatch):
+    import ssdcli.train.setup as setup
+
+    base = tmp_path / "runs" / "train"
+    real = setup.next_run_dir
+
+    def racing(candidate):
+        chosen = real(candidate)
+        base.mkdir(parents=True)  # a second `ssd train` with the same --output starts meanwhile
+        (base / "config.json").write_text("theirs")
+        return chosen
+
+    monkeypatch.setattr(setup, "next_run_dir", racing)
+    run = build_run(tiny_config(synth, base), Callbacks())
+    assert run.output == tmp_path / "runs" / "train2" and run.metrics_log.path.parent == run.output
+    assert (base / "config.json").read_text() == "theirs"  # the other run's files are left alone
+    assert (run.output / "config.json").is_file()
+
+
+def _broken_copy(source, target, change):
+    """A copy of checkpoint ``source`` at ``target`` with ``change(checkpoint)`` applied."""
+    from ssdcli.checkpoint import load_checkpoint, save_checkpoint
+
+    checkpoint = load_checkpoint(source, for_resume=True)
+    change(checkpoint)
+    save_checkpoint(target, checkpoint)
+    return target
+
+
+def test_resume_of_a_checkpoint_that_does_not_fit_is_one_line_naming_it(synth, tmp_path, tiny_config):
+    from typer.testing import CliRunner
+
+    from ssdcli.cli.app import app
+    from ssdcli.errors import CheckpointError
+
+    run = build_run(tiny_config(synth, tmp_path / "run"), Callbacks())
+    save_last(run, {})
+    name = next(k for k, v in run.model.state_dict().items() if v.ndim == 4)
+
+    def wrong_shape(checkpoint):
+        checkpoint["model"][name] = torch.zeros(3, 3, 3, 3)
+
+    def bad_config(checkpoint):
+        del checkpoint["config"]["epochs"]
+
+    def bad_momentum(checkpoint):
+        first = next(iter(checkpoint["optimizer"]["state"]), None)
+        checkpoint["optimizer"]["state"][0 if first is None else first] = {"momentum_buffer": torch.zeros(2)}
+
+    cases = {"shape.pt": (wrong_shape, f"its weights do not fit the ssdlite320 network .*size mismatch for {name}"),
+             "config.pt": (bad_config, "its training settings are not usable"),
+             "momentum.pt": (bad_momentum, "its optimizer state does not fit the network")}
+    for file_name, (change, message) in cases.items():
+        broken = _broken_copy(run.last_path, tmp_path / "run" / file_name, change)
+        with pytest.raises(CheckpointError, match=message) as info:
+            build_run(None, Callbacks(), resume=broken)
+        assert str(info.value).startswith(str(broken)) and "\n" not in str(info.value)
+        result = CliRunner().invoke(app, ["train", "--resume", str(broken)])
+        assert result.exit_code == 2, result.output
+        assert result.stderr.count("\n") == 1 and file_name in result.stderr and "Traceback" not in result.output

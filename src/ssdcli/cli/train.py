@@ -8,13 +8,15 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
 from ssdcli.wording import plural
 from ssdcli.cli.common import Device, err, error_boundary, out
-from ssdcli.config import ARCH_NAMES, AUGMENTATIONS, SCHEDULES, TrainConfig
+from ssdcli.config import (
+    ARCH_NAMES, AUGMENTATIONS, PRIOR_FLAGS_CONFLICT, SCHEDULES, TrainConfig, recipe_default_text,
+)
 from ssdcli.errors import UserError
 
 HELP = "Train SSD300 / SSD512 (VGG16) or the CPU-sized SSDLite320 on VOC or COCO data."
@@ -25,11 +27,17 @@ EPILOG = """\
   ssd train --data coco/annotations/instances_train2017.json --arch ssd512 --batch-size 16 --epochs 60
   ssd train --data my_images_and_xml/ --arch ssdlite320 --epochs 30 --device cpu
   ssd train --data my_images_and_xml/ --arch ssdlite320 --prior-scales 0.1 0.95 --epochs 30   # small objects
+  ssd train --data my_images_and_xml/ --arch ssdlite320 --priors spec.json --epochs 30   # from ssd priors --fit
+  ssd train --data d/ --split train --val-data d/ --val-split val --epochs 100 --patience 5   # early stop
   ssd train --resume runs/train/last.pt                 # continue exactly where it stopped
+  ssd train --resume runs/train/last.pt --epochs 40     # extend a run (the schedule is re-planned)
   torchrun --nproc_per_node 4 -m ssdcli train --data VOCdevkit --split 07+12 --epochs 120
 
-Writes last.pt, best.pt (with --val-data), metrics.csv, config.json and manifest.json to
---output (default runs/train, runs/train2, ... never overwriting).
+Defaults are the arch's recipe (ssdcli.config.RECIPES): the paper's for ssd300/ssd512, the
+measured CPU recipe for ssdlite320; every flag given overrides it, and config.json holds the values
+used. Writes last.pt, best.pt (with --val-data), metrics.csv, curves.png, config.json and
+manifest.json to --output (default runs/train, runs/train2, ... never overwriting). Without a
+terminal (a log file, a pipe), progress is plain lines: one per 10 % of an epoch and one per epoch.
 """
 
 
@@ -39,81 +47,14 @@ Schedule = Enum("Schedule", {name: name for name in SCHEDULES}, type=str)
 Augment = Enum("Augment", {name: name for name in AUGMENTATIONS}, type=str)
 
 
-# Flags that may be given with --resume: they change where the run computes, not what it computes.
-RESUME_OVERRIDES = ("device", "workers")
+# Flags that may be given with --resume: where the run computes (device, workers), and how long it
+# goes on (epochs extends it, re-planning the schedule; patience).
+RESUME_OVERRIDES = ("device", "workers", "epochs", "patience")
 
 
-class RichCallbacks:
-    """ssdcli.train.Callbacks drawing a rich progress bar per epoch on stderr (rank 0 only)."""
-
-    def __init__(self, enabled: bool) -> None:
-        self.enabled = enabled
-        self.progress: Progress | None = None
-        self.task = None
-        self.val_task = None
-        self.epochs = 0
-
-    def on_start(self, info: dict) -> None:
-        self.epochs = info["epochs"]
-        if not self.enabled:
-            return
-        err.print(
-            f"training {plural(len(info['classes']), 'class')} on {plural(info['train_images'], 'image')}"
-            + (f" (validating on {info['val_images']})" if info["val_images"] else "")
-            + f", device {info['device']}{' x' + str(info['world_size']) if info['world_size'] > 1 else ''}"
-            + f", AMP {'on' if info['amp'] else 'off'}, lr {info['lr']:.3g}; writing to {escape(str(info['output']))}"
-            + (f"; resuming at epoch {info['start_epoch'] + 1}" if info["start_epoch"] else ""),
-            highlight=False,
-        )
-
-    def on_epoch_start(self, epoch: int, num_batches: int, first_batch: int) -> None:
-        if not self.enabled:
-            return
-        self.progress = Progress(
-            TextColumn("[bold]epoch {task.fields[epoch]}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("loss {task.fields[loss]} (loc {task.fields[loc]}, conf {task.fields[conf]})"),
-            TextColumn("lr {task.fields[lr]}"),
-            TextColumn("{task.fields[ips]} img/s"),
-            TimeElapsedColumn(),
-            TimeRemainingColumn(),
-            console=err,
-            transient=False,
-        )
-        self.progress.start()
-        self.task = self.progress.add_task(
-            "train", total=num_batches, completed=first_batch, epoch=f"{epoch + 1}/{self.epochs}",
-            loss="-", loc="-", conf="-", lr="-", ips="-",
-        )
-
-    def on_batch_end(self, epoch: int, batch: int, stats: dict) -> None:
-        if self.progress is not None:
-            self.progress.update(
-                self.task, completed=batch, loss=f"{stats['loss']:.3f}", loc=f"{stats['loc']:.3f}",
-                conf=f"{stats['conf']:.3f}", lr=f"{stats['lr']:.2e}", ips=f"{stats['images_per_s']:.1f}",
-            )
-
-    def on_validation_start(self, epoch: int, num_batches: int) -> None:
-        if self.progress is not None:
-            self.val_task = self.progress.add_task("val", total=num_batches, epoch=f"{epoch + 1} val",
-                                                   loss="", loc="", conf="", lr="", ips="")
-
-    def on_validation_batch(self, epoch: int, batch: int) -> None:
-        if self.progress is not None:
-            self.progress.update(self.val_task, completed=batch)
-
-    def on_epoch_end(self, epoch: int, row: dict) -> None:
-        if self.progress is not None:
-            self.progress.stop()
-            self.progress = None
-        if self.enabled and "val_map" in row:
-            err.print(f"  epoch {epoch + 1}: val loss {row['val_loss']:.3f}, VOC07 mAP {row['val_map']:.4f}")
-
-    def on_warning(self, message: str) -> None:
-        if self.enabled:
-            target = self.progress.console if self.progress is not None else err
-            target.print(f"[yellow]warning:[/] {escape(message)}", highlight=False)
+def _recipe(text: str, field: str) -> str:
+    """Help text of a recipe option: what it is and its per-arch default (ssdcli.config.RECIPES)."""
+    return f"{text} (default: {recipe_default_text(field)})."
 
 
 def _given(ctx: typer.Context, name: str) -> bool:
@@ -131,7 +72,7 @@ def _summary(rows: list[dict]) -> Table:
             str(row["epoch"]), f"{row['train_loss']:.4f}", f"{row['train_loc']:.4f}", f"{row['train_conf']:.4f}",
             f"{row['val_loss']:.4f}" if "val_loss" in row else "-",
             f"{row['val_map']:.4f}" if "val_map" in row else "-",
-            f"{row['lr']:.2e}", f"{row['images_per_s']:.1f}", f"{row['seconds']:.0f}s",
+            f"{row['lr']:.2e}", f"{row['images_per_s']:.1f}", f"{row['epoch_seconds']:.0f}s",
         )
     return table
 
@@ -146,37 +87,33 @@ def train(
     val_split: Annotated[Optional[str], typer.Option(help="Validation split: val, test, 2007-test, val2017...")] = None,
     classes: Annotated[Optional[Path], typer.Option(help="Class list file, one name per line (overrides the default order).")] = None,
     arch: Annotated[Arch, typer.Option(help="Network.")] = Arch.ssd300,
-    batch_size: Annotated[int, typer.Option(help="Images per step (per process under torchrun).")] = 32,
-    lr: Annotated[Optional[float], typer.Option(help="Base learning rate \\[default: 1e-3 x batch-size / 32].")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help=_recipe("Images per step (per process under torchrun)", "batch_size"))] = None,
+    lr: Annotated[Optional[float], typer.Option(help=_recipe("Base learning rate", "lr"))] = None,
     momentum: Annotated[float, typer.Option(help="SGD momentum.")] = 0.9,
-    weight_decay: Annotated[float, typer.Option(help="L2 weight decay on conv weights.")] = 5e-4,
-    warmup_iters: Annotated[int, typer.Option(help="Iterations of linear learning-rate warm-up.")] = 500,
-    schedule: Annotated[Schedule, typer.Option(help="multistep (x0.1 at 2/3 and 5/6 of the run) or cosine.")] = Schedule.multistep,
-    output: Annotated[Optional[Path], typer.Option(help="Run folder \\[default: runs/train, runs/train2, ...].")] = None,
-    resume: Annotated[Optional[Path], typer.Option(help="Continue the run saved in this last.pt (its settings are used).")] = None,
+    weight_decay: Annotated[Optional[float], typer.Option(help=_recipe("L2 weight decay on conv weights", "weight_decay"))] = None,
+    warmup_iters: Annotated[Optional[int], typer.Option(help=_recipe("Iterations of linear learning-rate warm-up", "warmup_iters"))] = None,
+    schedule: Annotated[Optional[Schedule], typer.Option(help=_recipe("multistep (x0.1 at 2/3 and 5/6 of the run) or cosine (to zero)", "schedule"))] = None,
+    output: Annotated[Optional[Path], typer.Option(help="Run folder (default: runs/train, runs/train2, ...: never an existing one).")] = None,
+    resume: Annotated[Optional[Path], typer.Option(help="Continue the run saved in this last.pt with its settings; --epochs N extends it (README: Extending a run).")] = None,
     device: Annotated[Device, typer.Option(help="auto = CUDA when available.")] = Device.auto,
     workers: Annotated[int, typer.Option(help="Data-loading worker processes.")] = 2,
-    amp: Annotated[Optional[bool], typer.Option("--amp/--no-amp", help="Mixed precision \\[default: on with CUDA].")] = None,
+    amp: Annotated[Optional[bool], typer.Option("--amp/--no-amp", help="Mixed precision (default: on with CUDA).")] = None,
     seed: Annotated[int, typer.Option(help="Seed for initialisation, data order and augmentation.")] = 0,
-    backbone_weights: Annotated[Optional[str], typer.Option(help="VGG16 ImageNet state dict FILE, or 'none' for scratch \\[default: torchvision's cached weights].")] = None,
+    backbone_weights: Annotated[Optional[str], typer.Option(help=_recipe("ImageNet backbone state dict FILE, or 'none' for scratch", "backbone_weights"))] = None,
     eval_every: Annotated[int, typer.Option(help="Validate every N epochs (0 = never; the last epoch always).")] = 1,
+    patience: Annotated[int, typer.Option(help="Stop after N validations without a better VOC07 mAP (0 = never); best.pt keeps the best.")] = 0,
     save_every: Annotated[int, typer.Option(help="Also write last.pt every N iterations (0 = once per epoch).")] = 0,
     use_difficult: Annotated[bool, typer.Option(help="Train on VOC 'difficult' boxes too.")] = False,
     augment: Annotated[Augment, typer.Option(help="paper = photometric, zoom-out, min-IoU crop, flip; light = photometric and flip; none = resize only (e.g. to overfit a few images).")] = Augment.paper,
     limit_batches: Annotated[int, typer.Option(help="Stop each epoch after N batches (smoke tests; 0 = all).")] = 0,
     prior_scales: Annotated[Optional[tuple[float, float]], typer.Option(metavar="MIN MAX", help="Default boxes spread linearly from MIN to MAX of the input (SSD paper eq. 4) in the arch's layout, instead of its preset; check them first with ssd priors --data DIR --prior-scales MIN MAX.")] = None,
+    priors: Annotated[Optional[Path], typer.Option(metavar="SPEC.json", help="Default boxes from a spec file (ssd priors --fit DATA --output SPEC.json); the heads follow its boxes per location.")] = None,
 ) -> None:
+    from ssdcli.cli.train_progress import progress_callbacks
     from ssdcli.train import TrainingInterrupted, fit
 
     if resume is not None:
-        given = [
-            name for name, value in ctx.params.items()
-            if name not in ("resume", *RESUME_OVERRIDES)
-            and _given(ctx, name)
-        ]
-        if given:
-            flags = ", ".join("--" + name.replace("_", "-") for name in given)
-            raise UserError(f"--resume continues a run with its own settings; drop {flags}")
+        _refuse_settings_with_resume(ctx)
         config = None
     else:
         if data is None or epochs is None:
@@ -185,24 +122,56 @@ def train(
         config = TrainConfig(
             data=data, epochs=epochs, val_data=val_data, split=split, val_split=val_split,
             classes_file=str(classes) if classes else None, arch=arch.value, batch_size=batch_size, lr=lr,
-            momentum=momentum, weight_decay=weight_decay, warmup_iters=warmup_iters, schedule=schedule.value,
+            momentum=momentum, weight_decay=weight_decay, warmup_iters=warmup_iters,
+            schedule=schedule.value if schedule else None,
             output=str(output) if output else None, device=device.value, workers=workers, amp=amp, seed=seed,
             backbone_weights=backbone_weights, eval_every=eval_every, save_every=save_every,
             use_difficult=use_difficult, augment=augment.value, limit_batches=limit_batches,
-            prior_scales=prior_scales,
+            prior_scales=prior_scales, patience=patience, prior_spec=_prior_spec(priors, prior_scales, arch.value),
         )
 
     is_main = int(os.environ.get("RANK", "0")) == 0
-    callbacks = RichCallbacks(enabled=is_main)
+    callbacks = progress_callbacks(enabled=is_main)
     overrides = {name: (value.value if isinstance(value, Enum) else value) for name, value in
-                 (("device", device), ("workers", workers))
+                 (("device", device), ("workers", workers), ("epochs", epochs), ("patience", patience))
                  if _given(ctx, name)}
     try:
         result = fit(config, callbacks, resume=resume, overrides=overrides)
     except TrainingInterrupted as exc:
-        err.print(f"[yellow]{escape(str(exc))}[/]; continue with: ssd train --resume {escape(str(exc.checkpoint))}", highlight=False)
+        err.print(f"[yellow]{escape(str(exc))}[/]; continue with: ssd train --resume {escape(str(exc.checkpoint))}",
+                  highlight=False)
         raise typer.Exit(130) from None
     if is_main:
-        out.print(_summary(result.rows))
-        out.print(f"run folder: {escape(str(result.output))}  (last.pt{', best.pt' if result.best else ''}, metrics.csv, "
-                  f"config.json, manifest.json); {result.seconds:.0f}s", highlight=False)
+        _render(result)
+
+
+def _refuse_settings_with_resume(ctx: typer.Context) -> None:
+    """--resume takes the run's own settings: only RESUME_OVERRIDES may be given with it."""
+    given = [name for name in ctx.params if name not in ("resume", *RESUME_OVERRIDES) and _given(ctx, name)]
+    if given:
+        flags = ", ".join("--" + name.replace("_", "-") for name in given)
+        raise UserError(f"--resume continues a run with its own settings; drop {flags}")
+
+
+def _render(result) -> None:
+    """The run's summary on stdout: one line for a run that was already finished, else the table."""
+    if result.finished is not None:
+        out.print(escape(result.finished), highlight=False)
+        return
+    # Not cut to 80 columns when stdout is a file or a pipe (rich's width without a terminal).
+    (out if out.is_terminal else Console(soft_wrap=True, width=160)).print(_summary(result.rows))
+    if result.stopped_early is not None:
+        out.print(escape(result.stopped_early), highlight=False)
+    out.print(f"run folder: {escape(str(result.output))}  (last.pt{', best.pt' if result.best else ''}, metrics.csv, "
+              f"curves.png, config.json, manifest.json); {result.seconds:.0f}s", highlight=False)
+
+
+def _prior_spec(priors: Path | None, prior_scales: tuple[float, float] | None, arch: str) -> dict | None:
+    """``--priors FILE``'s default boxes as the dict the config keeps (checked for ``arch``)."""
+    if priors is None:
+        return None
+    if prior_scales is not None:
+        raise UserError(PRIOR_FLAGS_CONFLICT)
+    from ssdcli.prior_file import load_prior_spec
+
+    return load_prior_spec(priors, arch).to_dict()

@@ -8,6 +8,8 @@ class Callbacks:
 
     Epochs and batches are 0-based in ``epoch`` and counted (1-based) in ``batch``; ``info`` and
     ``row`` are plain dicts (:meth:`ssdcli.train.setup.TrainRun.start_info`, the metrics row).
+    At an epoch's end, precise BatchNorm statistics (``on_precise_bn_*``, before validation and
+    the last checkpoint) come before validation (``on_validation_*``).
     """
 
     def on_start(self, info: dict) -> None: ...
@@ -15,6 +17,10 @@ class Callbacks:
     def on_epoch_start(self, epoch: int, num_batches: int, first_batch: int) -> None: ...
 
     def on_batch_end(self, epoch: int, batch: int, stats: dict) -> None: ...
+
+    def on_precise_bn_start(self, epoch: int, num_batches: int) -> None: ...
+
+    def on_precise_bn_batch(self, epoch: int, batch: int) -> None: ...
 
     def on_validation_start(self, epoch: int, num_batches: int) -> None: ...
 

@@ -29,7 +29,10 @@ def save_last(run: TrainRun, metrics: dict) -> None:
     state = run.state
     training = {
         "optimizer": run.optimizer.state_dict(),
-        "scheduler": {"kind": run.config.schedule, "iteration": state.iteration, "lr_scale": state.lr_scale},
+        "scheduler": {
+            "kind": run.config.schedule, "iteration": state.iteration, "lr_scale": state.lr_scale,
+            "plan": None if state.plan is None else state.plan.to_dict(),
+        },
         "scaler": run.scaler.state_dict(),
         "rng": capture_rng_state(),
         "epoch": state.epoch,

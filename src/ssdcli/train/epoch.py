@@ -16,6 +16,7 @@ from ssdcli.train import distributed
 from ssdcli.train.callbacks import Callbacks
 from ssdcli.train.checkpoints import save_last
 from ssdcli.train.guard import NonFiniteGuard, weights_finite
+from ssdcli.train.interrupts import deferred_interrupt
 from ssdcli.train.setup import TrainRun
 
 
@@ -68,52 +69,40 @@ def train_one_epoch(run: TrainRun, guard: NonFiniteGuard, callbacks: Callbacks) 
     """Train ``run.state.epoch`` from ``run.state.batch_in_epoch`` on (the loader already skips
     the batches done before a resume), writing ``last.pt`` every ``save_every`` iterations.
 
+    Each step runs with Ctrl-C held off until it is complete (:mod:`ssdcli.train.interrupts`), and
+    adds to ``run.state.epoch_sums``, which ``last.pt`` saves: an epoch resumed part-way reports
+    all its batches. (Under torchrun the part before a resume counts rank 0's batches only.)
+
     Returns:
         Sums for the epoch's metrics row: ``loss``, ``loc``, ``conf`` (image-weighted), ``images``,
-        ``seconds``, ``skipped``.
+        ``seconds`` (training time of the whole epoch, over resumes), ``skipped``.
     """
     model, state, device = run.train_model, run.state, run.device
     model.train()
     micro_batch = micro_batch_size(model, device)
-    sums = torch.zeros(4, dtype=torch.float64)  # loss*n, loc*n, conf*n, n
-    skipped = 0
+    sums = torch.tensor(state.epoch_sums[:4], dtype=torch.float64)  # loss*n, loc*n, conf*n, n
+    skipped, seconds_before = int(state.epoch_sums[4]), state.epoch_sums[5]
+    images_before = sums[3].item()
     start = time.perf_counter()
     for images, targets in iterate_loader(run.loader):
         if state.batch_in_epoch >= run.batches_per_epoch:
             break
-        for group in run.optimizer.param_groups:
-            group["lr"] = run.lr_at(state.iteration)
-        images = images.to(device, non_blocking=True)
-        gt_boxes, gt_labels = pad_targets(targets)
-        with torch.no_grad():
-            target_labels, target_deltas = assign_targets(
-                gt_boxes.to(device), gt_labels.to(device), run.priors, run.config.iou_threshold,
-                variances=run.model.prior_spec.variances,
-            )
-        run.optimizer.zero_grad(set_to_none=True)
-        # Gradients of a non-finite loss are computed too, then thrown away with the step.
-        loss = forward_backward(model, images, target_labels, target_deltas, run.loss_fn, run.scaler, run.amp,
-                                micro_batch)
-        if distributed.any_process(not bool(torch.isfinite(loss.total)), run.dist, device):
-            run.optimizer.zero_grad(set_to_none=True)
-            skipped += 1
-            names = [run.train_data.records[int(t["index"])].image_path.name for t in targets]
-            guard.bad_step(state.epoch, state.batch_in_epoch, names)
-        else:
-            guard.good_step()
-            run.scaler.step(run.optimizer)
-            run.scaler.update()
-            n = images.shape[0]
-            sums += torch.tensor(
-                [loss.total.item() * n, loss.loc.item() * n, loss.conf.item() * n, n], dtype=torch.float64
-            )
-        state.iteration += 1
-        state.batch_in_epoch += 1
-        elapsed = time.perf_counter() - start
+        with deferred_interrupt():
+            loss, n = _train_step(run, images, targets, guard, micro_batch)
+            if n:
+                sums += torch.tensor(
+                    [loss.total.item() * n, loss.loc.item() * n, loss.conf.item() * n, n], dtype=torch.float64
+                )
+            else:
+                skipped += 1
+            state.iteration += 1
+            state.batch_in_epoch += 1
+            elapsed = time.perf_counter() - start
+            state.epoch_sums = [*sums.tolist(), float(skipped), seconds_before + elapsed]
         callbacks.on_batch_end(state.epoch, state.batch_in_epoch, {
             "loss": loss.total.item(), "loc": loss.loc.item(), "conf": loss.conf.item(),
             "lr": run.optimizer.param_groups[0]["lr"],
-            "images_per_s": sums[3].item() * run.dist.world_size / max(elapsed, 1e-9),
+            "images_per_s": (sums[3].item() - images_before) * run.dist.world_size / max(elapsed, 1e-9),
         })
         if run.config.save_every and state.iteration % run.config.save_every == 0 and weights_finite(run.model):
             save_last(run, {})
@@ -121,5 +110,39 @@ def train_one_epoch(run: TrainRun, guard: NonFiniteGuard, callbacks: Callbacks) 
     n = max(sums[3].item(), 1.0)
     return {
         "loss": sums[0].item() / n, "loc": sums[1].item() / n, "conf": sums[2].item() / n,
-        "images": int(sums[3].item()), "seconds": time.perf_counter() - start, "skipped": skipped,
+        "images": int(sums[3].item()), "seconds": state.epoch_sums[5], "skipped": skipped,
     }
+
+
+def _train_step(
+    run: TrainRun, images: torch.Tensor, targets: list[dict], guard: NonFiniteGuard, micro_batch: int | None
+) -> tuple[LossOutput, int]:
+    """One optimizer step on a batch at iteration ``run.state.iteration``'s learning rate.
+
+    Returns:
+        The batch's loss and its number of images, 0 when the loss was not finite and the step
+        was skipped (:class:`NonFiniteGuard`).
+    """
+    state, device = run.state, run.device
+    for group in run.optimizer.param_groups:
+        group["lr"] = run.lr_at(state.iteration)
+    images = images.to(device, non_blocking=True)
+    gt_boxes, gt_labels = pad_targets(targets)
+    with torch.no_grad():
+        target_labels, target_deltas = assign_targets(
+            gt_boxes.to(device), gt_labels.to(device), run.priors, run.config.iou_threshold,
+            variances=run.model.prior_spec.variances,
+        )
+    run.optimizer.zero_grad(set_to_none=True)
+    # Gradients of a non-finite loss are computed too, then thrown away with the step.
+    loss = forward_backward(run.train_model, images, target_labels, target_deltas, run.loss_fn, run.scaler,
+                            run.amp, micro_batch)
+    if distributed.any_process(not bool(torch.isfinite(loss.total)), run.dist, device):
+        run.optimizer.zero_grad(set_to_none=True)
+        names = [run.train_data.records[int(t["index"])].image_path.name for t in targets]
+        guard.bad_step(state.epoch, state.batch_in_epoch, names)
+        return loss, 0
+    guard.good_step()
+    run.scaler.step(run.optimizer)
+    run.scaler.update()
+    return loss, images.shape[0]

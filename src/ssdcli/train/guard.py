@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 if TYPE_CHECKING:
-    from ssdcli.train.setup import TrainState
+    from ssdcli.train.state import TrainState
 
 
 def weights_finite(model: nn.Module) -> bool:

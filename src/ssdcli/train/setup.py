@@ -27,38 +27,17 @@ from ssdcli.errors import DataError, UserError
 from ssdcli.inference import resolve_device
 from ssdcli.loss import MultiBoxLoss
 from ssdcli.models import SSD, build_model, load_backbone_weights, priors_for_model
-from ssdcli.priors import preset_spec
-from ssdcli.runs import MetricsLog, next_run_dir, write_json, write_manifest
+from ssdcli.files import remove_stale_temps
+from ssdcli.runs import MetricsLog, claim_run_dir, next_run_dir, write_json, write_manifest
 from ssdcli.train import distributed
 from ssdcli.train.callbacks import Callbacks
-from ssdcli.train.rng import restore_rng_state
+from ssdcli.train.default_boxes import run_prior_spec
+from ssdcli.train.resume import (
+    RunFinished, finished_message, reconcile_metrics, restore_training, resumed_config, schedule_plan,
+)
 from ssdcli.train.sampling import EpochSampler, SeededSamples
-from ssdcli.train.schedule import lr_factor
-
-
-@dataclass
-class TrainState:
-    """Where the run is; saved in ``last.pt`` (``epoch``, ``iteration`` and ``train_state``)."""
-
-    epoch: int = 0
-    batch_in_epoch: int = 0
-    iteration: int = 0
-    lr_scale: float = 1.0
-    best_metric: float | None = None
-
-    def train_state(self) -> dict:
-        """The checkpoint's ``train_state`` entry."""
-        return {"batch_in_epoch": self.batch_in_epoch, "lr_scale": self.lr_scale, "best_metric": self.best_metric}
-
-    @classmethod
-    def from_checkpoint(cls, checkpoint: dict) -> TrainState:
-        return cls(
-            epoch=int(checkpoint["epoch"]),
-            batch_in_epoch=int(checkpoint["train_state"]["batch_in_epoch"]),
-            iteration=int(checkpoint["iteration"]),
-            lr_scale=float(checkpoint["train_state"]["lr_scale"]),
-            best_metric=checkpoint["train_state"]["best_metric"],
-        )
+from ssdcli.train.schedule import SchedulePlan
+from ssdcli.train.state import TrainState
 
 
 @dataclass
@@ -101,13 +80,13 @@ class TrainRun:
     def lr_at(self, iteration: int) -> float:
         """The learning rate of ``iteration``.
 
-        The schedule is a pure function of the iteration (plus the NaN guard's scale), so resuming
-        needs no scheduler object: the checkpoint's iteration and lr_scale restore it exactly.
+        The schedule is a pure function of the iteration (plus the NaN guard's scale and the
+        plan, :class:`~ssdcli.train.schedule.SchedulePlan`), so resuming needs no scheduler
+        object: the checkpoint's iteration, lr_scale and plan restore it exactly.
         """
         config = self.config
-        factor = lr_factor(iteration, self.total_iters, config.warmup_iters, config.schedule, config.milestones,
-                           config.gamma)
-        return config.effective_lr * self.state.lr_scale * factor
+        plan = self.state.plan or SchedulePlan.fresh(self.total_iters, config.warmup_iters, config.milestones)
+        return config.effective_lr * self.state.lr_scale * plan.factor(iteration, config.schedule, config.gamma)
 
     def start_info(self) -> dict:
         """What ``Callbacks.on_start`` receives."""
@@ -127,17 +106,21 @@ def build_run(
     overrides: dict | None = None,
 ) -> TrainRun:
     """The run ``config`` describes, or the one saved in ``resume`` continued with its own
-    settings (``overrides`` may change only where it runs: ``device``, ``workers``).
+    settings (``overrides``: what the CLI allows with ``--resume``: ``device``, ``workers``, and
+    ``epochs`` / ``patience``, which extend or change the run).
 
     Joins the torchrun process group when there is one (the caller tears it down).
 
     Raises:
+        RunFinished: ``resume``'s run has nothing left to do (checked before the data is read).
         UserError / DataError / CheckpointError: what the user can fix (the message says what).
     """
-    checkpoint = None
+    checkpoint, saved = None, None
     if resume is not None:
         checkpoint = load_checkpoint(resume, for_resume=True)
-        config = TrainConfig.from_dict(checkpoint["config"]).replace(**(overrides or {}))
+        saved, config = resumed_config(checkpoint, Path(resume), overrides)
+        if (finished := finished_message(checkpoint, config, Path(resume))) is not None:
+            raise RunFinished(finished)
     elif config is None:
         raise ValueError("fit() needs a config or a checkpoint to resume")
     device, dist_info, amp = _placement(config)
@@ -154,7 +137,7 @@ def build_run(
         output = next_run_dir(Path(config.output or "runs/train")) if dist_info.is_main else None
         output = Path(distributed.broadcast_object(str(output) if output else None, dist_info))
 
-    model = build_model(config.arch, num_classes=len(classes), prior_spec=preset_spec(config.arch, config.prior_scales))
+    model = build_model(config.arch, num_classes=len(classes), prior_spec=run_prior_spec(config))
     if checkpoint is None:
         load_backbone_weights(model, config.backbone_weights)
     model.to(device)
@@ -165,11 +148,10 @@ def build_run(
     scaler = torch.amp.GradScaler(device.type, enabled=amp)
     state = TrainState()
     if checkpoint is not None:
-        model.load_state_dict(checkpoint["model"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        scaler.load_state_dict(checkpoint["scaler"])
-        state = TrainState.from_checkpoint(checkpoint)
-        restore_rng_state(checkpoint["rng"])
+        state = restore_training(model, optimizer, scaler, checkpoint, Path(resume))
+        if not dist_info.is_main:  # the saved partial sums are rank 0's: counted once
+            state.epoch_sums = [0.0] * len(state.epoch_sums)
+    state.plan = schedule_plan(state, config, batches_per_epoch, saved)
     train_model: nn.Module = model
     if dist_info.enabled:
         train_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
@@ -181,7 +163,7 @@ def build_run(
         batches_per_epoch=batches_per_epoch, loss_fn=MultiBoxLoss(config.neg_pos_ratio), optimizer=optimizer,
         scaler=scaler, state=state, metrics_log=MetricsLog(output / "metrics.csv") if dist_info.is_main else None,
     )
-    _prepare_output(run, fresh=checkpoint is None)
+    _prepare_output(run, checkpoint, saved)
     return run
 
 
@@ -197,17 +179,31 @@ def _placement(config: TrainConfig) -> tuple[torch.device, distributed.DistInfo,
     return device, dist_info, amp
 
 
-def _prepare_output(run: TrainRun, fresh: bool) -> None:
-    """A new run writes ``config.json`` and the manifest; a resumed one drops the metrics rows of
-    epochs it will redo (written before a crash, see :func:`ssdcli.train.loop.finish_epoch`)."""
+RUN_FILES = ("last.pt", "best.pt", "metrics.csv", "config.json", "manifest.json", "curves.png")
+"""What a run folder holds (their temp files are cleaned up on resume)."""
+
+
+def _prepare_output(run: TrainRun, checkpoint: dict | None, saved: TrainConfig | None) -> None:
+    """A new run claims its folder (:func:`~ssdcli.runs.claim_run_dir`: of two runs started
+    together, each gets its own) and writes ``config.json`` and the manifest. A resumed one removes
+    the temp files a killed writer left, makes ``metrics.csv`` agree with ``last.pt``
+    (:func:`~ssdcli.train.resume.reconcile_metrics`) and rewrites ``config.json`` when flags given
+    with ``--resume`` (``--epochs``, ``--patience``, ...) changed the settings."""
+    if checkpoint is None:
+        claimed = claim_run_dir(Path(run.config.output or "runs/train")) if run.dist.is_main else None
+        run.output = Path(distributed.broadcast_object(str(claimed) if claimed else None, run.dist))
     if not run.dist.is_main:
         return
-    if fresh:
-        run.output.mkdir(parents=True, exist_ok=True)
+    run.metrics_log = MetricsLog(run.output / "metrics.csv")
+    if checkpoint is None:
         write_json(run.output / "config.json", run.config.to_dict())
         write_manifest(run.output / "manifest.json", run.config.seed, run.device, run.dist.world_size)
-    elif run.metrics_log is not None:
-        run.metrics_log.truncate_after(run.state.epoch)
+        return
+    for name in RUN_FILES:
+        remove_stale_temps(run.output / name)
+    reconcile_metrics(run.metrics_log, checkpoint, run.state.epoch)
+    if run.config != saved:
+        write_json(run.output / "config.json", run.config.to_dict())
 
 
 def read_datasets(config: TrainConfig) -> tuple[DetectionDataset, DetectionDataset | None, list[str]]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
@@ -19,9 +21,24 @@ PRECISE_BN_IMAGES = 256
 """Training images whose statistics replace BatchNorm's running averages before eval mode is used."""
 
 
+def precise_bn_batches(model: nn.Module, num_images: int, batch_size: int) -> int:
+    """How many batches :func:`recompute_batchnorm_stats` runs over ``num_images`` (0: it will not)."""
+    from torch.nn.modules.batchnorm import _BatchNorm
+
+    if not any(isinstance(m, _BatchNorm) and m.track_running_stats for m in model.modules()):
+        return 0
+    return num_images // max(2, batch_size)
+
+
 @torch.no_grad()
 def recompute_batchnorm_stats(
-    model: nn.Module, dataset, indices: list[int], batch_size: int, workers: int, device: torch.device
+    model: nn.Module,
+    dataset,
+    indices: list[int],
+    batch_size: int,
+    workers: int,
+    device: torch.device,
+    on_batch: Callable[[int], None] | None = None,
 ) -> bool:
     """Replace BatchNorm running statistics by the exact mean and (biased) variance of each
     BatchNorm input over ``indices`` with the current weights ("precise BN", Wu & Johnson 2021).
@@ -31,6 +48,11 @@ def recompute_batchnorm_stats(
     training images with them). The model runs in train mode, as in training, so each layer sees
     the activations it was trained on; the biased variance is what train mode normalises with.
     A no-op (returns False) for networks without BatchNorm.
+
+    ``num_batches_tracked`` keeps its value (these passes are not training steps), and when the
+    pass is interrupted (Ctrl-C, an error) every BatchNorm buffer is put back as it was, so a
+    resumed run redoing it starts from the same state. ``on_batch(done)`` is called after each
+    batch (:func:`precise_bn_batches` of them).
     """
     from torch.nn.modules.batchnorm import _BatchNorm
     from torch.utils.data import Subset
@@ -51,17 +73,26 @@ def recompute_batchnorm_stats(
         entry[1] = entry[1] + (x * x).sum(dims)
         entry[2] += x.numel() // x.shape[1]
 
+    saved = [{name: buffer.clone() for name, buffer in norm.named_buffers(recurse=False)} for norm in norms]
     hooks = [norm.register_forward_pre_hook(collect) for norm in norms]
     was_training = model.training
     model.train()
+    finished = False
     try:
         loader = make_loader(Subset(dataset, indices), batch_size, shuffle=False, workers=workers, seed=0, drop_last=True)
-        for images, _ in iterate_loader(loader):
+        for done, (images, _) in enumerate(iterate_loader(loader), start=1):
             model(images.to(device))
+            if on_batch is not None:
+                on_batch(done)
+        finished = True
     finally:
         for hook in hooks:
             hook.remove()
         model.train(was_training)
+        for norm, buffers in zip(norms, saved):
+            for name, value in buffers.items():
+                if not finished or name == "num_batches_tracked":
+                    getattr(norm, name).copy_(value)
     for norm, (total, squares, count) in sums.items():
         mean = total / count
         norm.running_mean.copy_(mean)
