@@ -12,7 +12,6 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from ssdcli.wording import plural
 from ssdcli.cli.common import Device, err, error_boundary, out
 from ssdcli.config import (
     ARCH_NAMES, AUGMENTATIONS, PRIOR_FLAGS_CONFLICT, SCHEDULES, TrainConfig, recipe_default_text,
