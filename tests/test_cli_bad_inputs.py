@@ -155,7 +155,8 @@ def test_no_help_text_loses_bracketed_text_to_rich_markup():
     assert checked > 60  # every command's help, epilog and options were seen
 
     wide = {"COLUMNS": "300"}  # one line per option, so the text can be searched
-    assert "Base learning rate [default: 1e-3 x batch-size / 32]" in runner.invoke(app, ["train", "--help"], env=wide).stdout
+    lr_help = "Base learning rate (default: 0.001 x batch-size/32 for ssd300/ssd512, 0.05 x batch-size/16 for ssdlite320)"
+    assert lr_help in runner.invoke(app, ["train", "--help"], env=wide).stdout
     assert '"bbox": [x, y, w, h]' in runner.invoke(app, ["eval", "--help"], env=wide).stdout
 
 
