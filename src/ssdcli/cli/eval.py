@@ -13,6 +13,9 @@ from rich.progress import Progress
 from rich.table import Table
 
 from ssdcli.cli.common import Device, err, error_boundary, out
+from ssdcli.cli.runtime import (
+    RUNTIME_EPILOG, Backend, BackendOption, CalibrationOption, PrecisionOption, print_note, runtime_options,
+)
 from ssdcli.data.records import DetectionDataset
 from ssdcli.errors import UserError
 from ssdcli.evaluation import ClassResult, EvalResult, Metric, evaluate, load_detections, save_detections
@@ -26,6 +29,7 @@ EPILOG = """\
   ssd eval --detections dets.json --data VOCdevkit/VOC2007 --split test
   ssd eval --detections dets.json --data coco/annotations/instances_val2017.json --metric coco
   ssd eval --detections dets.json --data my_voc_folder --json metrics.json --plot-dir pr_curves
+  ssd eval --weights runs/train/best.pt --data my_voc_folder --precision int8 --calibration-data my_voc_folder
 
 [bold]Detections[/] are COCO results json: a list of {"image_id", "category_id", "bbox": [x, y, w, h],
 "score"} in original-image pixels. For VOC-style data image_id is the image file stem (a string)
@@ -36,7 +40,8 @@ are the json's own ids.
 the interpolated precision-recall curve), both per the PASCAL devkit with "difficult" objects
 ignored; coco = COCO box AP/AR (pycocotools COCOeval bbox numbers, computed by ssdcli's own
 evaluator; difficult VOC boxes become crowd "ignore" regions).
-"""
+
+""" + RUNTIME_EPILOG
 
 
 class MetricChoice(str, Enum):
@@ -166,16 +171,17 @@ def score_and_report(
 
 def _predict(
     weights: Path, data: Path, split: Optional[str], classes_file: Optional[Path], batch_size: int, device: str,
-    workers: int,
+    workers: int, runtime=None,
 ) -> tuple[DetectionDataset, list[dict]]:
     """Run a model over a dataset with the evaluation post-processing (score 0.01, NMS 0.45,
     200 per image); the dataset is read with the model's class list."""
     from ssdcli.inference import detect_dataset, load_detector
 
-    detector = load_detector(weights, device)
+    detector = load_detector(weights, device, runtime=runtime, notes=print_note)
     dataset = _read_dataset(data, split, classes_file, model_classes=detector.class_names)
     with Progress(console=err, transient=True, disable=not err.is_terminal) as bar:
-        task = bar.add_task(f"detecting with {escape(weights.name)}", total=len(dataset.records))
+        runs_on = f"{getattr(detector, 'backend', '')} {getattr(detector, 'precision', '')}".strip()
+        task = bar.add_task(f"detecting with {escape(weights.name)} ({runs_on})", total=len(dataset.records))
         detections = detect_dataset(
             detector, dataset, batch_size=batch_size, workers=workers,
             progress=lambda done, total: bar.update(task, completed=done),
@@ -189,7 +195,7 @@ def eval_command(
         Path, typer.Option("--data", help="The ground truth: a VOC folder / VOCdevkit or a COCO instances json.")
     ],
     weights: Annotated[
-        Optional[Path], typer.Option("--weights", help="A checkpoint (best.pt / last.pt) or exported .onnx model to run over --data and score.")
+        Optional[Path], typer.Option("--weights", help="A checkpoint (best.pt / last.pt) or exported model (.onnx, OpenVINO .xml) to run over --data and score.")
     ] = None,
     detections: Annotated[
         Optional[Path], typer.Option("--detections", help="Or: a COCO results json of detections to score (see below).")
@@ -215,13 +221,17 @@ def eval_command(
     batch_size: Annotated[int, typer.Option(help="With --weights: images per forward pass.")] = 8,
     device: Annotated[Device, typer.Option(help="With --weights: auto = CUDA when available.")] = Device.auto,
     workers: Annotated[int, typer.Option(help="With --weights: image-reading worker processes.")] = 2,
+    backend: BackendOption = Backend.auto,
+    precision: PrecisionOption = None,
+    calibration_data: CalibrationOption = None,
 ) -> None:
     if (weights is None) == (detections is None):
         raise UserError("give exactly one of --weights CKPT (run a model) or --detections FILE (score saved detections)")
     if batch_size < 1 or workers < 0:
         raise UserError("--batch-size must be >= 1 and --workers >= 0")
     if weights is not None:
-        dataset, scored = _predict(weights, data, split, classes, batch_size, device.value, workers)
+        runtime = runtime_options(backend, precision, calibration_data)
+        dataset, scored = _predict(weights, data, split, classes, batch_size, device.value, workers, runtime)
     else:
         dataset = _read_dataset(data, split, classes)
         scored = load_detections(detections, dataset)

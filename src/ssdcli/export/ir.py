@@ -141,7 +141,8 @@ def export_openvino(
         if from_onnx is None:
             onnx_path = Path(tmp) / "model.onnx"
             onnx_report = export_checkpoint(weights, onnx_path, options.onnx_options(), progress)
-            report = OpenVinoReport(output, onnx_report.metadata, options.precision, list(onnx_report.checks),
+            onnx_checks = [OutputCheck(f"onnx {c.name}", c.shape, c.max_diff, c.tolerance) for c in onnx_report.checks]
+            report = OpenVinoReport(output, onnx_report.metadata, options.precision, onnx_checks,
                                     batch_sizes=onnx_report.batch_sizes, note=onnx_report.note)
             if not onnx_report.passed:
                 return report

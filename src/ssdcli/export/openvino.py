@@ -19,7 +19,6 @@ int8 IR leaves unquantized, so int8 changes only what quantization changed.
 from __future__ import annotations
 
 import contextlib
-import functools
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -180,13 +179,10 @@ class OpenVinoDetector(OnnxDetector):
         self.mean = list(self.metadata.mean)
         self.std = list(self.metadata.std)
         self.class_names = list(self.metadata.class_names)
-
-    @functools.cached_property
-    def compiled(self) -> Any:
-        """The model compiled at :attr:`precision`, for any batch size (measured as fast as one
-        compiled per batch size, README "Benchmarks"), made on first use."""
+        # Compiled now, for any batch size (measured as fast as one compiled model per batch
+        # size, README "Benchmarks"), so the first batch's time is the network's own.
         config = {"INFERENCE_PRECISION_HINT": INFERENCE_PRECISION[self.precision], "PERFORMANCE_HINT": "LATENCY"}
-        return self.core.compile_model(self.model, "CPU", config)
+        self.compiled = self.core.compile_model(self.model, "CPU", config)
 
     def run(self, images: Tensor) -> tuple[Tensor, ...]:
         """The graph's outputs for ``images`` float Tensor[B, 3, S, S] normalised, as CPU tensors in
