@@ -11,6 +11,18 @@ import ssdcli  # noqa: F401  first, as the `ssd` command does: it sets the OpenM
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def export_cache(tmp_path_factory) -> Path:
+    """The export cache of ``--backend auto|onnxruntime|openvino`` in a session folder, never the
+    user's ~/.cache (ssdcli.export.cache.CACHE_ENV)."""
+    from ssdcli.export.cache import CACHE_ENV
+
+    folder = tmp_path_factory.mktemp("ssdcli-cache")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(CACHE_ENV, str(folder))
+        yield folder
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     """``../shared/data`` next to the repository; tests that need it skip when it is absent."""
