@@ -26,8 +26,8 @@ EPILOG = """\
   ssd export --weights runs/train/best.pt --format onnx --output raw.onnx --no-postprocess --opset 18
   ssd export --weights runs/train/best.pt --format torchscript --output best.torchscript.pt
   ssd export --weights runs/train/best.pt --format openvino --output best.xml
-  ssd export --weights runs/train/best.pt --format openvino --precision int8 --calibration-data my_data/ --output best-int8.xml
-  ssd export --weights runs/train/best.pt --format openvino --precision bf16 --val-data my_data/ --output best-bf16.xml
+  ssd export --weights runs/train/best.pt --format openvino --precision int8 --no-postprocess --calibration-data my_data/ --output best-int8.xml
+  ssd export --weights runs/train/best.pt --format openvino --precision bf16 --no-postprocess --val-data my_data/ --output best-bf16.xml
   ssd detect photos/ --weights best.onnx --output shown/
 
 [bold]Inputs[/]: images float32 [N, 3, S, S]: RGB, /255, then (x - mean) / std, resized to S x S without
@@ -46,7 +46,8 @@ torch.jit, which PyTorch has deprecated: it still loads with torch.jit.load, but
 export, any batch size, with the same metadata (in its rt_info) plus the precision it runs at. fp32 is
 compared with PyTorch like ONNX. bf16 and int8 (NNCF post-training quantization on --calibration-data) are
 judged by their VOC07 mAP change against fp32 on annotated images (--val-data, else the calibration data):
-above --max-map-drop points nothing is kept and the command exits 1.
+above --max-map-drop points nothing is kept and the command exits 1. bf16 and int8 models hold raw outputs
+(--no-postprocess): OpenVINO 2026.4's bf16 mode crashes on an embedded NMS that keeps nothing.
 """
 
 

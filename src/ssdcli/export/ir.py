@@ -32,6 +32,10 @@ from ssdcli.export.parity import OutputCheck, check_parity, sample_images
 from ssdcli.export.pipeline import ExportOptions, export_checkpoint
 
 Progress = Callable[[str], None]
+EMBEDDED_NMS_REASON = (
+    "bf16 and int8 OpenVINO models hold raw outputs (decoding and NMS then run in fp32, in ssdcli or your "
+    "code): OpenVINO's bf16 mode crashes on the embedded NMS when an image has no detection"
+)
 
 
 @dataclass(frozen=True)
@@ -63,6 +67,8 @@ class OpenVinoOptions:
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
             raise UserError(f"--precision {self.precision}: OpenVINO models are {', '.join(PRECISIONS)}")
+        if self.precision != "fp32" and self.postprocess:
+            raise UserError(f"--precision {self.precision}: {EMBEDDED_NMS_REASON}; add --no-postprocess")
         if self.precision == "int8" and self.calibration_data is None:
             raise UserError("--precision int8 needs --calibration-data DIR: a few hundred images of your data")
         if self.precision != "fp32" and self.check_accuracy and self.check_data is None and self.calibration_data is None:

@@ -169,6 +169,10 @@ class OpenVinoDetector(OnnxDetector):
             raise UserError(f"{self.path}: not an OpenVINO model OpenVINO can read ({first})") from exc
         self.metadata, stored = read_metadata(self.model, self.path)
         self.precision = resolve_precision(stored, precision, self.path)
+        if self.precision == "bf16" and self.metadata.postprocess:
+            # OpenVINO 2026.4, CPU, bf16: a segmentation fault when NMS inside the graph keeps nothing.
+            raise UserError(f"{self.path}: has decoding and NMS inside, which OpenVINO cannot run at bf16; "
+                            "use --precision fp32, or export with --no-postprocess")
         names = [output.get_any_name() for output in self.model.outputs]
         if names != list(self.metadata.outputs) or [i.get_any_name() for i in self.model.inputs] != [INPUT_NAME]:
             raise UserError(f"{self.path}: outputs {names} do not match its ssdcli metadata {list(self.metadata.outputs)}")
