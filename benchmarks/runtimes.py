@@ -21,6 +21,7 @@ native bf16 (AVX512-BF16 or AMX); elsewhere they read "n/a".
 from __future__ import annotations
 
 import hashlib
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -314,6 +315,7 @@ def runtime_suite(images_hwc: list[torch.Tensor], quick: bool, timing: Timing, w
     from ssdcli.hardware import describe_cpu
 
     cache = workloads.CACHE  # exports in runs/bench/exports, the auto decisions in runs/bench/choices
+    shutil.rmtree(cache / "choices", ignore_errors=True)  # `default` is what auto picks in this run
     batches = (1, 2) if quick else (1, 8)
     count = 8 if quick else CALIBRATION_IMAGES
     rows: list = []

@@ -89,6 +89,19 @@ def installed(backend: str) -> bool:
     return all(importlib.util.find_spec(name) is not None for name in PACKAGES[backend])
 
 
+def require(backend: str) -> None:
+    """Raises UserError, naming the extra to install, when ``backend``'s packages are missing."""
+    missing = [name for name in PACKAGES[backend] if importlib.util.find_spec(name) is None]
+    if "openvino" in missing:
+        from ssdcli.export.openvino import MISSING_OPENVINO
+
+        raise UserError(MISSING_OPENVINO)
+    if missing:
+        extra = "openvino" if backend == "openvino" else "export"
+        raise UserError(f"--backend {backend} needs {' and '.join(missing)}; install the extra with: "
+                        f"pip install 'ssdcli[{extra}]'")
+
+
 def check_combination(backend: str, precision: str, device: torch.device) -> None:
     """Raises UserError when ``backend`` cannot run at ``precision`` on ``device``."""
     if device.type == "cuda":
@@ -136,6 +149,8 @@ def checkpoint_detector(
     precision = resolve_precision(options.precision, device, notes)
     check_combination(options.backend, precision, device)
     checkpoint = load_checkpoint(weights)
+    if options.calibration_data is not None and precision != "int8":
+        notes(f"--calibration-data is for --precision int8; running at {precision} without it")
     if precision == "bf16" and device.type == "cpu":
         from ssdcli.hardware import bf16_note
 
@@ -207,15 +222,15 @@ class _Builder:
             model = model_from_checkpoint(self.checkpoint).to(self.device)
             return TorchDetector(model, self.device, self.settings, precision=self.precision,
                                  class_names=self.checkpoint["class_names"])
+        require(backend)
         if backend == "onnxruntime":
             from ssdcli.export.cache import cached_onnx
             from ssdcli.export.runtime import OnnxDetector
 
             return OnnxDetector(cached_onnx(self.weights, self.sha, arch, root, self.notes), self.settings)
         from ssdcli.export.cache import cached_openvino
-        from ssdcli.export.openvino import OpenVinoDetector, import_openvino
+        from ssdcli.export.openvino import OpenVinoDetector
 
-        import_openvino()  # the missing-package line before any export work
         calibration = None
         if self.precision == "int8":
             if self.options.calibration_data is None:

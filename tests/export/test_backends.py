@@ -70,6 +70,17 @@ def test_missing_openvino_is_one_line_saying_how_to_install(lite, monkeypatch):
         load_detector(lite.with_suffix(".xml"), "cpu")
 
 
+def test_missing_onnxruntime_names_the_export_extra(lite, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "onnxruntime" else real(name, *a))
+    with pytest.raises(UserError, match=r"--backend onnxruntime needs onnxruntime; install the extra with: "
+                                        r"pip install 'ssdcli\[export\]'"):
+        load_detector(lite, "cpu", runtime=RuntimeOptions(backend="onnxruntime"))
+    assert not backends.installed("onnxruntime") and backends.installed("torch")  # auto leaves it out
+
+
 def test_missing_nncf_is_one_line_for_int8(lite, tmp_path, monkeypatch):
     pytest.importorskip("openvino")
     monkeypatch.setitem(sys.modules, "nncf", None)
