@@ -42,11 +42,11 @@ After writing, the file is run (onnxruntime on CPU / torch.jit.load) on two samp
 compared with PyTorch; above tolerance nothing is kept and the command exits 1. TorchScript uses
 torch.jit, which PyTorch has deprecated: it still loads with torch.jit.load, but prefer ONNX.
 
-[bold]OpenVINO[/] (pip install 'ssdcli\\[openvino]'): an IR (.xml + .bin) converted from the checked ONNX
-export, any batch size, with the same metadata (in its rt_info) plus the precision it runs at. fp32 is
-compared with PyTorch like ONNX. bf16 and int8 (NNCF post-training quantization on --calibration-data) are
-judged by their VOC07 mAP change against fp32 on annotated images (--val-data, else the calibration data):
-above --max-map-drop points nothing is kept and the command exits 1. bf16 and int8 models hold raw outputs
+[bold]OpenVINO[/] (pip install 'ssdcli\\[openvino]'): an IR (.xml + .bin) converted from the checked ONNX \
+export, any batch size, with the same metadata (in its rt_info) plus the precision it runs at. fp32 is \
+compared with PyTorch like ONNX. bf16 and int8 (NNCF post-training quantization on --calibration-data) are \
+judged by their VOC07 mAP change against fp32 on annotated images (--val-data, else the calibration data): \
+above --max-map-drop points nothing is kept and the command exits 1. bf16 and int8 models hold raw outputs \
 (--no-postprocess): OpenVINO 2026.4's bf16 mode crashes on an embedded NMS that keeps nothing.
 """
 
