@@ -143,7 +143,7 @@ def run_suite(
     if device.type == "cuda" and only is None:
         rows += cuda_throughput(model, dataset, repeats, quick, progress)
     runtime_rows = []
-    if device.type == "cpu" and any(wanted(group) for group in RUNTIME_GROUPS):
+    if device.type == "cpu" and any(wanted(group) for group in RUNTIME_GROUPS):  # benchmarks/runtimes.py
         timing = runtimes.Timing(repeats, warmup, 0.0 if quick else MIN_SECONDS)
         runtime_rows, runtime_notes = runtimes.runtime_suite(images, quick, timing, wanted, progress)
         notes += runtime_notes

@@ -174,6 +174,11 @@ def export(
         run = lambda step: export_checkpoint(weights, target, options, progress=step)  # noqa: E731
     with err.status("exporting", spinner="dots") as status:
         report = run(lambda message: status.update(escape(message)))
+    _report(report, target, postprocess, format is Format.openvino)
+
+
+def _report(report, target: Path, postprocess: bool, openvino: bool) -> None:
+    """The parity (and accuracy) tables; exit 1 when a check failed, else the line of what was written."""
     out.print(parity_table(report))
     if getattr(report, "accuracy", None) is not None:
         out.print(accuracy_table(report.accuracy))
@@ -192,6 +197,6 @@ def export(
         if postprocess
         else "raw outputs"
     )
-    kind = f", {report.precision}" if format is Format.openvino else ""
+    kind = f", {report.precision}" if openvino else ""
     err.print(f"wrote {escape(str(target))} ({report.metadata.arch}{kind}, {embedded}, {_size(report.size_bytes)})",
               highlight=False)
