@@ -344,8 +344,11 @@ def runtime_suite(images_hwc: list[torch.Tensor], quick: bool, timing: Timing, w
 
 
 def render(rows: list, console) -> None:
-    """The runtime and mAP rows as two rich tables."""
+    """The runtime and mAP rows as two rich tables, at least 150 columns wide (names are long)."""
+    from rich.console import Console
     from rich.table import Table
+
+    console = Console(file=console.file, width=max(console.width, 150), force_terminal=console.is_terminal)
 
     from benchmarks.cases import TARGETS
 
@@ -362,7 +365,7 @@ def render(rows: list, console) -> None:
                           _ratio(row.ratio), _ms(row.fastest_external_ms), _ratio(row.ratio_to_fastest),
                           f"<= {target.limit}" if target else "",
                           "" if met is None else ("[green]yes[/]" if met else "[red]no[/]"))
-        console.print(table, width=max(console.width, 150))
+        console.print(table)
     accuracy = [r for r in rows if isinstance(r, MapRow)]
     if accuracy:
         table = Table(title="VOC07 mAP change against torch fp32 (points)")
@@ -375,7 +378,7 @@ def render(rows: list, console) -> None:
                           "n/a" if row.change_points is None else f"{row.change_points:+.2f}",
                           f">= -{limit}" if limit is not None else "",
                           "" if met is None else ("[green]yes[/]" if met else "[red]no[/]"))
-        console.print(table, width=max(console.width, 120))
+        console.print(table)
 
 
 MAP_TARGETS = {"bf16": 0.5, "int8": 1.0}
