@@ -57,6 +57,12 @@ TARGETS = {
     "eval_metrics": Target(0.5),
 }
 """Issue 9's targets on the 2-core CPU; the other rows are reported without one."""
+TARGETS.update({
+    f"detect_{arch}_b{batch}_{kind}": Target(1.1)
+    for arch in ("ssd300", "ssdlite320") for batch in (1, 8) for kind in ("default", "fastest")
+})
+"""Issue 17: ``ssd detect``'s default <= 1.1x the fastest external runtime at its precision, and its
+fastest setting <= 1.1x OpenVINO's fastest (benchmarks/runtimes.py)."""
 
 
 def detect_case(model: SSD, images_hwc: list[Tensor], device: torch.device) -> Case:

@@ -9,7 +9,8 @@ forward pass as a share of the machine's fp32 GEMM peak; ``--json FILE`` writes 
 ``{"name", "ours_ms", "reference_ms", "ratio"}``. ``--device cuda`` adds images/s at batch 1, 8
 and 64, fp32 and AMP, forward-only and end to end, and training images/s (as rows in ms per batch).
 ``--quick`` is the smoke-test size: 1 repeat, no warm-up, batch 2 instead of 8, a 1-step training;
-``--only a,b`` runs the named rows only.
+``--only a,b`` runs the named rows only; the runtime rows (:mod:`benchmarks.runtimes`) are named
+by group: ``runtimes_ssd300``, ``runtimes_ssdlite320``, ``map_change`` (``runtimes``: all three).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import argparse
 import json
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ssdcli.cli.process import limit_openmp_spin
@@ -28,11 +29,13 @@ import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `benchmarks` importable as a script
 
-from benchmarks import cases, workloads  # noqa: E402
+from benchmarks import cases, runtimes, workloads  # noqa: E402
 from benchmarks.timing import compare, conv_gflops, gemm_peak_gflops  # noqa: E402
 from ssdcli.data.transforms import to_model_input  # noqa: E402
 from ssdcli.models.winograd import nnpack_ready  # noqa: E402
 
+RUNTIME_GROUPS = ("runtimes_ssd300", "runtimes_ssdlite320", "map_change")
+"""``--only`` names of the runtime rows' groups (CPU only)."""
 CPU_REPEATS = 5
 MIN_SECONDS = 2.0
 """Each row times at least CPU_REPEATS calls per side and, for fast rows, more: 2 s in all."""
@@ -60,6 +63,7 @@ class Report:
     forward_gflop_per_image: float
     forward_batch: int
     notes: list[str]
+    runtime_rows: list = field(default_factory=list)
 
     def forward_share_of_peak(self) -> float | None:
         """Our forward pass's achieved GFLOP/s over the GEMM peak."""
@@ -84,7 +88,7 @@ def run_suite(
     rows: list[Row] = []
 
     def wanted(name: str) -> bool:
-        return only is None or name in only
+        return only is None or name in only or (name in RUNTIME_GROUPS and "runtimes" in only)
 
     def measure(name: str, case: Callable[[], cases.Case], case_device: torch.device = device) -> None:
         if not wanted(name):
@@ -143,6 +147,11 @@ def run_suite(
     notes.append(f"eval_metrics: {len(eval_dataset.records)} coco128 images, {len(detections)} detections")
     if device.type == "cuda" and only is None:
         rows += cuda_throughput(model, dataset, repeats, quick, progress)
+    runtime_rows = []
+    if device.type == "cpu" and any(wanted(group) for group in RUNTIME_GROUPS):  # benchmarks/runtimes.py
+        timing = runtimes.Timing(repeats, warmup, 0.0 if quick else MIN_SECONDS)
+        runtime_rows, runtime_notes = runtimes.runtime_suite(images, quick, timing, wanted, progress)
+        notes += runtime_notes
 
     progress("gemm peak")
     return Report(
@@ -152,6 +161,7 @@ def run_suite(
         forward_gflop_per_image=conv_gflops(model, model.image_size),
         forward_batch=1,
         notes=notes,
+        runtime_rows=runtime_rows,
     )
 
 
@@ -238,6 +248,7 @@ def render(report: Report, console) -> None:
             "" if met is None else ("[green]yes[/]" if met else "[red]no[/]"),
         )
     console.print(table)
+    runtimes.render(report.runtime_rows, console)
     for row in report.rows:
         if row.name.startswith("cuda_"):
             batch = int(row.name.rsplit("_b", 1)[1])
@@ -289,7 +300,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     render(report, console)
     if args.json is not None:
-        args.json.write_text(json.dumps([row.to_json() for row in report.rows], indent=2) + "\n")
+        rows = [row.to_json() for row in report.rows + report.runtime_rows]
+        args.json.write_text(json.dumps(rows, indent=2) + "\n")
     return 0
 
 

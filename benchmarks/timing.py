@@ -105,3 +105,30 @@ def conv_gflops(model: nn.Module, image_size: int) -> float:
         for hook in hooks:
             hook.remove()
     return total / 1e9
+
+
+def compare_many(
+    calls: dict[str, Callable[[], object]],
+    repeats: int,
+    device: torch.device,
+    warmup: int = 1,
+    min_seconds: float = 0.0,
+) -> dict[str, float]:
+    """Median milliseconds of each of ``calls``, measured round-robin (one call of each per round),
+    as :func:`compare` does for two: a burst of foreign load hits every side alike.
+
+    Rounds go on past ``repeats`` (up to :data:`MAX_REPEATS`) until all sides together took
+    ``min_seconds``.
+    """
+    for _ in range(warmup):
+        for fn in calls.values():
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in calls}
+    rounds = 0
+    while rounds < repeats or (
+        sum(sum(t) for t in times.values()) < min_seconds * 1000.0 and rounds < MAX_REPEATS
+    ):
+        for name, fn in calls.items():
+            times[name].append(time_ms(fn, device))
+        rounds += 1
+    return {name: statistics.median(values) for name, values in times.items()}

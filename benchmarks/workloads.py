@@ -219,3 +219,19 @@ def _result(image_id, category_id, x, y, w, h, score, record) -> dict:
     x, y = min(max(x, 0.0), record.width - 1.0), min(max(y, 0.0), record.height - 1.0)
     w, h = max(min(w, record.width - x), 1.0), max(min(h, record.height - y), 1.0)
     return {"image_id": image_id, "category_id": int(category_id), "bbox": [x, y, w, h], "score": float(score)}
+
+
+def trained_checkpoint(setup: TrainingSetup, progress=None) -> tuple[Path, Path]:
+    """The bench SSDLite's checkpoint (trained by :func:`trained_outputs` when missing) and the
+    synthetic dataset it was trained on (the same files: ``make_synthetic_dataset`` is
+    deterministic), both kept in ``runs/bench/``."""
+    from ssdcli.data.synth import make_synthetic_dataset
+
+    path = CACHE / f"{setup.arch}-{setup.key()}.pt"
+    if not path.is_file():
+        trained_outputs(setup, 1, progress)
+    count = max(setup.images, 10)
+    synth = CACHE / f"synth-{count}"
+    if not (synth / "ImageSets" / "Main" / "val.txt").is_file():
+        make_synthetic_dataset(synth, num_images=count, seed=0, overwrite=True)
+    return path, synth

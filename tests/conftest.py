@@ -15,6 +15,16 @@ def pytest_configure(config: pytest.Config) -> None:
     # The test process runs under the OpenMP spin limit the `ssd` command sets, before any test
     # module imports torch: speed only, no result depends on it (tests/test_import_side_effects.py).
     limit_openmp_spin()
+@pytest.fixture(scope="session", autouse=True)
+def export_cache(tmp_path_factory) -> Path:
+    """The export cache of ``--backend auto|onnxruntime|openvino`` in a session folder, never the
+    user's ~/.cache (ssdcli.export.cache.CACHE_ENV)."""
+    from ssdcli.export.cache import CACHE_ENV
+
+    folder = tmp_path_factory.mktemp("ssdcli-cache")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(CACHE_ENV, str(folder))
+        yield folder
 
 
 @pytest.fixture(scope="session")

@@ -163,3 +163,37 @@ def test_compare_times_fast_cases_for_min_seconds_and_slow_ones_repeats_times():
     calls.update(ours=0, reference=0)
     timing.compare(sleeper("ours", 0.0), None, 5, torch.device("cpu"), 0, 1e9)
     assert calls["ours"] == timing.MAX_REPEATS
+
+
+@pytest.mark.slow
+def test_quick_runtime_rows_time_every_backend_and_score_the_precisions(shared_data, tmp_path, monkeypatch):
+    pytest.importorskip("openvino")
+    from ssdcli.hardware import native_bf16
+
+    monkeypatch.setattr(workloads, "CACHE", tmp_path / "bench")  # exports, the SSDLite, decisions: all fresh
+    out = tmp_path / "bench.json"
+    assert run.main(["--quick", "--only", "runtimes_ssdlite320,map_change", "--json", str(out)]) == 0
+    rows = {row["name"]: row for row in json.loads(out.read_text())}
+    combos = ["torch_fp32", "torch_bf16", "onnxruntime_fp32", "openvino_fp32", "openvino_bf16", "openvino_int8"]
+    for batch in (1, 2):
+        prefix = f"detect_ssdlite320_b{batch}"
+        for combo in combos:
+            row = rows[f"{prefix}_{combo}"]
+            if "bf16" in combo and not native_bf16():
+                assert row["ours_ms"] is None and row["note"].startswith("n/a")
+                continue
+            assert row["ours_ms"] > 0 and row["ratio"] == pytest.approx(row["ours_ms"] / row["reference_ms"])
+            assert row["ratio_to_fastest"] == pytest.approx(row["ours_ms"] / row["fastest_external_ms"])
+        externals = [r for name, r in rows.items() if name.startswith(f"{prefix}_external_")]
+        assert {r["name"].rsplit("external_", 1)[1] for r in externals} >= {"onnxruntime_fp32", "openvino_fp32", "openvino_int8"}
+        fastest = min(r["ours_ms"] for r in externals)
+        assert all(r["fastest_external_ms"] == fastest for r in externals)
+        default = rows[f"{prefix}_default"]
+        assert default["note"].removeprefix("= ") in combos and default["ours_ms"] == rows[
+            f"{prefix}_{default['note'][2:]}"]["ours_ms"]
+        assert rows[f"{prefix}_fastest"]["ours_ms"] == min(
+            rows[f"{prefix}_{c}"]["ours_ms"] for c in combos if rows[f"{prefix}_{c}"]["ours_ms"] is not None)
+    for combo in ("onnxruntime_fp32", "openvino_fp32", "torch_bf16", "openvino_bf16", "openvino_int8"):
+        row = rows[f"map_change_ssdlite320_{combo}"]
+        if row["map"] is not None:
+            assert row["change_points"] == pytest.approx(100 * (row["map"] - row["map_fp32"]))

@@ -96,7 +96,7 @@ def test_detect_gives_eval_inference_detections_on_real_images(shared_data, mode
 
     files = [str(record.image_path) for record in dataset.records]
     out_json, coco_json = tmp_path / "dets.json", tmp_path / "coco.json"
-    result = run(*files, "--weights", str(weights), "--min-score", "0.05", "--top-k", "20",
+    result = run(*files, "--weights", str(weights), "--backend", "torch", "--min-score", "0.05", "--top-k", "20",
                  "--batch-size", "4", "--workers", "0", "--device", "cpu",
                  "--json", str(out_json), "--coco-json", str(coco_json))
     assert result.exit_code == 0, result.output

@@ -203,7 +203,7 @@ def test_weights_are_loaded_by_load_detector_checkpoint_and_onnx(tmp_path):
     (tmp_path / "classes.txt").write_text("\n".join(classes) + "\n")  # the model's list, as --weights reads with
 
     metrics = {}
-    for kind, flags in (("weights", ["--weights", str(weights), "--device", "cpu", "--workers", "0"]),
+    for kind, flags in (("weights", ["--weights", str(weights), "--backend", "torch", "--device", "cpu", "--workers", "0"]),
                         ("detections", ["--detections", str(tmp_path / "expected.json"),
                                         "--classes", str(tmp_path / "classes.txt")])):
         target = tmp_path / f"{kind}.json"

@@ -8,6 +8,7 @@ pre-processing of evaluation) while the model runs; post-processing is
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -24,6 +25,7 @@ from ssdcli.data.images import read_image_rgb, read_image_rgb_at_least
 from ssdcli.data.records import DetectionDataset
 from ssdcli.data.resolution import inference_side
 from ssdcli.data.transforms import normalize, resize_uint8
+from ssdcli.backends import RuntimeOptions
 from ssdcli.errors import DataError, UserError
 from ssdcli.postprocess import Detections, PostprocessSettings, postprocess
 from ssdcli.score_hint import best_class_scores
@@ -148,9 +150,22 @@ class Detector(Protocol):
         ...
 
 
+AUTOCAST_DTYPES: dict[str, torch.dtype] = {"fp16": torch.float16, "bf16": torch.bfloat16}
+"""``precision`` -> the autocast dtype of :class:`TorchDetector` (fp32: no autocast)."""
+
+
 class TorchDetector:
     """A PyTorch :class:`~ssdcli.models.SSD` plus the shared post-processing (the :class:`Detector`
-    that eval, validation and detect all use)."""
+    that eval, validation and detect all use).
+
+    Args:
+        precision: ``fp32``; ``fp16`` / ``bf16`` autocast (CUDA, or bf16 on the CPU: the model is
+            then made channels-last, runs whole batches and the direct convolutions, since
+            NNPACK's Winograd path is fp32-only); ``None``: ``fp16`` when ``amp``, else ``fp32``.
+            Post-processing always runs in fp32.
+    """
+
+    backend = "torch"
 
     def __init__(
         self,
@@ -159,14 +174,23 @@ class TorchDetector:
         settings: PostprocessSettings = PostprocessSettings(),
         amp: bool = False,
         class_names: Sequence[str] = (),
+        precision: str | None = None,
     ) -> None:
         from ssdcli.models import micro_batch_size, priors_for_model
 
+        self.precision = precision or ("fp16" if amp else "fp32")
+        if self.precision not in ("fp32", *AUTOCAST_DTYPES):
+            raise ValueError(f"TorchDetector runs at fp32, fp16 or bf16, not {self.precision}")
+        self.amp = self.precision != "fp32"
+        self.channels_last = self.precision == "bf16" and device.type == "cpu"
         self.model = model.eval()
         self.device = device
-        self.micro_batch = micro_batch_size(model, device)
+        # bf16 on the CPU: one call for the whole batch measured faster than image by image
+        # (README "Benchmarks"); fp32 keeps the measured micro-batch of micro_batch_size.
+        self.micro_batch = None if self.channels_last else micro_batch_size(model, device)
+        if self.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
         self.settings = settings
-        self.amp = amp
         self.priors = priors_for_model(model).to(device)  # (P, 4) cxcywh normalised
         self.variances = model.prior_spec.variances
         self.image_size: int = model.image_size
@@ -174,14 +198,27 @@ class TorchDetector:
         self.std = list(model.std)
         self.class_names = list(class_names)
 
+    def _forward_context(self) -> contextlib.ExitStack:
+        stack = contextlib.ExitStack()
+        stack.enter_context(torch.inference_mode())
+        if self.amp:
+            stack.enter_context(torch.autocast(self.device.type, dtype=AUTOCAST_DTYPES[self.precision]))
+            if self.device.type == "cpu":
+                from ssdcli.models.winograd import direct_convolutions
+
+                stack.enter_context(direct_convolutions())  # NNPACK would run fp32 under autocast
+        return stack
+
     def predict(
         self, images: Tensor, sizes: Sequence[tuple[int, int]], timings: Timings | None = None
     ) -> list[Detections]:
         from ssdcli.models import forward_in_slices
 
         batch = images.to(self.device, non_blocking=True)
+        if self.channels_last:
+            batch = batch.contiguous(memory_format=torch.channels_last)
         start = time.perf_counter()
-        with torch.inference_mode(), torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp):
+        with self._forward_context():
             cls_logits, box_deltas = forward_in_slices(self.model, batch, self.micro_batch)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
@@ -357,35 +394,37 @@ def find_default_weights(root: Path) -> Path | None:
 
 
 def load_detector(
-    weights: str | os.PathLike[str], device: str = "auto", settings: PostprocessSettings = PostprocessSettings()
+    weights: str | os.PathLike[str],
+    device: str = "auto",
+    settings: PostprocessSettings = PostprocessSettings(),
+    runtime: RuntimeOptions | None = None,
+    notes: Callable[[str], None] | None = None,
 ) -> Detector:
-    """The :class:`Detector` for a weights file: the one place that chooses a backend by file type.
+    """The :class:`Detector` for a weights file: the one place that chooses a backend.
 
     Args:
-        weights: an ssdcli checkpoint (``.pt``), or a model written by ``ssd export --format onnx``
-            (``.onnx``, run by onnxruntime on the CPU; ``device`` does not apply to it).
-        device: ``auto`` (CUDA when available), ``cpu``, ``cuda``, ``cuda:N``. A checkpoint runs
-            with float16 autocast on CUDA, so ``ssd eval`` and ``ssd detect`` give the same
-            detections on one device.
+        weights: an ssdcli checkpoint (``.pt``), or a model written by ``ssd export``: ``.onnx``
+            (onnxruntime) or ``.xml`` (OpenVINO IR), both on the CPU.
+        device: ``auto`` (CUDA when available), ``cpu``, ``cuda``, ``cuda:N``.
         settings: post-processing (the evaluation defaults unless given).
+        runtime: ``--backend`` / ``--precision`` / ``--calibration-data``
+            (:mod:`ssdcli.backends`); ``None``: a checkpoint runs on PyTorch at the device's
+            default precision (fp32 on the CPU, fp16 autocast on CUDA, so ``ssd eval`` and
+            ``ssd detect`` give the same detections on one device), an export on its runtime.
+        notes: called with each line the user should see (what ``auto`` chose and why, an
+            export into the cache, bf16 emulated on this CPU, a default that changes detections).
 
     Raises:
-        UserError: a file that is not a usable checkpoint or ONNX model, or an unusable device.
+        UserError: a file that is not a usable checkpoint or exported model, an unusable device,
+            backend or precision, a missing optional package.
     """
-    from ssdcli.checkpoint import load_checkpoint
-    from ssdcli.models import model_from_checkpoint
+    from ssdcli.backends import checkpoint_detector, exported_detector
 
     weights = Path(weights)
-    if weights.suffix.lower() == ".onnx":
-        from ssdcli.export.runtime import OnnxDetector
-
-        return OnnxDetector(weights, settings)
-    torch_device = resolve_device(device)
-    checkpoint = load_checkpoint(weights)
-    model = model_from_checkpoint(checkpoint, source=weights).to(torch_device)
-    return TorchDetector(
-        model, torch_device, settings, amp=torch_device.type == "cuda", class_names=checkpoint["class_names"]
-    )
+    if weights.suffix.lower() in (".onnx", ".xml"):
+        return exported_detector(weights, device, settings, runtime)
+    runtime = runtime if runtime is not None else RuntimeOptions(backend="torch")
+    return checkpoint_detector(weights, resolve_device(device), settings, runtime, notes or (lambda message: None))
 
 
 def resolve_device(name: str) -> torch.device:

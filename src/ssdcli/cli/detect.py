@@ -12,6 +12,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from ssdcli.cli.common import Device, err, error_boundary, out
+from ssdcli.cli.runtime import (
+    RUNTIME_EPILOG, Backend, BackendOption, CalibrationOption, PrecisionOption, print_note, runtime_options,
+)
 from ssdcli.errors import UserError
 from ssdcli.wording import plural
 
@@ -29,6 +32,8 @@ EPILOG = """\
   ssd detect --webcam 0 --output live/       # until Ctrl-C; --show: window
   ssd detect imgs/ --min-score 0.01 --coco-json dets.json --weights best.pt
   ssd eval --detections dets.json --data VOC # ...and score them
+  ssd detect photos/ --backend openvino --precision bf16
+  ssd detect photos/ --precision int8 --calibration-data my_data/
 
 [bold]Sources[/]: image files; folders (searched recursively, only image extensions are taken, \
 sub-folders are kept under --output); glob patterns, quoted so ssd expands them (** recurses); \
@@ -45,9 +50,9 @@ When nothing scores above --min-score, a warning gives the best score seen and a
 (e.g. runs/demo/train/best.pt after `make demo`; else the newest last.pt), named on stderr. \
 Pre-processing and class names come from the checkpoint.
 
+""" + RUNTIME_EPILOG + """
 [bold]CPU speed[/]: large JPEGs are decoded at 1/2-1/8 scale while they keep twice the network's input size (detections stay in the file's pixels). SSDCLI_WINOGRAD=1 in the environment computes SSD300 / SSD512's large 3x3 convolutions with Winograd's algorithm (NNPACK, inside torch): faster on some CPUs, slower on others (measure: benchmarks/run.py --only forward_ssd300,forward_ssd300_winograd); outputs move by ~1e-5 of their largest value. SSDCLI_EXACT_CONV=1 computes every convolution directly.
 """
-
 
 
 class ProgressEvents:
@@ -71,8 +76,8 @@ class ProgressEvents:
         pass
 
 
-def summary_tables(summary: DetectSummary) -> list[Table]:
-    """Counts per class and the time per image by stage."""
+def summary_tables(summary: DetectSummary, runtime: str = "") -> list[Table]:
+    """Counts per class and the time per image by stage (``runtime``: e.g. ``onnxruntime fp32``)."""
     counts = Table(title=f"detections: {plural(summary.images, 'image')}, {plural(summary.frames, 'video frame')}"
                    + (f", {summary.unreadable} unreadable" if summary.unreadable else ""))
     counts.add_column("class")
@@ -85,7 +90,7 @@ def summary_tables(summary: DetectSummary) -> list[Table]:
 
     timings, wall_seconds = summary.timings, summary.seconds
     done = max(timings.images, 1)
-    times = Table(title="time per image (ms)")
+    times = Table(title="time per image (ms)" + (f", {runtime}" if runtime else ""))
     times.add_column("stage")
     times.add_column("ms / image", justify="right")
     times.add_row("read + pre-process (in loader workers, overlaps the rest)", f"{1000 * timings.read / done:.1f}")
@@ -106,7 +111,7 @@ def detect(
         Optional[list[str]], typer.Argument(metavar="SOURCE", help="Image files, folders, quoted glob patterns or video files.", show_default=False)
     ] = None,
     weights: Annotated[
-        Optional[Path], typer.Option("--weights", help="Checkpoint (.pt) or exported model (.onnx); default: the newest best.pt under runs/, else last.pt.")
+        Optional[Path], typer.Option("--weights", help="Checkpoint (.pt) or exported model (.onnx, OpenVINO .xml); default: the newest best.pt under runs/, else last.pt.")
     ] = None,
     min_score: Annotated[float, typer.Option("--min-score", help="Keep detections scoring above this (0-1).")] = 0.3,
     nms_iou: Annotated[float, typer.Option("--nms-iou", help="NMS: drop a box overlapping a better one of its class by more than this IoU.")] = 0.45,
@@ -128,6 +133,9 @@ def detect(
         Optional[int], typer.Option("--webcam", help="Also read camera N (e.g. 0) until Ctrl-C or the stream ends.")
     ] = None,
     show: Annotated[bool, typer.Option("--show", help="Also show the rendered images in a window (q to stop).")] = False,
+    backend: BackendOption = Backend.auto,
+    precision: PrecisionOption = None,
+    calibration_data: CalibrationOption = None,
 ) -> None:
     from ssdcli.detect import DetectOptions, plan_detection, run_detection
     from ssdcli.inference import find_default_weights, load_detector
@@ -148,14 +156,15 @@ def detect(
             raise UserError("no best.pt or last.pt under runs/ in the current folder; pass --weights CKPT")
         why = "the newest best.pt under runs/" if weights.name == "best.pt" else "no best.pt under runs/; the newest last.pt"
         err.print(f"using {escape(str(weights))} ({why}; pass --weights to choose)", highlight=False)
-    detector = load_detector(weights, device.value, settings)
+    runtime = runtime_options(backend, precision, calibration_data)
+    detector = load_detector(weights, device.value, settings, runtime, notes=print_note)
 
     columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=err, transient=True, disable=not err.is_terminal) as progress:
         summary = run_detection(detector, plan, options, ProgressEvents(progress))
     if summary.stopped is not None:
         err.print(f"stopped reading {escape(summary.stopped)}", highlight=False)
-    for table in summary_tables(summary):
+    for table in summary_tables(summary, f"{getattr(detector, 'backend', '')} {getattr(detector, 'precision', '')}".strip()):
         out.print(table)
     for path, count in ((json_file, summary.json_entries), (coco_json, summary.coco_entries)):
         if count is not None:

@@ -12,6 +12,9 @@ from rich.progress import Progress
 from rich.table import Table
 
 from ssdcli.cli.common import Device, err, error_boundary, out
+from ssdcli.cli.runtime import (
+    RUNTIME_EPILOG, Backend, BackendOption, CalibrationOption, PrecisionOption, print_note, runtime_options,
+)
 from ssdcli.data.records import DetectionDataset
 from ssdcli.errors import UserError
 from ssdcli.wording import plural
@@ -29,6 +32,7 @@ EPILOG = """\
   ssd eval --detections dets.json --data my_voc_folder --json metrics.json --plot-dir pr_curves
   ssd eval --weights runs/train/best.pt --data VOCdevkit --split 2007-test --analysis analysis
   ssd eval --detections dets.json --data my_data --analysis analysis --similar similar.txt
+  ssd eval --weights runs/train/best.pt --data my_voc_folder --precision int8 --calibration-data my_voc_folder
 
 [bold]Detections[/] are COCO results json: a list of {"image_id", "category_id", "bbox": \\[x, y, w, h],
 "score"} in original-image pixels. For VOC-style data image_id is the image file stem (a string)
@@ -52,7 +56,7 @@ a confusion matrix with a background row and column (PNG + CSV), TIDE's dAP per 
 For the PASCAL VOC classes the similar classes and groups are the paper's (animals, vehicles,
 furniture); for other data give --similar FILE, one group per line, names separated by commas,
 optionally named ("pets: cat, dog"). The folder must be new, empty or an earlier analysis.
-"""
+""" + RUNTIME_EPILOG
 
 
 class MetricChoice(str, Enum):
@@ -181,7 +185,7 @@ def score_and_report(
 
 def _predict(
     weights: Path, data: Path, split: Optional[str], classes_file: Optional[Path], batch_size: int, device: str,
-    workers: int,
+    workers: int, runtime=None,
 ) -> tuple[DetectionDataset, list[dict]]:
     """Run a model over a dataset with the evaluation post-processing (score 0.01, NMS 0.45,
     200 per image), scoring the model's classes (or the --classes file's, which it must know)."""
@@ -189,7 +193,7 @@ def _predict(
     from ssdcli.evaluation.classes import align_classes, check_listed_classes
     from ssdcli.inference import detect_dataset, load_detector
 
-    detector = load_detector(weights, device)
+    detector = load_detector(weights, device, runtime=runtime, notes=print_note)
     if classes_file is not None:  # before reading the data: a wrong name fails fast
         check_listed_classes(load_classes_file(classes_file), detector.class_names)
     dataset = _read_dataset(data, split, classes_file)
@@ -197,7 +201,8 @@ def _predict(
     for message in warnings:
         err.print(f"[yellow]warning:[/] {escape(message)}", highlight=False)
     with Progress(console=err, transient=True, disable=not err.is_terminal) as bar:
-        task = bar.add_task(f"detecting with {escape(weights.name)}", total=len(dataset.records))
+        runs_on = f"{getattr(detector, 'backend', '')} {getattr(detector, 'precision', '')}".strip()
+        task = bar.add_task(f"detecting with {escape(weights.name)} ({runs_on})", total=len(dataset.records))
         detections = detect_dataset(
             detector, dataset, batch_size=batch_size, workers=workers,
             progress=lambda done, total: bar.update(task, completed=done),
@@ -211,7 +216,7 @@ def eval_command(
         Path, typer.Option("--data", help="The ground truth: a VOC folder / VOCdevkit or a COCO instances json.")
     ],
     weights: Annotated[
-        Optional[Path], typer.Option("--weights", help="A checkpoint (best.pt / last.pt) or exported .onnx model to run over --data and score.")
+        Optional[Path], typer.Option("--weights", help="A checkpoint (best.pt / last.pt) or exported model (.onnx, OpenVINO .xml) to run over --data and score.")
     ] = None,
     detections: Annotated[
         Optional[Path], typer.Option("--detections", help="Or: a COCO results json of detections to score (see below).")
@@ -247,6 +252,9 @@ def eval_command(
         float, typer.Option("--conf-threshold", help="With --analysis: score threshold of the confusion matrix and worst images.")
     ] = 0.3,
     worst: Annotated[int, typer.Option("--worst", help="With --analysis: how many worst images to draw.")] = 20,
+    backend: BackendOption = Backend.auto,
+    precision: PrecisionOption = None,
+    calibration_data: CalibrationOption = None,
 ) -> None:
     if (weights is None) == (detections is None):
         raise UserError("give exactly one of --weights CKPT (run a model) or --detections FILE (score saved detections)")
@@ -263,7 +271,8 @@ def eval_command(
 
     settings = analysis_settings(analysis, similar, conf_threshold, worst)
     if weights is not None:
-        dataset, scored = _predict(weights, data, split, classes, batch_size, device.value, workers)
+        runtime = runtime_options(backend, precision, calibration_data)
+        dataset, scored = _predict(weights, data, split, classes, batch_size, device.value, workers, runtime)
     else:
         dataset = _read_dataset(data, split, classes, need_pixels=False)
         scored = load_detections(detections, dataset)

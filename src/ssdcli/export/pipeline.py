@@ -218,9 +218,11 @@ def _write(
         raise UserError(f"--output {output}: cannot write there ({exc.strerror or exc})") from exc
 
 
-def default_output(weights: str | os.PathLike[str], fmt: str, postprocess: bool) -> Path:
+def default_output(weights: str | os.PathLike[str], fmt: str, postprocess: bool, precision: str = "fp32") -> Path:
     """``runs/train/best.pt`` -> ``runs/train/best.onnx`` (``best-raw.onnx`` without
-    post-processing; ``best.torchscript.pt`` for TorchScript)."""
+    post-processing; ``best.torchscript.pt`` for TorchScript; ``best.xml`` for OpenVINO,
+    ``best-int8.xml`` at another precision than fp32)."""
     weights = Path(weights)
-    stem = weights.stem + ("" if postprocess else "-raw")
-    return weights.with_name(f"{stem}.onnx" if fmt == "onnx" else f"{stem}.torchscript.pt")
+    stem = weights.stem + ("" if postprocess else "-raw") + ("" if precision == "fp32" else f"-{precision}")
+    suffix = {"onnx": ".onnx", "openvino": ".xml"}.get(fmt, ".torchscript.pt")
+    return weights.with_name(stem + suffix)

@@ -46,6 +46,9 @@ class OnnxDetector:
             settings cannot be applied to its embedded post-processing.
     """
 
+    backend = "onnxruntime"
+    precision = "fp32"
+
     def __init__(
         self,
         path: str | os.PathLike[str],
