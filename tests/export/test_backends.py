@@ -179,9 +179,12 @@ def test_bf16_on_the_cpu_runs_the_direct_convolutions_in_bf16(monkeypatch):
     hook.remove()
     assert calls == [] and captured["dtype"] == torch.bfloat16 and detector.micro_batch is None
     assert model.backbone.vgg[0].weight.is_contiguous(memory_format=torch.channels_last)
-    if nnpack_ready() and __import__("ssdcli").OPENMP_YIELDS:
-        TorchDetector(model, CPU, precision="fp32").predict(image, [(300, 300)])
-        assert calls  # the check above can fail: fp32 does take the Winograd path here
+    if nnpack_ready():
+        from ssdcli.models.winograd import winograd_convolutions
+
+        with winograd_convolutions():
+            TorchDetector(model, CPU, precision="fp32").predict(image, [(300, 300)])
+        assert calls  # the check above can fail: fp32 asked for Winograd does take that path here
 
 
 @pytest.mark.gpu
