@@ -145,9 +145,16 @@ def test_the_schema_has_exactly_the_documented_keys():
     model = tiny_model()
     best = model_payload(model)
     assert list(best) == [
-        "model", "arch", "num_classes", "options", "class_names", "image_size", "mean", "std", "priors",
-        "postprocess", "config", "metrics",
+        "model", "arch", "num_classes", "options", "class_names", "category_ids", "ignored_labels", "image_size",
+        "channel_order", "mean", "std", "resize", "priors", "postprocess", "imported_from", "config", "metrics",
     ]
+    assert FORMAT_VERSION == 2
+    assert (best["category_ids"], best["ignored_labels"], best["channel_order"], best["resize"]) == (None, [], "rgb", "uint8")
+    assert best["imported_from"] is None and best["postprocess"]["rule"] == "caffe"
+    # each key of the layout in the module docstring, and only those
+    documented = checkpoint.__doc__.split("Layout")[1].split("Keys marked")[0]
+    for key in [*best, "format", "format_version", *RESUME_KEYS]:
+        assert f"\n    {key} " in documented or f", {key}" in documented or f"\n    {key}," in documented, key
     assert best["priors"] == SETTINGS["prior_spec"] and best["postprocess"] == PostprocessSettings().to_dict()
     # the weights are a detached CPU copy of the state dict, in its order
     assert list(best["model"]) == list(model.state_dict()) and not best["model"]["0.weight"].requires_grad
@@ -308,6 +315,64 @@ def test_bare_state_dict_and_foreign_dicts_are_refused(tmp_path):
     torch.save(payload, other)
     with pytest.raises(CheckpointError, match="missing class_names, priors"):
         load_checkpoint(other)
+
+
+# ------------------------------------------------------------------------------- format versions
+
+
+def test_a_version_1_checkpoint_loads_with_its_meaning(tmp_path):
+    payload = model_payload(tiny_model())
+    for key in ("category_ids", "ignored_labels", "channel_order", "resize", "imported_from"):
+        del payload[key]
+    payload["postprocess"] = {k: v for k, v in payload["postprocess"].items() if k != "rule"}
+    path = tmp_path / "v1.pt"
+    torch.save({"format": FORMAT, "format_version": 1, **payload}, path)
+    loaded = load_checkpoint(path)
+    assert (loaded["channel_order"], loaded["resize"], loaded["category_ids"]) == ("rgb", "uint8", None)
+    assert (loaded["ignored_labels"], loaded["imported_from"]) == ([], None)
+    # version 1 clipped every box before NMS: its files keep that rule
+    assert loaded["postprocess"] == {**PostprocessSettings().to_dict(), "rule": "torchvision"}
+    # the same keys missing from a version-2 file get the same defaults, but the default rule
+    torch.save({"format": FORMAT, "format_version": 2, **payload}, path)
+    loaded = load_checkpoint(path)
+    assert loaded["channel_order"] == "rgb" and PostprocessSettings(**loaded["postprocess"]).rule == "caffe"
+
+
+def test_import_fields_round_trip(tmp_path):
+    payload = model_payload(tiny_model())
+    payload.update(channel_order="bgr", resize="cv2", category_ids=[1, 3], ignored_labels=[2],
+                   imported_from={"source": "x.pth", "format": "ssd.pytorch"})
+    payload["postprocess"]["rule"] = "torchvision"
+    save_checkpoint(tmp_path / "m.pt", payload)
+    loaded = load_checkpoint(tmp_path / "m.pt")
+    for key in ("channel_order", "resize", "category_ids", "ignored_labels", "imported_from", "postprocess"):
+        assert loaded[key] == payload[key], key
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda p: p.update(channel_order="RGB"), r"'channel_order' is 'RGB', expected one of rgb, bgr"),
+        (lambda p: p.update(resize="nearest"), r"'resize' is 'nearest', expected one of uint8, float, cv2"),
+        (lambda p: p.update(category_ids=[1]), r"'category_ids' is \[1\], expected None or 2 integers"),
+        (lambda p: p.update(category_ids=["1", 2]), r"'category_ids' is \['1', 2\]"),
+        (lambda p: p.update(ignored_labels=[3]), r"'ignored_labels' is \[3\], expected a list of labels in 1\.\.2"),
+        (lambda p: p.update(ignored_labels=None), r"'ignored_labels' is None"),
+        (lambda p: p.update(imported_from={"source": "x"}), r"'imported_from' is \{'source': 'x'\}, expected None or"),
+        (lambda p: p["postprocess"].update(rule="clip"), r"'postprocess' is .*: post-processing rule 'clip'"),
+        (lambda p: p["postprocess"].update(nms_iou=0), r"'postprocess' is .*: --nms-iou 0: must be in"),
+        (lambda p: p["postprocess"].update(colour=1), r"'postprocess' is .*unexpected keyword argument 'colour'"),
+    ],
+)
+def test_malformed_version_2_fields_are_refused_at_load_in_one_line(tmp_path, change, message):
+    payload = model_payload(tiny_model())
+    change(payload)
+    path = _raw_save(tmp_path / "best.pt", payload)
+    with pytest.raises(CheckpointError, match=message) as info:
+        load_checkpoint(path)
+    assert str(info.value).startswith(f"{path}: unusable ssdcli checkpoint: ") and "\n" not in str(info.value)
+    with pytest.raises(ValueError, match=message):
+        save_checkpoint(tmp_path / "again.pt", payload)
 
 
 # ------------------------------------------------------------------------------- unusable files

@@ -10,12 +10,15 @@ from ssdcli.postprocess import PostprocessSettings, postprocess, postprocess_fla
 from ssdcli.priors import VARIANCES, generate_priors, ssd300_spec
 
 
-def reference_postprocess(logits, deltas, priors, thr=0.01, iou=0.45, top_k=400, keep=200):
-    """Caffe DetectionOutput, one image and one class at a time with torchvision.ops.nms."""
+def reference_postprocess(logits, deltas, priors, thr=0.01, iou=0.45, top_k=400, keep=200, clip_first=False):
+    """Caffe DetectionOutput (NMS on the decoded boxes; ``clip_first``: torchvision's rule, clipped
+    first), one image and one class at a time with torchvision.ops.nms."""
     results = []
     scores_all = torch.softmax(logits, -1)
     for b in range(logits.shape[0]):
-        boxes_all = cxcywh_to_xyxy(decode(deltas[b], priors, VARIANCES)).clamp(0, 1)
+        boxes_all = cxcywh_to_xyxy(decode(deltas[b], priors, VARIANCES))
+        if clip_first:
+            boxes_all = boxes_all.clamp(0, 1)
         dets = []
         for c in range(1, logits.shape[2]):
             s = scores_all[b, :, c]
@@ -41,11 +44,12 @@ def realistic_outputs(seed, batch=2, classes=4):
     return logits, deltas, priors
 
 
+@pytest.mark.parametrize("rule", pp.RULES)
 @pytest.mark.parametrize("seed", [0, 1])
-def test_keep_sets_equal_per_class_torchvision_nms(seed):
+def test_keep_sets_equal_per_class_torchvision_nms(seed, rule):
     logits, deltas, priors = realistic_outputs(seed)
-    got = postprocess(logits, deltas, priors, variances=VARIANCES)
-    expected = reference_postprocess(logits, deltas, priors)
+    got = postprocess(logits, deltas, priors, variances=VARIANCES, rule=rule)
+    expected = reference_postprocess(logits, deltas, priors, clip_first=rule == "torchvision")
     for dets, ref in zip(got, expected):
         assert len(dets.scores) == len(ref)
         assert dets.scores.tolist() == pytest.approx([r[0] for r in ref], abs=1e-6)
@@ -107,6 +111,7 @@ def _flat_both(logits, deltas, priors, **settings):
         settings.get("top_k_candidates", 400),
         settings.get("max_detections", 200),
         VARIANCES,
+        settings.get("rule", "caffe") == "torchvision",
     )
     return (
         pp._postprocess_flat_eager(logits, deltas, priors, *args),
@@ -122,6 +127,8 @@ def _flat_both(logits, deltas, priors, **settings):
         (2, {"score_threshold": 0.0, "top_k_candidates": 30, "max_detections": 50}),
         (3, {"score_threshold": 0.3, "max_detections": 5}),
         (4, {"nms_iou": 0.9, "max_detections": 1}),
+        (5, {"rule": "torchvision"}),
+        (6, {"rule": "torchvision", "score_threshold": 0.0, "top_k_candidates": 30}),
     ],
 )
 def test_eager_and_traceable_paths_give_identical_detections(seed, settings):
@@ -259,7 +266,7 @@ def test_settings_defaults_are_caffes_evaluation_ones_and_are_postprocess_argume
     settings = PostprocessSettings()
     # Caffe ssd_pascal.py DetectionOutput: confidence 0.01, nms 0.45, top_k 400, keep_top_k 200
     assert settings.to_dict() == {"score_threshold": 0.01, "nms_iou": 0.45, "top_k_candidates": 400,
-                                  "max_detections": 200}
+                                  "max_detections": 200, "rule": "caffe"}
     logits, deltas, priors = realistic_outputs(3, batch=1)
     by_settings = postprocess(
         logits, deltas, priors, variances=VARIANCES, **PostprocessSettings(score_threshold=0.2).to_dict()
@@ -278,6 +285,7 @@ def test_settings_defaults_are_caffes_evaluation_ones_and_are_postprocess_argume
         ({"nms_iou": 1.5}, r"^--nms-iou 1.5: must be in \(0, 1\]$"),
         ({"max_detections": 0}, r"^--top-k 0: must be at least 1$"),
         ({"top_k_candidates": 0}, r"^top_k_candidates 0: must be at least 1$"),
+        ({"rule": "clip"}, r"^post-processing rule 'clip': expected one of caffe, torchvision$"),
     ],
 )
 def test_settings_out_of_range_are_refused_naming_the_flag(changes, message):
@@ -288,4 +296,39 @@ def test_settings_out_of_range_are_refused_naming_the_flag(changes, message):
 def test_settings_at_the_edges_of_their_ranges_are_accepted():
     # [0, 1) for the score, (0, 1] for the IoU, >= 1 for both counts
     edge = PostprocessSettings(score_threshold=0.0, nms_iou=1.0, top_k_candidates=1, max_detections=1)
-    assert edge.to_dict() == {"score_threshold": 0.0, "nms_iou": 1.0, "top_k_candidates": 1, "max_detections": 1}
+    assert edge.to_dict() == {
+        "score_threshold": 0.0, "nms_iou": 1.0, "top_k_candidates": 1, "max_detections": 1, "rule": "caffe"
+    }
+
+
+# Two default boxes of one class, zero deltas (the decoded boxes are the priors): A sticks out of
+# the image on the left, xyxy (-0.5, 0, 0.5, 0.5), score 0.9; B = (0, 0, 0.4, 0.5), score 0.8.
+# Unclipped (Caffe): IoU = 0.2 / 0.5 = 0.4 <= 0.45, both kept, A clipped afterwards to (0, 0, 0.5, 0.5).
+# Clipped first (torchvision): A = (0, 0, 0.5, 0.5), IoU = 0.2 / 0.25 = 0.8: B is suppressed.
+TWO_RULES_PRIORS = torch.tensor([[0.0, 0.25, 1.0, 0.5], [0.2, 0.25, 0.4, 0.5]])
+TWO_RULES_LOGITS = torch.log(torch.tensor([[[0.1, 0.9], [0.2, 0.8]]]))
+
+
+@pytest.mark.parametrize("path", ["eager", "traceable"])
+@pytest.mark.parametrize(
+    "rule, boxes, scores",
+    [
+        ("caffe", [[0.0, 0.0, 0.5, 0.5], [0.0, 0.0, 0.4, 0.5]], [0.9, 0.8]),
+        ("torchvision", [[0.0, 0.0, 0.5, 0.5]], [0.9]),
+    ],
+)
+def test_caffe_runs_nms_on_unclipped_boxes_and_torchvision_clips_first(path, rule, boxes, scores):
+    deltas = torch.zeros(1, 2, 4)
+    run = pp._postprocess_flat_eager if path == "eager" else pp._postprocess_flat_traceable
+    flat = run(TWO_RULES_LOGITS, deltas, TWO_RULES_PRIORS, 0.01, 0.45, 400, 200, VARIANCES, rule == "torchvision")
+    torch.testing.assert_close(flat.boxes_xyxy_norm, torch.tensor(boxes), rtol=0, atol=1e-6)
+    torch.testing.assert_close(flat.scores, torch.tensor(scores), rtol=0, atol=1e-6)
+    assert flat.labels.tolist() == [1] * len(scores)
+
+
+def test_the_default_rule_is_caffes():
+    deltas = torch.zeros(1, 2, 4)
+    (default,) = postprocess(TWO_RULES_LOGITS, deltas, TWO_RULES_PRIORS, variances=VARIANCES)
+    assert len(default.scores) == 2 and PostprocessSettings().rule == "caffe"
+    with pytest.raises(ValueError, match="rule 'clip'"):
+        postprocess(TWO_RULES_LOGITS, deltas, TWO_RULES_PRIORS, variances=VARIANCES, rule="clip")

@@ -5,16 +5,24 @@ A checkpoint is untrusted input (SPEC "Checkpoints"): a full ``pickle`` load of 
 which rebuilds tensors, numbers, strings, lists, tuples and dicts and refuses any other class or
 callable *before* calling it. There is no fallback to ``weights_only=False``.
 
-Layout (``format_version`` 1), as :func:`checkpoint_payload` builds it::
+Layout (``format_version`` 2), as :func:`checkpoint_payload` builds it::
 
     format            "ssdcli-checkpoint"
-    format_version    1
+    format_version    2
     model             state dict: name -> Tensor, on the CPU
     arch, num_classes, options       the network (ssdcli.models.model_settings)
     class_names       list of str: label i (1-based) is class_names[i - 1]
-    image_size, mean, std            the model input: side in pixels, RGB normalisation
+    category_ids      list of int (COCO category id of label i at i - 1) or None      [2]
+    ignored_labels    list of int: labels never reported (torchvision's 10 "N/A" COCO ids)  [2]
+    image_size        side of the square input, in pixels
+    channel_order     "rgb" | "bgr": the order of the network's input channels         [2]
+    mean, std         per input channel, in that order: input = (pixel / 255 - mean) / std
+    resize            "uint8" | "float" | "cv2": how an image is resized to the input  [2]
+                      (ssdcli.preprocessing.RESIZE_RULES)
     priors            PriorSpec.to_dict(): the default boxes
-    postprocess       the detection rule (PostprocessSettings.to_dict())
+    postprocess       the detection rule (PostprocessSettings.to_dict(); its "rule",
+                      "caffe" | "torchvision", is new in version 2)
+    imported_from     {"source", "format"} of `ssd import`, or None                    [2]
     config            the run's TrainConfig.to_dict()
     metrics           the epoch's metrics row, plus "epochs_done"
     # last.pt only; the first six all or none (TRAINING_KEYS):
@@ -26,6 +34,12 @@ Layout (``format_version`` 1), as :func:`checkpoint_payload` builds it::
     train_state       {"batch_in_epoch", "lr_scale", "best_metric", "best_epoch",
                       "stale_validations", "epoch_sums"}: the loop's position (the last three
                       absent in older files; ssdcli.train.state.TrainState)
+
+Keys marked [2] are new in version 2 and optional at load. A version-1 file loads with
+:data:`VERSION_1_DEFAULTS`
+(what version 1 meant: RGB, this project's uint8 resize, no COCO ids, nothing ignored, not
+imported) and the post-processing rule it was evaluated with, ``torchvision`` (every decoded box
+clipped to the image before NMS: ssdcli did that until format 2), so its detections do not change.
 
 Only ``format`` to ``priors`` (:data:`MODEL_KEYS`) are required to load a checkpoint.
 
@@ -48,13 +62,26 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ssdcli.checkpoint_checks import usability_problems
+from ssdcli.checkpoint_checks import new_field_problems, usability_problems
 from ssdcli.errors import CheckpointError
 from ssdcli.files import atomic_write
 from ssdcli.priors import PriorSpec
 
 FORMAT = "ssdcli-checkpoint"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+
+VERSION_1_DEFAULTS: dict[str, Any] = {
+    "category_ids": None,
+    "ignored_labels": [],
+    "channel_order": "rgb",
+    "resize": "uint8",
+    "imported_from": None,
+}
+"""What a version-1 checkpoint means for the keys version 2 added."""
+
+VERSION_1_RULE = "torchvision"
+"""Version 1 clipped every decoded box to the image before NMS (the ``torchvision`` rule of
+:data:`ssdcli.postprocess.RULES`); its files keep it."""
 
 MODEL_KEYS: tuple[str, ...] = (
     "format", "format_version", "model", "arch", "num_classes", "class_names", "image_size", "mean", "std", "priors",
@@ -203,6 +230,11 @@ def checkpoint_payload(
     config: Mapping[str, Any],
     metrics: Mapping[str, Any],
     training: Mapping[str, Any] | None = None,
+    channel_order: str = "rgb",
+    resize: str = "uint8",
+    category_ids: Sequence[int] | None = None,
+    ignored_labels: Sequence[int] = (),
+    imported_from: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """The checkpoint dict of the module docstring, the one place its keys are written.
 
@@ -216,6 +248,10 @@ def checkpoint_payload(
         metrics: plain numbers describing the weights (the epoch's metrics row).
         training: for ``last.pt``, the :data:`RESUME_KEYS`; ``None`` for a weights-only
             ``best.pt``.
+        channel_order, resize: how images become the input (``settings`` has mean and std);
+            the defaults are this project's own.
+        category_ids, ignored_labels, imported_from: the labels' COCO ids, the labels never
+            reported, and ``{"source", "format"}`` of an imported model (ImportedModel.checkpoint_fields).
 
     Raises:
         KeyError: ``settings`` lacks a key. ValueError: ``training`` is not the :data:`RESUME_KEYS`.
@@ -226,11 +262,16 @@ def checkpoint_payload(
         "num_classes": settings["num_classes"],
         "options": dict(settings["options"]),
         "class_names": list(class_names),
+        "category_ids": None if category_ids is None else [int(i) for i in category_ids],
+        "ignored_labels": [int(label) for label in ignored_labels],
         "image_size": settings["image_size"],
+        "channel_order": channel_order,
         "mean": list(settings["mean"]),
         "std": list(settings["std"]),
+        "resize": resize,
         "priors": settings["prior_spec"],
         "postprocess": dict(postprocess),
+        "imported_from": None if imported_from is None else dict(imported_from),
         "config": dict(config),
         "metrics": dict(metrics),
     }
@@ -274,7 +315,7 @@ def save_checkpoint(path: str | os.PathLike[str], payload: Mapping[str, Any]) ->
             f"checkpoint format must be {FORMAT!r} version {FORMAT_VERSION}, "
             f"got {payload['format']!r} version {payload['format_version']!r}"
         )
-    problems = _field_problems(payload)
+    problems = _field_problems(payload) + new_field_problems(payload)
     if problems:
         raise ValueError(f"checkpoint for {os.fspath(path)} is malformed: {'; '.join(problems)}")
     for key in ("model", "optimizer"):
@@ -405,6 +446,7 @@ def _check_loaded(path: Path, obj: Any, for_resume: bool) -> None:
             f"{path}: written by a newer ssdcli (checkpoint format {version}; this version reads up to "
             f"{FORMAT_VERSION}); upgrade ssdcli to load it"
         )
+    _fill_defaults(obj, version)
     problems = _field_problems(obj)
     if for_resume:
         missing = [key for key in TRAINING_KEYS if key not in obj]
@@ -415,6 +457,17 @@ def _check_loaded(path: Path, obj: Any, for_resume: bool) -> None:
             )
     if problems:
         raise CheckpointError(f"{path}: malformed ssdcli checkpoint: {'; '.join(problems)}")
-    unusable = usability_problems(obj)
+    unusable = new_field_problems(obj) + usability_problems(obj)
     if unusable:
         raise CheckpointError(f"{path}: unusable ssdcli checkpoint: {'; '.join(unusable)}")
+
+
+def _fill_defaults(obj: dict[str, Any], version: int) -> None:
+    """Give a checkpoint dict, in place, the keys version 2 added that it lacks (module
+    docstring): a version-1 file lacks them all; a version-2 file written by hand may lack some
+    (only :data:`MODEL_KEYS` are required). A post-processing dict without a rule gets version 1's
+    rule in a version-1 file, the default (``caffe``) in a later one."""
+    for key, value in VERSION_1_DEFAULTS.items():
+        obj.setdefault(key, list(value) if isinstance(value, list) else value)
+    if version < 2 and isinstance(obj.get("postprocess"), dict):
+        obj["postprocess"] = {"rule": VERSION_1_RULE, **obj["postprocess"]}

@@ -16,6 +16,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ssdcli.errors import UserError
+from ssdcli.postprocess import PostprocessSettings
+from ssdcli.preprocessing import CHANNEL_ORDERS, RESIZE_RULES
 from ssdcli.wording import plural
 
 
@@ -36,6 +39,46 @@ def normalisation_problems(mean: Sequence[float], std: Sequence[float]) -> list[
     if len(std) == 3 and any(v <= 0 for v in std):
         problems.append(f"'std' is {list(std)}: inputs are divided by it, so every value must be positive")
     return problems
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def new_field_problems(checkpoint: Mapping[str, Any]) -> list[str]:
+    """What is wrong with the keys format version 2 added (empty when they are usable): the
+    channel order, resize rule, category ids, ignored labels, import record and the
+    post-processing settings with their rule. Absent keys are not checked (they mean the
+    defaults: ``ssdcli.checkpoint.VERSION_1_DEFAULTS``)."""
+    problems = []
+    for key, allowed in (("channel_order", CHANNEL_ORDERS), ("resize", RESIZE_RULES)):
+        if key in checkpoint and checkpoint[key] not in allowed:
+            problems.append(f"{key!r} is {checkpoint[key]!r}, expected one of {', '.join(allowed)}")
+    count = checkpoint.get("num_classes")
+    ids = checkpoint.get("category_ids")
+    if ids is not None and not (isinstance(ids, list) and len(ids) == count and all(_is_int(i) for i in ids)):
+        problems.append(f"'category_ids' is {_short(ids)}, expected None or {count} integers (one per class)")
+    ignored = checkpoint.get("ignored_labels", [])
+    if not (isinstance(ignored, list) and all(_is_int(i) and 1 <= i <= (count or 0) for i in ignored)):
+        problems.append(f"'ignored_labels' is {_short(ignored)}, expected a list of labels in 1..{count}")
+    record = checkpoint.get("imported_from")
+    if record is not None and not (
+        isinstance(record, dict) and set(record) == {"source", "format"} and all(isinstance(v, str) for v in record.values())
+    ):
+        problems.append(f"'imported_from' is {_short(record)}, expected None or {{'source': ..., 'format': ...}}")
+    settings = checkpoint.get("postprocess", {})
+    try:
+        if not isinstance(settings, dict):
+            raise TypeError("not a dict")
+        PostprocessSettings(**settings)
+    except (TypeError, UserError) as exc:
+        problems.append(f"'postprocess' is {_short(settings)}: {str(exc).splitlines()[0]}")
+    return problems
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def usability_problems(checkpoint: Mapping[str, Any]) -> list[str]:

@@ -1,11 +1,17 @@
 """From network outputs to detections: the one post-processing used by eval, detect and export.
 
 softmax -> per class, the ``top_k_candidates`` default boxes above ``score_threshold`` -> decode only
-those -> clip to the image -> NMS per class AND image in one ``torchvision.ops.batched_nms`` call ->
-the best ``max_detections`` per image -> original-image pixels.
+those -> NMS per class AND image -> the best ``max_detections`` per image -> clip to the image ->
+original-image pixels.
 
 This is Caffe's ``DetectionOutput`` layer (``nms_threshold`` 0.45, ``top_k`` 400, ``keep_top_k``
-200, ``confidence_threshold`` 0.01 for evaluation), batched over images instead of looping.
+200, ``confidence_threshold`` 0.01 for evaluation), batched over images instead of looping: the
+default rule, ``caffe``, runs NMS on the decoded boxes as they are and clips only the kept ones.
+The ``torchvision`` rule clips every decoded box before NMS, as torchvision's SSD does (imported
+torchvision models and version-1 checkpoints use it); :data:`RULES`, ``PostprocessSettings.rule``.
+Under ``caffe``, decoded coordinates are bounded to +-:data:`COORDINATE_BOUND` image sides before
+NMS (so one NMS call can keep classes apart exactly): a box reaching more than four image sides
+beyond the image is rare enough that its IoU with another such box need not be exact.
 
 :func:`postprocess_flat` has two exact implementations of the same result, chosen the way
 torchvision's ``batched_nms`` chooses its own:
@@ -45,6 +51,19 @@ from ssdcli.boxes import cxcywh_to_xyxy
 from ssdcli.codec import decode
 from ssdcli.errors import UserError
 
+RULES = ("caffe", "torchvision")
+COORDINATE_BOUND = 4.0
+"""Unclipped decoded coordinates (``caffe`` rule) are clamped to [-bound, bound] before NMS."""
+"""Post-processing rules (:attr:`PostprocessSettings.rule`):
+
+- ``caffe`` (the default): Caffe's ``DetectionOutput`` and ssd.pytorch's ``Detect``: NMS on the
+  decoded boxes as they are, only the kept boxes clipped to the image.
+- ``torchvision``: torchvision's ``SSD.postprocess_detections``: every decoded box clipped to the
+  image first, NMS on the clipped boxes (a box that sticks out overlaps less once clipped, so the
+  two keep different boxes). Imported torchvision models use it, and version-1 checkpoints (this
+  project clipped first until checkpoint format 2).
+"""
+
 
 @dataclass(frozen=True)
 class PostprocessSettings:
@@ -58,6 +77,7 @@ class PostprocessSettings:
         nms_iou: NMS IoU above which the lower-scored box goes, in (0, 1] (``--nms-iou``).
         top_k_candidates: default boxes per class and image entering NMS, >= 1.
         max_detections: detections per image, >= 1 (``--top-k``).
+        rule: ``caffe`` or ``torchvision``: whether boxes are clipped after NMS or before (:data:`RULES`).
 
     Raises:
         UserError: a value out of its range.
@@ -67,8 +87,11 @@ class PostprocessSettings:
     nms_iou: float = 0.45
     top_k_candidates: int = 400
     max_detections: int = 200
+    rule: str = "caffe"
 
     def __post_init__(self) -> None:
+        if self.rule not in RULES:
+            raise UserError(f"post-processing rule {self.rule!r}: expected one of {', '.join(RULES)}")
         if not 0.0 <= self.score_threshold < 1.0:
             raise UserError(f"--min-score {self.score_threshold}: must be in [0, 1)")
         if not 0.0 < self.nms_iou <= 1.0:
@@ -124,6 +147,7 @@ def postprocess_flat(
     max_detections: int = 200,
     *,
     variances: tuple[float, float],
+    rule: str = "caffe",
 ) -> FlatDetections:
     """Final detections of a batch, normalised coordinates.
 
@@ -138,11 +162,15 @@ def postprocess_flat(
         max_detections: at most this many detections per image leave.
         variances: ``(centre, size)`` box-coding variances of the network's prior spec
             (``model.prior_spec.variances``; the checkpoint stores them).
+        rule: ``caffe`` (NMS on the decoded boxes, the kept ones clipped) or ``torchvision``
+            (every decoded box clipped first); :data:`RULES`.
 
     Returns:
         :class:`FlatDetections`.
     """
-    settings = (score_threshold, nms_iou, top_k_candidates, max_detections, variances)
+    if rule not in RULES:
+        raise ValueError(f"post-processing rule {rule!r}: expected one of {', '.join(RULES)}")
+    settings = (score_threshold, nms_iou, top_k_candidates, max_detections, variances, rule == "torchvision")
     if torch.jit.is_tracing() or torch.jit.is_scripting() or torch.compiler.is_compiling():
         return _postprocess_flat_traceable(cls_logits, box_deltas, priors_cxcywh, *settings)
     return _postprocess_flat_eager(cls_logits, box_deltas, priors_cxcywh, *settings)
@@ -166,6 +194,7 @@ def _postprocess_flat_eager(
     top_k_candidates: int,
     max_detections: int,
     variances: tuple[float, float],
+    clip_first: bool,
 ) -> FlatDetections:
     """:func:`postprocess_flat` outside a trace: NMS on score-ordered stretches (module docstring).
 
@@ -214,7 +243,7 @@ def _postprocess_flat_eager(
         grid[row_of_taken, slots] = -math.inf
         stretch = starts[row_of_taken] + slots  # (T,) candidate indices
         boxes = _separated_boxes(
-            _decode_candidates(box_deltas, priors_cxcywh, image_idx[stretch], prior_idx[stretch], variances),
+            _decode_candidates(box_deltas, priors_cxcywh, image_idx[stretch], prior_idx[stretch], variances, clip_first),
             class_idx[stretch],
         )  # (T, 4)
         jobs = []
@@ -239,7 +268,8 @@ def _postprocess_flat_eager(
     separated = torch.cat([b[:max_detections] for b in survivor_boxes]) if batch else scores.new_empty((0, 4))
     return FlatDetections(
         batch_index=image_idx[kept],
-        boxes_xyxy_norm=(separated - _class_offsets(class_idx[kept])).float(),  # exact: see _separated_boxes
+        # exact: see _separated_boxes; clipping a clipped box changes nothing
+        boxes_xyxy_norm=(separated - _class_offsets(class_idx[kept])).float().clamp(0.0, 1.0),
         scores=cand_scores[kept],
         labels=class_idx[kept] + 1,
     )
@@ -264,25 +294,43 @@ def _keep_top_k_per_class(candidate: Tensor, scores: Tensor, top_k: int) -> None
 
 
 def _decode_candidates(
-    box_deltas: Tensor, priors_cxcywh: Tensor, image_idx: Tensor, prior_idx: Tensor, variances: tuple[float, float]
+    box_deltas: Tensor,
+    priors_cxcywh: Tensor,
+    image_idx: Tensor,
+    prior_idx: Tensor,
+    variances: tuple[float, float],
+    clip_first: bool,
 ) -> Tensor:
-    """Tensor[n, 4]: the boxes of candidates (image, prior), xyxy normalised, clipped to the image."""
+    """Tensor[n, 4]: the boxes of candidates (image, prior), xyxy normalised, as NMS sees them:
+    clipped to the image (``torchvision`` rule) or within +-:data:`COORDINATE_BOUND` (``caffe``)."""
     deltas = box_deltas[image_idx, prior_idx].float()  # (n, 4)
-    return cxcywh_to_xyxy(decode(deltas, priors_cxcywh[prior_idx].float(), variances)).clamp(0.0, 1.0)
+    return _nms_input(cxcywh_to_xyxy(decode(deltas, priors_cxcywh[prior_idx].float(), variances)), clip_first)
+
+
+def _nms_input(boxes_xyxy: Tensor, clip_first: bool) -> Tensor:
+    if clip_first:
+        return boxes_xyxy.clamp(0.0, 1.0)
+    return boxes_xyxy.nan_to_num(0.0).clamp(-COORDINATE_BOUND, COORDINATE_BOUND)
+
+
+CLASS_SPAN = 2.0 * COORDINATE_BOUND + 2.0
+"""The shift between two classes' boxes (:func:`_separated_boxes`): wider than any NMS input box."""
 
 
 def _class_offsets(classes: Tensor) -> Tensor:
-    """Tensor[n, 1] float64: 2 * class, the shift that gives each class its own square."""
-    return 2.0 * classes.double().unsqueeze(1)
+    """Tensor[n, 1] float64: :data:`CLASS_SPAN` * class, the shift that gives each class its own square."""
+    return CLASS_SPAN * classes.double().unsqueeze(1)
 
 
 def _separated_boxes(boxes_xyxy: Tensor, classes: Tensor) -> Tensor:
-    """Boxes in [0, 1] moved by 2 * class in float64, so that one ``nms`` call keeps classes apart.
+    """Boxes within +-:data:`COORDINATE_BOUND` moved by :data:`CLASS_SPAN` * class in float64, so
+    that one ``nms`` call keeps classes apart.
 
     Boxes of two classes never meet. The shift is exact in float64 (a float32 coordinate plus a
-    small integer fits in 53 bits), so IoUs within a class are those of the boxes themselves and
-    subtracting the shift gives back the float32 box bit for bit. (One call beats one per class
-    here, measured: most pairs it compares across classes have IoU 0 and cost little.)
+    multiple of 10 below 2^14 fits in 53 bits unless the coordinate is below about 2^-15, where a
+    bit of float64 rounding is far below a pixel), so IoUs within a class are those of the boxes
+    themselves and subtracting the shift gives back the float32 box. (One call beats
+    one per class here, measured: most pairs it compares across classes have IoU 0 and cost little.)
 
     Args:
         boxes_xyxy: Tensor[n, 4], normalised; classes: Tensor[n] int64.
@@ -350,6 +398,7 @@ def _postprocess_flat_traceable(
     top_k_candidates: int,
     max_detections: int,
     variances: tuple[float, float],
+    clip_first: bool,
 ) -> FlatDetections:
     """:func:`postprocess_flat` inside ``torch.jit.trace`` / ONNX export: every candidate through
     one ``batched_nms``, the per-image cut by sorting and counting (module docstring)."""
@@ -368,7 +417,7 @@ def _postprocess_flat_traceable(
 
     deltas = box_deltas[image_idx, prior_idx].float()  # (M, 4)
     boxes_xyxy_norm = cxcywh_to_xyxy(decode(deltas, priors_cxcywh[prior_idx].float(), variances))
-    boxes_xyxy_norm = boxes_xyxy_norm.clamp(0.0, 1.0)  # (M, 4), inside the image
+    boxes_xyxy_norm = _nms_input(boxes_xyxy_norm, clip_first)  # (M, 4): clipped, or bounded (caffe)
 
     # One NMS call over every image and class: a box only suppresses boxes of its own group.
     group = image_idx * num_classes + class_idx
@@ -389,7 +438,7 @@ def _postprocess_flat_traceable(
 
     return FlatDetections(
         batch_index=image_idx[kept],
-        boxes_xyxy_norm=boxes_xyxy_norm[kept],
+        boxes_xyxy_norm=boxes_xyxy_norm[kept].clamp(0.0, 1.0),  # the kept boxes inside the image
         scores=cand_scores[kept],
         labels=class_idx[kept] + 1,
     )
@@ -406,6 +455,7 @@ def postprocess(
     max_detections: int = 200,
     *,
     variances: tuple[float, float],
+    rule: str = "caffe",
 ) -> list[Detections]:
     """Final detections per image, in original-image pixels.
 
@@ -427,6 +477,7 @@ def postprocess(
         top_k_candidates=top_k_candidates,
         max_detections=max_detections,
         variances=variances,
+        rule=rule,
     )
     return split_by_image(flat, cls_logits.shape[0], image_sizes)
 

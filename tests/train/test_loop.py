@@ -19,7 +19,8 @@ runner = CliRunner()
 
 MODEL_KEYS = {
     "format", "format_version", "model", "arch", "num_classes", "options", "class_names", "image_size", "mean",
-    "std", "priors", "postprocess", "config", "metrics",
+    "std", "priors", "postprocess", "config", "metrics", "category_ids", "ignored_labels", "channel_order", "resize",
+    "imported_from",
 }
 RESUME_KEYS = {"optimizer", "scheduler", "scaler", "rng", "epoch", "iteration", "train_state"}
 

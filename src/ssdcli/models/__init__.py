@@ -204,6 +204,9 @@ def model_from_checkpoint(checkpoint: dict, source: str | os.PathLike[str] | Non
                 f"{mismatch}; it was written for another network, or edited"
             )
         model.load_state_dict(checkpoint["model"])
+        # the checkpoint's normalisation (an imported model's differs from the arch's default)
+        model.mean = tuple(float(m) for m in checkpoint.get("mean", model.mean))
+        model.std = tuple(float(s) for s in checkpoint.get("std", model.std))
     except (ValueError, RuntimeError, KeyError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(f"{where}does not hold a usable {settings['arch']} network: {first}") from exc

@@ -12,57 +12,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ssdcli.models import SSD
+from ssdcli.postprocess import RULES as POSTPROCESS_RULES
+from ssdcli.preprocessing import CHANNEL_ORDERS, RESIZE_RULES, Preprocessing
 
-CHANNEL_ORDERS = ("rgb", "bgr")
-RESIZE_RULES = ("uint8", "float", "cv2")
-"""How an image is resized to the square input (:func:`ssdcli.pretrained.preprocess.to_network_input`):
-
-- ``uint8``: this project's rule: ``data.transforms.resize_uint8`` (bilinear, no antialias, the
-  result rounded to uint8), then normalised.
-- ``float``: torchvision's ``GeneralizedRCNNTransform``: the image scaled to [0, 1] and
-  normalised in float32, then ``F.interpolate(mode="bilinear", align_corners=False)``, never
-  rounded.
-- ``cv2``: ssd.pytorch's ``BaseTransform``: ``cv2.resize`` (``INTER_LINEAR``, OpenCV's
-  fixed-point arithmetic) of the uint8 BGR image, then float32 minus the mean.
-
-The three give different pixels (``uint8`` and ``cv2`` differ by one grey level on about 15 % of
-the pixels of a VOC photo; ``uint8`` and ``float`` by up to 0.84 of a level), so an imported
-model is exact only with its own rule.
-"""
-
-POSTPROCESS_RULES = ("caffe", "torchvision")
-"""``caffe``: Caffe's ``DetectionOutput`` (NMS on the decoded boxes, the kept boxes clipped to the
-image); ``torchvision``: ``SSD.postprocess_detections`` (every decoded box clipped to the image
-first, NMS on the clipped boxes). Both: softmax over all outputs, per class the
-``top_k_candidates`` best boxes above ``score_threshold``, NMS per class, the best
-``max_detections`` per image."""
-
-
-@dataclass(frozen=True)
-class Preprocessing:
-    """How an RGB uint8 image becomes the network's input ``Tensor[3, S, S]``.
-
-    Attributes:
-        image_size: S, the side of the square input (the image is resized without keeping its
-            aspect ratio).
-        channel_order: ``rgb`` or ``bgr``: the order of the network's input channels.
-        mean, std: per input channel, in that order, in [0, 1] units: the input is
-            ``(pixel / 255 - mean) / std``. Sources that subtract a 0-255 mean without scaling
-            (ssd.pytorch: ``pixel - 104``) are ``mean = 104 / 255, std = 1 / 255``.
-        resize: one of :data:`RESIZE_RULES`.
-    """
-
-    image_size: int
-    channel_order: str
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-    resize: str
-
-    def __post_init__(self) -> None:
-        if self.channel_order not in CHANNEL_ORDERS:
-            raise ValueError(f"channel order {self.channel_order!r}: expected one of {', '.join(CHANNEL_ORDERS)}")
-        if self.resize not in RESIZE_RULES:
-            raise ValueError(f"resize rule {self.resize!r}: expected one of {', '.join(RESIZE_RULES)}")
+__all__ = ["CHANNEL_ORDERS", "POSTPROCESS_RULES", "RESIZE_RULES", "ImportedModel", "PostprocessRule", "Preprocessing"]
 
 
 @dataclass(frozen=True)
