@@ -34,6 +34,9 @@ def read_metadata(session: ort.InferenceSession) -> dict:
         "mean": np.array(json.loads(meta["mean"]), dtype=np.float32),
         "std": np.array(json.loads(meta["std"]), dtype=np.float32),
         "input_name": meta["input_name"],
+        # older files have neither: RGB, resized on the uint8 image
+        "channel_order": meta.get("channel_order", "rgb"),
+        "resize": meta.get("resize", "uint8"),
     }
 
 
@@ -49,12 +52,17 @@ def read_image(path: str) -> np.ndarray | None:
 
 
 def preprocess(image_bgr: np.ndarray, meta: dict) -> np.ndarray:
-    """BGR uint8 [H, W, 3] -> float32 [1, 3, S, S] as the metadata's input_format says:
-    RGB, /255, then (x - mean) / std, resized to S x S without keeping the aspect ratio."""
+    """BGR uint8 [H, W, 3] -> float32 [1, 3, S, S] as the metadata's input_format says: the
+    channels in its channel_order, /255, (x - mean) / std, resized to S x S without keeping the
+    aspect ratio (its "float" rule, an imported torchvision model's, resizes the normalised image)."""
     size = meta["image_size"]
-    rgb = cv2.cvtColor(image_bgr, cv2.COLOR_BGR2RGB)
-    resized = cv2.resize(rgb, (size, size), interpolation=cv2.INTER_LINEAR)
-    normalised = (resized.astype(np.float32) / 255.0 - meta["mean"]) / meta["std"]
+    image = cv2.cvtColor(image_bgr, cv2.COLOR_BGR2RGB) if meta["channel_order"] == "rgb" else image_bgr
+    if meta["resize"] == "float":
+        normalised = (image.astype(np.float32) / 255.0 - meta["mean"]) / meta["std"]
+        normalised = cv2.resize(normalised, (size, size), interpolation=cv2.INTER_LINEAR)
+    else:
+        resized = cv2.resize(image, (size, size), interpolation=cv2.INTER_LINEAR)
+        normalised = (resized.astype(np.float32) / 255.0 - meta["mean"]) / meta["std"]
     return np.ascontiguousarray(normalised.transpose(2, 0, 1)[None])  # (1, 3, S, S)
 
 

@@ -173,6 +173,7 @@ def _our_detections(imported: ImportedModel, photos, resize: str | None = None):
         top_k_candidates=rule.top_k_candidates,
         max_detections=rule.max_detections,
         variances=imported.model.prior_spec.variances,
+        rule=rule.rule,
     )
     ignored = torch.tensor(imported.ignored_labels, dtype=torch.int64)
     return [(d.boxes_xyxy[k], d.scores[k], d.labels[k]) for d in detections for k in [~torch.isin(d.labels, ignored)]]

@@ -145,10 +145,12 @@ def checkpoint_detector(
     """
     from ssdcli.checkpoint import load_checkpoint
     from ssdcli.export.cache import file_sha256
+    from ssdcli.postprocess import settings_for_model
 
     precision = resolve_precision(options.precision, device, notes)
     check_combination(options.backend, precision, device)
     checkpoint = load_checkpoint(weights)
+    settings = settings_for_model(checkpoint.get("postprocess"), settings)
     if options.calibration_data is not None and precision != "int8":
         notes(f"--calibration-data is for --precision int8; running at {precision} without it")
     if precision == "bf16" and device.type == "cpu":
@@ -219,9 +221,14 @@ class _Builder:
             from ssdcli.inference import TorchDetector
             from ssdcli.models import model_from_checkpoint
 
+            from ssdcli.preprocessing import preprocessing_of
+
             model = model_from_checkpoint(self.checkpoint, source=self.weights).to(self.device)
             return TorchDetector(model, self.device, self.settings, precision=self.precision,
-                                 class_names=self.checkpoint["class_names"])
+                                 class_names=self.checkpoint["class_names"],
+                                 preprocessing=preprocessing_of(self.checkpoint),
+                                 ignored_labels=self.checkpoint.get("ignored_labels", ()),
+                                 category_ids=self.checkpoint.get("category_ids"))
         require(backend)
         if backend == "onnxruntime":
             from ssdcli.export.cache import cached_onnx
@@ -279,6 +286,7 @@ def probe(detectors: dict) -> dict[str, float]:
 
     any_detector = next(iter(detectors.values()))
     image = sample_images(any_detector.image_size, any_detector.mean, any_detector.std)[1:]  # (1, 3, S, S)
+    # (synthetic inputs: only the time is measured, the channel order and resize rule do not matter)
     sizes = [(any_detector.image_size, any_detector.image_size)]
     for detector in detectors.values():
         detector.predict(image, sizes)

@@ -215,7 +215,8 @@ def run_detection(
         for message in plan.warnings:
             events.on_warning(message)
     keep = class_labels(options.classes, detector.class_names) if options.classes is not None else None
-    sink = _Sink(DetectSummary(class_names=list(detector.class_names)), events, keep, options.show)
+    sink = _Sink(DetectSummary(class_names=list(detector.class_names)), events, keep, options.show,
+                 category_ids=getattr(detector, "category_ids", None))
     start = time.perf_counter()
     try:
         sink.json_writer = _open_json(options.json_file, "--json")
@@ -306,11 +307,12 @@ def _run_video(
     to ``target`` at ``fps``, the source's frame rate."""
     from torch.utils.data import DataLoader
 
-    from ssdcli.inference import collate_items, predict_batches
+    from ssdcli.inference import collate_items, predict_batches, preprocessing_of_detector
     from ssdcli.render import open_video_writer
     from ssdcli.sources import VideoFrames
 
-    frames = VideoFrames(video, detector.image_size, detector.mean, detector.std)
+    prep = preprocessing_of_detector(detector)
+    frames = VideoFrames(video, prep.image_size, prep.mean, prep.std, prep)
     # One worker at most: frames come in order from one reader (each worker would read them all).
     loader = DataLoader(frames, batch_size=batch_size, num_workers=min(workers, 1), collate_fn=collate_items)
     writer = None
@@ -353,6 +355,7 @@ class _Sink:
     json_writer: JsonListWriter | None = None
     coco_writer: JsonListWriter | None = None
     stop: bool = False
+    category_ids: list[int] | None = None  # the model's COCO ids (an imported COCO model), else labels
 
     def add(self, result: DetectedImage) -> DetectedImage:
         """Count and write one result; returns it after the ``--classes`` filter."""
@@ -375,7 +378,7 @@ class _Sink:
             entry["detections"] = detection_entries(result.detections, summary.class_names)
             self.json_writer.add(entry)
         if self.coco_writer is not None:
-            for item in detections_to_coco(result.image_id, result.detections, None):
+            for item in detections_to_coco(result.image_id, result.detections, self.category_ids):
                 self.coco_writer.add(item)
         return result
 

@@ -24,10 +24,10 @@ from ssdcli.boxes import xyxy_to_xywh
 from ssdcli.data.images import read_image_rgb, read_image_rgb_at_least
 from ssdcli.data.records import DetectionDataset
 from ssdcli.data.resolution import inference_side
-from ssdcli.data.transforms import normalize, resize_uint8
 from ssdcli.backends import RuntimeOptions
 from ssdcli.errors import DataError, UserError
 from ssdcli.postprocess import Detections, PostprocessSettings, postprocess
+from ssdcli.preprocessing import Preprocessing, to_network_input
 from ssdcli.score_hint import best_class_scores
 
 
@@ -65,15 +65,25 @@ class ImageFiles(Dataset):
     folder with some bad files still processes the rest; the caller decides what an error means.
     ``original`` is the decoded image, uint8 Tensor[H, W, 3] RGB, when ``keep_original`` (for
     drawing on it; a tensor so the worker hands it over in shared memory), else ``None``.
+
+    The input is :func:`ssdcli.preprocessing.to_network_input` with ``preprocessing`` (default:
+    this project's own, RGB and the ``uint8`` resize, with ``mean`` / ``std``). A large JPEG is
+    decoded reduced (:mod:`ssdcli.data.resolution`) only under the ``uint8`` rule: an imported
+    model's rule is its source's, applied to the full image.
     """
 
     def __init__(
-        self, paths: Sequence[Path], size: int, mean: Sequence[float], std: Sequence[float], keep_original: bool = False
+        self,
+        paths: Sequence[Path],
+        size: int,
+        mean: Sequence[float],
+        std: Sequence[float],
+        keep_original: bool = False,
+        preprocessing: Preprocessing | None = None,
     ) -> None:
         self.paths = list(paths)
         self.size = size
-        self.mean = list(mean)
-        self.std = list(std)
+        self.preprocessing = preprocessing or Preprocessing(size, "rgb", tuple(mean), tuple(std), "uint8")
         self.keep_original = keep_original
 
     def __len__(self) -> int:
@@ -83,13 +93,13 @@ class ImageFiles(Dataset):
         start = time.perf_counter()
         try:
             # A large JPEG decoded reduced, still >= 2 S pixels a side (ssdcli.data.resolution).
-            side = inference_side(self.size)
+            side = inference_side(self.size) if self.preprocessing.resize == "uint8" else 1 << 30
             decoded = read_image_rgb_at_least(self.paths[index], side, side)
             full = decoded.rgb if decoded.scale == 1 or not self.keep_original else read_image_rgb(self.paths[index])
         except DataError as exc:
             return torch.zeros(3, self.size, self.size), (0, 0), index, str(exc), time.perf_counter() - start, None
         chw = torch.from_numpy(decoded.rgb).permute(2, 0, 1)  # (3, h, w) uint8 RGB
-        tensor = normalize(resize_uint8(chw, self.size), self.mean, self.std)  # (3, S, S)
+        tensor = to_network_input(chw, self.preprocessing)  # (3, S, S)
         kept = torch.from_numpy(full) if self.keep_original else None  # (H, W, 3) uint8 RGB, full size
         return tensor, (decoded.width, decoded.height), index, None, time.perf_counter() - start, kept
 
@@ -133,6 +143,10 @@ class Detector(Protocol):
         class_names: label ``i`` (1-based) is ``class_names[i - 1]``.
         settings: its post-processing; ``settings.score_threshold`` is ``--min-score`` (read by the
             zero-detection hint, which assumes 0 for a detector without it).
+        preprocessing: how images become its input (channel order, normalisation, resize rule:
+            :mod:`ssdcli.preprocessing`); :func:`preprocessing_of_detector` for one without it.
+        category_ids: the COCO category id of each label, or ``None`` (``--coco-json`` then
+            writes the 1-based label).
     """
 
     image_size: int
@@ -175,6 +189,9 @@ class TorchDetector:
         amp: bool = False,
         class_names: Sequence[str] = (),
         precision: str | None = None,
+        preprocessing: Preprocessing | None = None,
+        ignored_labels: Sequence[int] = (),
+        category_ids: Sequence[int] | None = None,
     ) -> None:
         from ssdcli.models import micro_batch_size, priors_for_model
 
@@ -196,7 +213,10 @@ class TorchDetector:
         self.image_size: int = model.image_size
         self.mean = list(model.mean)
         self.std = list(model.std)
+        self.preprocessing = preprocessing or Preprocessing(model.image_size, "rgb", model.mean, model.std, "uint8")
         self.class_names = list(class_names)
+        self.ignored_labels = tuple(int(label) for label in ignored_labels)
+        self.category_ids = None if category_ids is None else list(category_ids)
 
     def _forward_context(self) -> contextlib.ExitStack:
         stack = contextlib.ExitStack()
@@ -226,7 +246,7 @@ class TorchDetector:
         with torch.inference_mode():
             detections = postprocess(
                 cls_logits.float(), box_deltas.float(), self.priors, image_sizes=list(sizes),
-                variances=self.variances, **self.settings.to_dict(),
+                variances=self.variances, ignored_labels=self.ignored_labels, **self.settings.to_dict(),
             )
             detections = [Detections(*(t.cpu() for t in d)) for d in detections]
             if timings is not None:
@@ -265,8 +285,17 @@ def image_loader(
     paths: Sequence[Path], detector: Detector, batch_size: int, workers: int, keep_original: bool = False
 ) -> DataLoader:
     """A DataLoader reading and pre-processing ``paths`` in ``workers`` processes, in order."""
-    dataset = ImageFiles(paths, detector.image_size, detector.mean, detector.std, keep_original)
+    prep = preprocessing_of_detector(detector)
+    dataset = ImageFiles(paths, prep.image_size, prep.mean, prep.std, keep_original, prep)
     return DataLoader(dataset, batch_size=batch_size, num_workers=workers, collate_fn=collate_items)
+
+
+def preprocessing_of_detector(detector: Detector) -> Preprocessing:
+    """The detector's :class:`Preprocessing` (one without the attribute: RGB, ``uint8`` resize)."""
+    prep = getattr(detector, "preprocessing", None)
+    if prep is not None:
+        return prep
+    return Preprocessing(detector.image_size, "rgb", tuple(detector.mean), tuple(detector.std), "uint8")
 
 
 def keep_labels(detections: Detections, labels: Tensor) -> Detections:
@@ -396,7 +425,7 @@ def find_default_weights(root: Path) -> Path | None:
 def load_detector(
     weights: str | os.PathLike[str],
     device: str = "auto",
-    settings: PostprocessSettings = PostprocessSettings(),
+    settings: PostprocessSettings | dict | None = None,
     runtime: RuntimeOptions | None = None,
     notes: Callable[[str], None] | None = None,
 ) -> Detector:
@@ -406,7 +435,10 @@ def load_detector(
         weights: an ssdcli checkpoint (``.pt``), or a model written by ``ssd export``: ``.onnx``
             (onnxruntime) or ``.xml`` (OpenVINO IR), both on the CPU.
         device: ``auto`` (CUDA when available), ``cpu``, ``cuda``, ``cuda:N``.
-        settings: post-processing (the evaluation defaults unless given).
+        settings: post-processing: ``None``, the model's own (its checkpoint's or export's); a
+            dict, the model's with those values replaced (``None`` values left out); a
+            :class:`PostprocessSettings`, those with the model's rule
+            (:func:`ssdcli.postprocess.settings_for_model`).
         runtime: ``--backend`` / ``--precision`` / ``--calibration-data``
             (:mod:`ssdcli.backends`); ``None``: a checkpoint runs on PyTorch at the device's
             default precision (fp32 on the CPU, fp16 autocast on CUDA, so ``ssd eval`` and

@@ -40,8 +40,9 @@ from __future__ import annotations
 import math
 import os
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
-from typing import NamedTuple
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, replace
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
@@ -106,6 +107,24 @@ class PostprocessSettings:
         return asdict(self)
 
 
+def settings_for_model(
+    stored: Mapping[str, Any] | PostprocessSettings | None, given: PostprocessSettings | Mapping[str, Any] | None
+) -> PostprocessSettings:
+    """The post-processing a model runs with: its ``stored`` settings (a checkpoint's
+    ``postprocess``, an export's metadata) and what the user ``given``.
+
+    ``given`` ``None``: the stored settings; a mapping: the stored settings with the keys whose
+    value is not ``None`` replaced (``ssd detect --min-score``); a :class:`PostprocessSettings`:
+    those, except the rule, which belongs to the model (an imported torchvision model clips first).
+    """
+    base = stored if isinstance(stored, PostprocessSettings) else PostprocessSettings(**dict(stored or {}))
+    if given is None:
+        return base
+    if isinstance(given, PostprocessSettings):
+        return replace(given, rule=base.rule)
+    return replace(base, **{key: value for key, value in given.items() if value is not None})
+
+
 class Detections(NamedTuple):
     """Detections of one image.
 
@@ -148,6 +167,7 @@ def postprocess_flat(
     *,
     variances: tuple[float, float],
     rule: str = "caffe",
+    ignored_labels: Sequence[int] = (),
 ) -> FlatDetections:
     """Final detections of a batch, normalised coordinates.
 
@@ -164,6 +184,8 @@ def postprocess_flat(
             (``model.prior_spec.variances``; the checkpoint stores them).
         rule: ``caffe`` (NMS on the decoded boxes, the kept ones clipped) or ``torchvision``
             (every decoded box clipped first); :data:`RULES`.
+        ignored_labels: labels that are no class (torchvision's "N/A" COCO ids): they take part
+            in everything above, as in their source, and are dropped from the result at the end.
 
     Returns:
         :class:`FlatDetections`.
@@ -172,8 +194,20 @@ def postprocess_flat(
         raise ValueError(f"post-processing rule {rule!r}: expected one of {', '.join(RULES)}")
     settings = (score_threshold, nms_iou, top_k_candidates, max_detections, variances, rule == "torchvision")
     if torch.jit.is_tracing() or torch.jit.is_scripting() or torch.compiler.is_compiling():
-        return _postprocess_flat_traceable(cls_logits, box_deltas, priors_cxcywh, *settings)
-    return _postprocess_flat_eager(cls_logits, box_deltas, priors_cxcywh, *settings)
+        flat = _postprocess_flat_traceable(cls_logits, box_deltas, priors_cxcywh, *settings)
+    else:
+        flat = _postprocess_flat_eager(cls_logits, box_deltas, priors_cxcywh, *settings)
+    return drop_labels(flat, ignored_labels)
+
+
+def drop_labels(flat: FlatDetections, labels: Sequence[int]) -> FlatDetections:
+    """``flat`` without the detections whose label is in ``labels`` (order kept; traceable: a
+    comparison with a constant, which ONNX has)."""
+    if not labels:
+        return flat
+    ignored = torch.tensor(list(labels), dtype=flat.labels.dtype, device=flat.labels.device)  # (L,)
+    keep = ~(flat.labels.unsqueeze(1) == ignored.unsqueeze(0)).any(dim=1)  # (K,)
+    return FlatDetections(*(t[keep] for t in flat))
 
 
 # The first stretch of each image holds FIRST_PREFIX times ``max_detections`` candidates. Later
@@ -456,6 +490,7 @@ def postprocess(
     *,
     variances: tuple[float, float],
     rule: str = "caffe",
+    ignored_labels: Sequence[int] = (),
 ) -> list[Detections]:
     """Final detections per image, in original-image pixels.
 
@@ -478,6 +513,7 @@ def postprocess(
         max_detections=max_detections,
         variances=variances,
         rule=rule,
+        ignored_labels=ignored_labels,
     )
     return split_by_image(flat, cls_logits.shape[0], image_sizes)
 

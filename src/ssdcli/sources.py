@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import IterableDataset
 
-from ssdcli.data.transforms import normalize, resize_uint8
+from ssdcli.preprocessing import to_network_input
 from ssdcli.errors import UserError
 
 IMAGE_EXTENSIONS: frozenset[str] = frozenset(
@@ -374,11 +374,14 @@ class VideoFrames(IterableDataset):
     worker would read every frame.
     """
 
-    def __init__(self, source: VideoSource, size: int, mean: Sequence[float], std: Sequence[float]) -> None:
+    def __init__(
+        self, source: VideoSource, size: int, mean: Sequence[float], std: Sequence[float], preprocessing=None
+    ) -> None:
+        from ssdcli.preprocessing import Preprocessing
+
         self.source = source
         self.size = size
-        self.mean = list(mean)
-        self.std = list(std)
+        self.preprocessing = preprocessing or Preprocessing(size, "rgb", tuple(mean), tuple(std), "uint8")
 
     def __iter__(self) -> Iterator[tuple]:
 
@@ -393,7 +396,7 @@ class VideoFrames(IterableDataset):
                 original = torch.from_numpy(np.ascontiguousarray(frame_bgr[:, :, ::-1]))  # (H, W, 3) RGB
                 height, width = original.shape[:2]
                 chw = original.permute(2, 0, 1)  # (3, H, W)
-                tensor: Tensor = normalize(resize_uint8(chw, self.size), self.mean, self.std)  # (3, S, S)
+                tensor: Tensor = to_network_input(chw, self.preprocessing)  # (3, S, S)
                 yield tensor, (width, height), index, None, time.perf_counter() - start, original
                 index += 1
         finally:

@@ -11,6 +11,7 @@ from ssdcli.cli import priors as priors_cmd
 from ssdcli.cli import detect as detect_cmd
 from ssdcli.cli import eval as eval_cmd
 from ssdcli.cli import export as export_cmd
+from ssdcli.cli import import_model as import_cmd
 from ssdcli.cli import train as train_cmd
 from ssdcli.cli.data import data_app
 
@@ -44,6 +45,7 @@ app.command("train", help=train_cmd.HELP, epilog=train_cmd.EPILOG)(train_cmd.tra
 app.command("eval", help=eval_cmd.HELP, epilog=eval_cmd.EPILOG)(eval_cmd.eval_command)
 app.command("detect", help=detect_cmd.HELP, epilog=detect_cmd.EPILOG)(detect_cmd.detect)
 app.command("export", help=export_cmd.HELP, epilog=export_cmd.EPILOG)(export_cmd.export)
+app.command("import", help=import_cmd.HELP, epilog=import_cmd.EPILOG)(import_cmd.import_command)
 app.add_typer(data_app, name="data")
 
 

@@ -26,6 +26,7 @@ EPILOG = """\
 [bold]Examples[/]
 
   ssd detect photo.jpg                       # newest best.pt under runs/
+  ssd detect photo.jpg --weights torchvision:ssd300_vgg16   # COCO-trained
   ssd detect photos/ --output rendered/ --json dets.json
   ssd detect "shots/**/*.png" --min-score 0.5 --classes person,dog
   ssd detect clip.mp4 --output rendered/     # rendered/clip.mp4, same fps
@@ -48,7 +49,9 @@ When nothing scores above --min-score, a warning gives the best score seen and a
 
 [bold]Weights[/]: without --weights, the newest best.pt anywhere under runs/ in the current folder \
 (e.g. runs/demo/train/best.pt after `make demo`; else the newest last.pt), named on stderr. \
-Pre-processing and class names come from the checkpoint.
+Pre-processing (channel order, normalisation, resize rule), class names, COCO category ids \
+(--coco-json) and the post-processing rule come from the checkpoint. torchvision:ssd300_vgg16 and \
+torchvision:ssdlite320_mobilenet_v3_large are imported on first use (`ssd import`) into the cache.
 
 """ + RUNTIME_EPILOG + """
 [bold]CPU speed[/]: large JPEGs are decoded at 1/2-1/8 scale while they keep twice the network's input size (detections stay in the file's pixels). SSDCLI_WINOGRAD=1 in the environment computes SSD300 / SSD512's large 3x3 convolutions with Winograd's algorithm (NNPACK, inside torch): faster on some CPUs, slower on others (measure: benchmarks/run.py --only forward_ssd300,forward_ssd300_winograd); outputs move by ~1e-5 of their largest value. SSDCLI_EXACT_CONV=1 computes every convolution directly.
@@ -111,11 +114,11 @@ def detect(
         Optional[list[str]], typer.Argument(metavar="SOURCE", help="Image files, folders, quoted glob patterns or video files.", show_default=False)
     ] = None,
     weights: Annotated[
-        Optional[Path], typer.Option("--weights", help="Checkpoint (.pt) or exported model (.onnx, OpenVINO .xml); default: the newest best.pt under runs/, else last.pt.")
+        Optional[Path], typer.Option("--weights", help="Checkpoint (.pt), exported model (.onnx, OpenVINO .xml) or a pretrained name (torchvision:ssd300_vgg16, imported on first use); default: the newest best.pt under runs/, else last.pt.")
     ] = None,
     min_score: Annotated[float, typer.Option("--min-score", help="Keep detections scoring above this (0-1).")] = 0.3,
-    nms_iou: Annotated[float, typer.Option("--nms-iou", help="NMS: drop a box overlapping a better one of its class by more than this IoU.")] = 0.45,
-    top_k: Annotated[int, typer.Option("--top-k", help="At most this many detections per image.")] = 200,
+    nms_iou: Annotated[Optional[float], typer.Option("--nms-iou", help="NMS: drop a box overlapping a better one of its class by more than this IoU; default: the model's (0.45 for ssdcli-trained models).", show_default=False)] = None,
+    top_k: Annotated[Optional[int], typer.Option("--top-k", help="At most this many detections per image; default: the model's (200 for ssdcli-trained models).", show_default=False)] = None,
     classes: Annotated[
         Optional[str], typer.Option("--classes", help="Keep only these classes: comma-separated names of the model's classes.")
     ] = None,
@@ -141,7 +144,9 @@ def detect(
     from ssdcli.inference import find_default_weights, load_detector
     from ssdcli.postprocess import PostprocessSettings
 
-    settings = PostprocessSettings(score_threshold=min_score, nms_iou=nms_iou, top_k_candidates=400, max_detections=top_k)
+    # the model's own post-processing (its rule, candidates per class) with the flags given
+    settings = {"score_threshold": min_score, "nms_iou": nms_iou, "max_detections": top_k}
+    PostprocessSettings(**{k: v for k, v in settings.items() if v is not None})  # the flags' ranges, now
     options = DetectOptions(
         output=output, json_file=json_file, coco_json=coco_json,
         classes=tuple(classes.split(",")) if classes is not None else None,
@@ -156,6 +161,9 @@ def detect(
             raise UserError("no best.pt or last.pt under runs/ in the current folder; pass --weights CKPT")
         why = "the newest best.pt under runs/" if weights.name == "best.pt" else "no best.pt under runs/; the newest last.pt"
         err.print(f"using {escape(str(weights))} ({why}; pass --weights to choose)", highlight=False)
+    from ssdcli.cli.import_model import resolve_weights_option
+
+    weights = resolve_weights_option(weights)
     runtime = runtime_options(backend, precision, calibration_data)
     detector = load_detector(weights, device.value, settings, runtime, notes=print_note)
 

@@ -193,7 +193,9 @@ def _predict(
     from ssdcli.evaluation.classes import align_classes, check_listed_classes
     from ssdcli.inference import detect_dataset, load_detector
 
-    detector = load_detector(weights, device, runtime=runtime, notes=print_note)
+    from ssdcli.cli.import_model import resolve_weights_option
+
+    detector = load_detector(resolve_weights_option(weights), device, runtime=runtime, notes=print_note)
     if classes_file is not None:  # before reading the data: a wrong name fails fast
         check_listed_classes(load_classes_file(classes_file), detector.class_names)
     dataset = _read_dataset(data, split, classes_file)
@@ -216,7 +218,7 @@ def eval_command(
         Path, typer.Option("--data", help="The ground truth: a VOC folder / VOCdevkit or a COCO instances json.")
     ],
     weights: Annotated[
-        Optional[Path], typer.Option("--weights", help="A checkpoint (best.pt / last.pt) or exported model (.onnx, OpenVINO .xml) to run over --data and score.")
+        Optional[Path], typer.Option("--weights", help="A checkpoint (best.pt / last.pt), exported model (.onnx, OpenVINO .xml) or pretrained name (torchvision:ssd300_vgg16) to run over --data and score.")
     ] = None,
     detections: Annotated[
         Optional[Path], typer.Option("--detections", help="Or: a COCO results json of detections to score (see below).")

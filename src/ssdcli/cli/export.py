@@ -30,6 +30,7 @@ EPILOG = """\
   ssd export --weights runs/train/best.pt --format openvino --precision int8 --no-postprocess --calibration-data my_data/ --output best-int8.xml
   ssd export --weights runs/train/best.pt --format openvino --precision bf16 --no-postprocess --val-data my_data/ --output best-bf16.xml
   ssd detect photos/ --weights best.onnx --output shown/
+  ssd export --weights torchvision:ssdlite320_mobilenet_v3_large --format onnx   # ssdlite320_mobilenet_v3_large.onnx
 
 [bold]Inputs[/]: images float32 [N, 3, S, S]: RGB, /255, then (x - mean) / std, resized to S x S without
 keeping the aspect ratio; S, mean and std are in the file's metadata (with the class names).
@@ -117,7 +118,7 @@ def accuracy_table(check) -> Table:
 
 @error_boundary
 def export(
-    weights: Annotated[Path, typer.Option("--weights", help="The checkpoint to export (best.pt / last.pt).")],
+    weights: Annotated[Path, typer.Option("--weights", help="The checkpoint to export (best.pt / last.pt), or a pretrained name (torchvision:ssd300_vgg16).")],
     format: Annotated[Format, typer.Option("--format", help="onnx, openvino (IR .xml + .bin) or torchscript.")] = Format.onnx,
     output: Annotated[
         Path | None,
@@ -168,7 +169,13 @@ def export(
     if format is not Format.openvino and (precision is not IrPrecision.fp32 or calibration_data or val_data):
         raise UserError("--precision, --calibration-data and --val-data are for --format openvino")
     overrides = {"score_threshold": min_score, "nms_iou": nms_iou, "max_detections": top_k}
-    target = output if output is not None else default_output(weights, format.value, postprocess, precision.value)
+    from ssdcli.cli.import_model import resolve_weights_option
+
+    given, weights = str(weights), resolve_weights_option(weights)
+    named = given if str(weights) != given else None
+    # a name's default output is in the current folder (ssd300_vgg16.onnx), not in the cache
+    stem = Path(named.split(":", 1)[1] + ".pt") if named else weights
+    target = output if output is not None else default_output(stem, format.value, postprocess, precision.value)
     if format is Format.openvino:
         from ssdcli.export.ir import OpenVinoOptions, export_openvino
 

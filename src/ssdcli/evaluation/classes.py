@@ -145,11 +145,12 @@ def align_classes(detector, dataset: DetectionDataset, data_name: str, listed: b
         UserError: a listed class the model does not know.
         DataError: the data has no object of any class to score (:func:`check_shared_classes`).
     """
-    model = list(detector.class_names)
+    ignored = set(getattr(detector, "ignored_labels", ()))  # outputs that are no class (imported COCO models)
+    model = [name for label, name in enumerate(detector.class_names, start=1) if label not in ignored]
     if listed:
         check_listed_classes(dataset.classes, model)
     warnings = check_shared_classes(dataset.classes if listed else model, dataset, data_name)
     scored = dataset.classes if listed else model
-    if scored != model:
+    if scored != list(detector.class_names):
         detector = RelabelledDetector(detector, scored)
     return detector, restrict_to_classes(dataset, scored), warnings

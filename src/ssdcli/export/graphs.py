@@ -1,14 +1,16 @@
 """The two graphs ``ssd export`` traces, and the trace itself.
 
-Both take ``images`` float32 [N, 3, S, S] normalised as :func:`ssdcli.data.transforms.to_model_input`
-makes them:
+Both take ``images`` float32 [N, 3, S, S] as :func:`ssdcli.preprocessing.to_network_input` makes
+them with the checkpoint's preprocessing (channel order, normalisation, resize rule: the metadata
+says which):
 
 - :class:`RawGraph` (``--no-postprocess``): ``cls_logits`` [N, P, C + 1], ``box_deltas`` [N, P, 4]
   and the constant ``priors`` [P, 4] cxcywh normalised, in the network's row order.
 - :class:`DetectionGraph` (``--postprocess``): the network followed by
   :func:`ssdcli.postprocess.postprocess_flat` itself (softmax, per-class top-k, decode with the
-  network's own variances, clip, NMS batched over classes and images, best ``max_detections`` per
-  image) -> ``boxes`` [K, 4] xyxy normalised, ``scores`` [K], ``labels`` [K] 1-based and
+  network's own variances, NMS batched over classes and images under the checkpoint's rule
+  (``caffe``: clip the kept boxes; ``torchvision``: clip before NMS), best ``max_detections`` per
+  image, the checkpoint's ignored labels dropped) -> ``boxes`` [K, 4] xyxy normalised, ``scores`` [K], ``labels`` [K] 1-based and
   ``batch_index`` [K], grouped by image, scores descending within an image.
 """
 
@@ -52,7 +54,9 @@ class DetectionGraph(nn.Module):
     threshold is then written into the buffer the traced graph reads.
     """
 
-    def __init__(self, network: SSD, priors_cxcywh: Tensor, settings: PostprocessSettings) -> None:
+    def __init__(
+        self, network: SSD, priors_cxcywh: Tensor, settings: PostprocessSettings, ignored_labels: tuple[int, ...] = ()
+    ) -> None:
         super().__init__()
         self.network = network
         self.register_buffer("priors_cxcywh", priors_cxcywh.clone())
@@ -60,6 +64,8 @@ class DetectionGraph(nn.Module):
         self.nms_iou = float(settings.nms_iou)
         self.top_k_candidates = int(settings.top_k_candidates)
         self.max_detections = int(settings.max_detections)
+        self.rule = settings.rule
+        self.ignored_labels = tuple(int(label) for label in ignored_labels)
         self.variances = tuple(float(v) for v in network.prior_spec.variances)
 
     def forward(self, images: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -75,6 +81,8 @@ class DetectionGraph(nn.Module):
             top_k_candidates=self.top_k_candidates,
             max_detections=self.max_detections,
             variances=self.variances,
+            rule=self.rule,
+            ignored_labels=self.ignored_labels,
         )
         return flat.boxes_xyxy_norm, flat.scores, flat.labels, flat.batch_index
 

@@ -12,7 +12,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ssdcli.postprocess import PostprocessSettings
+from ssdcli.preprocessing import Preprocessing
 from ssdcli.priors import PriorSpec
+
+RESIZE_WORDS = {
+    "uint8": "bilinear, no antialias, on the uint8 image, rounded to uint8, before normalising",
+    "float": "bilinear, align_corners=False, on the normalised float image",
+    "cv2": "cv2.resize INTER_LINEAR on the uint8 image, before normalising",
+}
 
 RAW_OUTPUTS: tuple[str, ...] = ("cls_logits", "box_deltas", "priors")
 DETECTION_OUTPUTS: tuple[str, ...] = ("boxes", "scores", "labels", "batch_index")
@@ -26,6 +33,8 @@ _METADATA_JSON_KEYS = (
     "variances",
     "prior_spec",
     "outputs",
+    "category_ids",
+    "ignored_labels",
 )
 
 
@@ -44,6 +53,11 @@ class ExportMetadata:
             checkpoint's own (its prior spec), which the graph decodes with.
         prior_spec: :meth:`ssdcli.priors.PriorSpec.to_dict` of the default boxes.
         ssdcli_version: the version that wrote the file.
+        channel_order, resize: the input's channel order (``rgb`` / ``bgr``) and resize rule
+            (:data:`ssdcli.preprocessing.RESIZE_RULES`); files without them are ``rgb`` / ``uint8``.
+        category_ids: the COCO category id of each label, or ``None``.
+        ignored_labels: labels that are no class; a ``--postprocess`` graph never outputs them,
+            a raw one does and its user drops them.
     """
 
     arch: str
@@ -56,6 +70,14 @@ class ExportMetadata:
     variances: tuple[float, float]
     prior_spec: dict = field(default_factory=dict)
     ssdcli_version: str = ""
+    channel_order: str = "rgb"
+    resize: str = "uint8"
+    category_ids: list[int] | None = None
+    ignored_labels: tuple[int, ...] = ()
+
+    @property
+    def preprocessing(self) -> Preprocessing:
+        return Preprocessing(self.image_size, self.channel_order, tuple(self.mean), tuple(self.std), self.resize)
 
     @property
     def outputs(self) -> tuple[str, ...]:
@@ -86,10 +108,15 @@ class ExportMetadata:
             "mean": list(self.mean),
             "std": list(self.std),
             "input_name": INPUT_NAME,
+            "channel_order": self.channel_order,
+            "resize": self.resize,
             "input_format": (
-                f"float32 [N, 3, {size}, {size}]: RGB, /255, then (x-mean)/std, resized to "
-                f"{size}x{size} without keeping aspect (bilinear)"
+                f"float32 [N, 3, {size}, {size}]: {self.channel_order.upper()}, /255, then (x-mean)/std "
+                f"(mean and std in that channel order), resized to {size}x{size} without keeping aspect "
+                f"({RESIZE_WORDS[self.resize]})"
             ),
+            "category_ids": self.category_ids,
+            "ignored_labels": list(self.ignored_labels),
             "outputs": list(self.outputs),
             "coordinates": coordinates,
             "postprocess_settings": self.settings.to_dict(),
@@ -122,10 +149,15 @@ class ExportMetadata:
                 mean=tuple(float(m) for m in parsed["mean"]),
                 std=tuple(float(s) for s in parsed["std"]),
                 postprocess=kind == "detections",
-                settings=PostprocessSettings(**parsed["postprocess_settings"]),
+                # exports written before the rule existed clipped every box first
+                settings=PostprocessSettings(**{"rule": "torchvision", **parsed["postprocess_settings"]}),
                 variances=_pair(parsed["variances"]),
                 prior_spec=dict(parsed.get("prior_spec", {})),
                 ssdcli_version=str(parsed.get("ssdcli_version", "")),
+                channel_order=str(parsed.get("channel_order", "rgb")),
+                resize=str(parsed.get("resize", "uint8")),
+                category_ids=None if parsed.get("category_ids") is None else [int(i) for i in parsed["category_ids"]],
+                ignored_labels=tuple(int(i) for i in parsed.get("ignored_labels", ())),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"malformed ssdcli export metadata: {exc!r}") from exc
@@ -153,4 +185,8 @@ def metadata_for(checkpoint: dict, postprocess: bool, settings: PostprocessSetti
         variances=spec.variances,
         prior_spec=dict(checkpoint["priors"]),
         ssdcli_version=__version__,
+        channel_order=str(checkpoint.get("channel_order", "rgb")),
+        resize=str(checkpoint.get("resize", "uint8")),
+        category_ids=checkpoint.get("category_ids"),
+        ignored_labels=tuple(checkpoint.get("ignored_labels", ())),
     )

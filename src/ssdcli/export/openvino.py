@@ -182,7 +182,10 @@ class OpenVinoDetector(OnnxDetector):
         self.image_size: int = self.metadata.image_size
         self.mean = list(self.metadata.mean)
         self.std = list(self.metadata.std)
+        self.preprocessing = self.metadata.preprocessing
         self.class_names = list(self.metadata.class_names)
+        self.category_ids = self.metadata.category_ids
+        self.ignored_labels = tuple(self.metadata.ignored_labels)
         # Compiled now, for any batch size (measured as fast as one compiled model per batch
         # size, README "Benchmarks"), so the first batch's time is the network's own.
         config = {"INFERENCE_PRECISION_HINT": INFERENCE_PRECISION[self.precision], "PERFORMANCE_HINT": "LATENCY"}

@@ -76,6 +76,7 @@ class ExportOptions:
             nms_iou=base.nms_iou if self.nms_iou is None else self.nms_iou,
             top_k_candidates=base.top_k_candidates,
             max_detections=base.max_detections if self.max_detections is None else self.max_detections,
+            rule=base.rule,
         )
 
 
@@ -155,7 +156,10 @@ def export_checkpoint(
     settings = options.postprocess_settings(checkpoint)
     metadata = metadata_for(checkpoint, options.postprocess, settings)
     priors = priors_for_model(network)
-    graph: nn.Module = DetectionGraph(network, priors, settings) if options.postprocess else RawGraph(network, priors)
+    ignored = tuple(checkpoint.get("ignored_labels", ()))
+    graph: nn.Module = (
+        DetectionGraph(network, priors, settings, ignored) if options.postprocess else RawGraph(network, priors)
+    )
     graph.eval()
 
     samples = sample_images(network.image_size, network.mean, network.std)

@@ -23,7 +23,9 @@ from torch import Tensor
 from ssdcli.errors import UserError
 from ssdcli.export.metadata import INPUT_NAME, ExportMetadata
 from ssdcli.inference import Timings
-from ssdcli.postprocess import Detections, FlatDetections, PostprocessSettings, postprocess, split_by_image
+from ssdcli.postprocess import (
+    Detections, FlatDetections, PostprocessSettings, postprocess, settings_for_model, split_by_image,
+)
 from ssdcli.score_hint import best_class_scores
 
 
@@ -90,7 +92,10 @@ class OnnxDetector:
         self.image_size: int = self.metadata.image_size
         self.mean = list(self.metadata.mean)
         self.std = list(self.metadata.std)
+        self.preprocessing = self.metadata.preprocessing
         self.class_names = list(self.metadata.class_names)
+        self.category_ids = self.metadata.category_ids
+        self.ignored_labels = tuple(self.metadata.ignored_labels)
 
     def _check_input(self) -> None:
         """The graph's input must be what the metadata promises: ``[N, 3, S, S]``, a usable
@@ -110,10 +115,11 @@ class OnnxDetector:
         if problems:
             raise UserError(f"{self.path}: unusable ssdcli metadata: {'; '.join(problems)}")
 
-    def _check_settings(self, settings: PostprocessSettings | None) -> PostprocessSettings:
+    def _check_settings(self, settings: PostprocessSettings | dict | None) -> PostprocessSettings:
         stored = self.metadata.settings
-        if settings is None or not self.metadata.postprocess:
-            return settings or stored
+        settings = settings_for_model(stored, settings)  # the model's rule; a dict: overrides
+        if not self.metadata.postprocess:
+            return settings
         if settings.nms_iou != stored.nms_iou or settings.top_k_candidates != stored.top_k_candidates:
             raise UserError(
                 f"{self.path}: its NMS was exported with IoU {stored.nms_iou} and {stored.top_k_candidates} "
@@ -192,6 +198,7 @@ class OnnxDetector:
                 priors,
                 image_sizes=list(sizes),
                 variances=self.metadata.variances,
+                ignored_labels=self.metadata.ignored_labels,
                 **self.settings.to_dict(),
             )
             if timings is not None:
