@@ -16,6 +16,18 @@ def pytest_configure(config: pytest.Config) -> None:
     # module imports torch: speed only, no result depends on it (tests/test_import_side_effects.py).
     limit_openmp_spin()
 @pytest.fixture(scope="session", autouse=True)
+def torch_backend_by_default():
+    """``--backend`` defaults to torch in tests: ``auto`` picks a runtime by timing this machine, so
+    its notes and its choice differ between CPUs, and every checkpoint would be exported and
+    converted once. Tests of ``auto`` pass ``--backend auto`` (the flag beats $SSDCLI_BACKEND)."""
+    from ssdcli.cli.runtime import BACKEND_ENV
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(BACKEND_ENV, "torch")
+        yield
+
+
+@pytest.fixture(scope="session", autouse=True)
 def export_cache(tmp_path_factory) -> Path:
     """The export cache of ``--backend auto|onnxruntime|openvino`` in a session folder, never the
     user's ~/.cache (ssdcli.export.cache.CACHE_ENV)."""

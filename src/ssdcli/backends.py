@@ -70,12 +70,15 @@ class RuntimeOptions:
             fp16 autocast on CUDA.
         calibration_data: int8: a dataset or folder of images to calibrate on.
         cache_dir: the export cache; ``None``: :func:`ssdcli.export.cache.cache_root`.
+        backend_given: ``False`` when ``backend`` is only a default (``$SSDCLI_BACKEND``): an
+            exported model then runs on its own runtime instead of being refused.
     """
 
     backend: str = "auto"
     precision: str | None = None
     calibration_data: Path | None = None
     cache_dir: Path | None = None
+    backend_given: bool = True
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
@@ -182,7 +185,7 @@ def exported_detector(weights: Path, device: str, settings: PostprocessSettings,
         UserError: another backend or a GPU asked for, a precision the file cannot run at.
     """
     own = "onnxruntime" if weights.suffix.lower() == ".onnx" else "openvino"
-    if runtime is not None and runtime.backend not in ("auto", own):
+    if runtime is not None and runtime.backend_given and runtime.backend not in ("auto", own):
         raise UserError(f"--backend {runtime.backend}: {weights} is an exported model; it runs on {own}")
     if device.startswith("cuda"):
         raise UserError(f"--device {device}: {weights} runs on the CPU ({own}); use --device cpu or auto")

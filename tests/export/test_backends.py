@@ -196,3 +196,16 @@ def test_cuda_autocast_precisions(lite, precision, dtype):
     detector.model.conf_heads[0].register_forward_hook(lambda m, i, o: captured.update(dtype=o.dtype))
     detector.predict(torch.randn(2, 3, 320, 320), [(320, 320)] * 2)
     assert detector.precision == precision and captured["dtype"] == dtype
+
+
+def test_ssdcli_backend_is_only_the_default_of_the_flag(monkeypatch):
+    from ssdcli.cli.runtime import BACKEND_ENV, Backend, runtime_options
+
+    monkeypatch.setenv(BACKEND_ENV, "openvino")
+    assert (runtime_options(None, None, None).backend, runtime_options(None, None, None).backend_given) == ("openvino", False)
+    assert runtime_options(Backend.torch, None, None).backend == "torch" and runtime_options(Backend.torch, None, None).backend_given
+    monkeypatch.delenv(BACKEND_ENV)
+    assert runtime_options(None, None, None).backend == "auto"
+    monkeypatch.setenv(BACKEND_ENV, "tensorrt")
+    with pytest.raises(UserError, match=r"^\$SSDCLI_BACKEND: --backend tensorrt: choose one of auto, torch"):
+        runtime_options(None, None, None)

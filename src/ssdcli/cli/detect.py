@@ -13,7 +13,7 @@ from rich.table import Table
 
 from ssdcli.cli.common import Device, err, error_boundary, out
 from ssdcli.cli.runtime import (
-    RUNTIME_EPILOG, Backend, BackendOption, CalibrationOption, PrecisionOption, print_note, runtime_options,
+    RUNTIME_EPILOG, BackendOption, CalibrationOption, PrecisionOption, print_note, runtime_options,
 )
 from ssdcli.errors import UserError
 from ssdcli.wording import plural
@@ -137,7 +137,7 @@ def detect(
         Optional[int], typer.Option("--webcam", help="Also read camera N (e.g. 0) until Ctrl-C or the stream ends.")
     ] = None,
     show: Annotated[bool, typer.Option("--show", help="Also show the rendered images in a window (q to stop).")] = False,
-    backend: BackendOption = Backend.auto,
+    backend: BackendOption = None,
     precision: PrecisionOption = None,
     calibration_data: CalibrationOption = None,
 ) -> None:

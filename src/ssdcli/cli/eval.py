@@ -13,7 +13,7 @@ from rich.table import Table
 
 from ssdcli.cli.common import Device, err, error_boundary, out
 from ssdcli.cli.runtime import (
-    RUNTIME_EPILOG, Backend, BackendOption, CalibrationOption, PrecisionOption, print_note, runtime_options,
+    RUNTIME_EPILOG, BackendOption, CalibrationOption, PrecisionOption, print_note, runtime_options,
 )
 from ssdcli.data.records import DetectionDataset
 from ssdcli.errors import UserError
@@ -255,7 +255,7 @@ def eval_command(
         float, typer.Option("--conf-threshold", help="With --analysis: score threshold of the confusion matrix and worst images.")
     ] = 0.3,
     worst: Annotated[int, typer.Option("--worst", help="With --analysis: how many worst images to draw.")] = 20,
-    backend: BackendOption = Backend.auto,
+    backend: BackendOption = None,
     precision: PrecisionOption = None,
     calibration_data: CalibrationOption = None,
 ) -> None:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
@@ -11,6 +12,11 @@ import typer
 from rich.markup import escape
 
 from ssdcli.cli.common import err
+from ssdcli.errors import UserError
+
+
+BACKEND_ENV = "SSDCLI_BACKEND"
+"""Environment variable holding the default of ``--backend`` (the flag wins)."""
 
 
 class Backend(str, Enum):
@@ -28,11 +34,13 @@ class Precision(str, Enum):
 
 
 BackendOption = Annotated[
-    Backend,
+    Optional[Backend],
     typer.Option(
         "--backend",
         help="auto = the fastest installed runtime that computes at --precision here (timed once per "
-        "checkpoint and machine); torch; onnxruntime / openvino run a cached export of the checkpoint.",
+        "checkpoint and machine); torch; onnxruntime / openvino run a cached export of the checkpoint. "
+        f"Default: auto, or ${BACKEND_ENV} when set (an exported model always runs on its own runtime).",
+        show_default=False,
     ),
 ]
 PrecisionOption = Annotated[
@@ -56,22 +64,33 @@ RUNTIME_EPILOG = """\
 [bold]Backends and precision[/]: --backend onnxruntime / openvino export the checkpoint once (raw outputs, \
 checked against PyTorch) into the export cache ($SSDCLI_CACHE_DIR, else $XDG_CACHE_HOME/ssdcli, else \
 ~/.cache/ssdcli) and run it there with ssdcli's own post-processing, classes and pre-processing. \
---backend auto (default) times the installed runtimes that compute at --precision once per checkpoint and \
+--backend auto (the default unless $SSDCLI_BACKEND says otherwise) times the installed runtimes that compute at --precision once per checkpoint and \
 machine, and uses the fastest; what it chose is said on stderr. bf16 and int8 change scores slightly \
 (int8 needs --calibration-data; ssd export --format openvino --precision int8 also checks the mAP change). \
 OpenVINO is an extra: pip install 'ssdcli\\[openvino]'.
 """
 
 
-def runtime_options(backend: Backend, precision: Optional[Precision], calibration_data: Optional[Path]):
-    """The flags as :class:`ssdcli.backends.RuntimeOptions` (checked there)."""
+def runtime_options(backend: Optional[Backend], precision: Optional[Precision], calibration_data: Optional[Path]):
+    """The flags as :class:`ssdcli.backends.RuntimeOptions` (checked there); without ``--backend``,
+    ``$SSDCLI_BACKEND`` or ``auto``."""
     from ssdcli.backends import RuntimeOptions
 
-    return RuntimeOptions(
-        backend=backend.value,
-        precision=precision.value if precision is not None else None,
-        calibration_data=calibration_data,
-    )
+    if backend is not None:
+        chosen, given = backend.value, True
+    else:
+        chosen, given = os.environ.get(BACKEND_ENV, "").strip() or "auto", False
+    try:
+        return RuntimeOptions(
+            backend=chosen,
+            precision=precision.value if precision is not None else None,
+            calibration_data=calibration_data,
+            backend_given=given,
+        )
+    except UserError as exc:
+        if given:
+            raise
+        raise UserError(f"${BACKEND_ENV}: {exc}") from None
 
 
 def print_note(message: str) -> None:
