@@ -83,6 +83,11 @@ def test_cli_choices_come_from_the_config_lists():
     assert [s.value for s in train_cli.Schedule] == list(SCHEDULES)
     assert [a.value for a in train_cli.Augment] == list(AUGMENTATIONS)
     assert [d.value for d in Device] == list(DEVICES)
+    from ssdcli.cli import priors as priors_cli
+    from ssdcli.config import PRESET_NAMES
+    from ssdcli.priors import PRESETS
+
+    assert [a.value for a in priors_cli.Arch] == list(PRESET_NAMES) == list(PRESETS)
 
 
 def test_to_dict_and_from_dict_are_inverse():

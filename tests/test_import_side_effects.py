@@ -125,3 +125,19 @@ def test_limit_openmp_spin_only_before_torch_and_never_over_the_user(monkeypatch
         kept = dict(chosen)
         assert process.limit_openmp_spin(kept) is False
         assert kept == chosen
+
+
+@pytest.mark.parametrize("argv", [["--version"], ["--help"], ["train", "--help"], ["priors", "--help"], ["data", "check", "--help"]])
+def test_version_and_help_do_not_import_torch(argv) -> None:
+    """`ssd --version` and `--help` answer without loading torch (seconds on a cold cache)."""
+    out = _python(f"""
+        import sys
+        sys.argv = ["ssd", *{argv!r}]
+        from ssdcli.__main__ import main
+        try:
+            main()
+        except SystemExit:
+            pass
+        print("TORCH", "torch" in sys.modules, "CV2", "cv2" in sys.modules)
+    """)
+    assert out.strip().splitlines()[-1] == "TORCH False CV2 False", out

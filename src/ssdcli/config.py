@@ -16,6 +16,8 @@ from ssdcli.errors import UserError
 ARCH_NAMES = ("ssd300", "ssd512", "ssdlite320")
 """The keys of :data:`ssdcli.models.ARCHS` (a test keeps them equal), listed here so that the CLI
 can offer them without importing torch."""
+PRESET_NAMES = ("ssd300", "ssd300_coco", "ssd512", "ssdlite320")
+"""The keys of :data:`ssdcli.priors.PRESETS` (a test keeps them equal), for the same reason."""
 SCHEDULES = ("multistep", "cosine")
 AUGMENTATIONS = ("paper", "light", "none")
 DEVICES = ("auto", "cpu", "cuda")

@@ -8,7 +8,7 @@ import io
 import json
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 from rich.console import Console
@@ -18,8 +18,10 @@ from rich.table import Table
 from ssdcli.cli.common import err, error_boundary, out
 from ssdcli.errors import UserError
 from ssdcli.files import check_file_target
-from ssdcli.prior_file import read_prior_spec_file, save_prior_spec
-from ssdcli.priors import PRESETS, PriorSpec, generate_priors, layer_box_sizes, preset_spec, prior_layer_index
+from ssdcli.config import PRESET_NAMES
+
+if TYPE_CHECKING:
+    from ssdcli.priors import PriorSpec
 
 HELP = "Show the default boxes (priors) of an architecture: per layer, every box, a picture, coverage of a dataset; or fit them to one."
 EPILOG = """\
@@ -39,7 +41,7 @@ EPILOG = """\
 """
 
 
-Arch = Enum("Arch", {name: name for name in PRESETS}, type=str)  # one choice per prior preset
+Arch = Enum("Arch", {name: name for name in PRESET_NAMES}, type=str)  # one choice per prior preset
 
 
 class Format(str, Enum):
@@ -50,6 +52,8 @@ class Format(str, Enum):
 
 def layer_rows(spec: PriorSpec) -> list[dict]:
     """One row per source layer, as shown by the table and the JSON summary."""
+    from ssdcli.priors import layer_box_sizes
+
     rows = []
     for index, layer in enumerate(spec.layers):
         rows.append(
@@ -90,6 +94,8 @@ def _render_table(spec: PriorSpec) -> Table:
 
 def _boxes_text(spec: PriorSpec) -> str:
     """Every default box as aligned text: index, source layer, cx, cy, w, h (normalised)."""
+    from ssdcli.priors import generate_priors, prior_layer_index
+
     lines = [f"{'index':>6} {'layer':>5} {'cx':>9} {'cy':>9} {'w':>9} {'h':>9}"]
     layer_of = prior_layer_index(spec).tolist()
     for index, (cx, cy, w, h) in enumerate(generate_priors(spec).tolist()):
@@ -98,6 +104,8 @@ def _boxes_text(spec: PriorSpec) -> str:
 
 
 def _boxes_csv(spec: PriorSpec) -> str:
+    from ssdcli.priors import generate_priors
+
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(["cx", "cy", "w", "h"])
@@ -150,6 +158,9 @@ def priors(
         _run_fit(arch.value if arch else "ssd300", fit, split, classes, _parse_budget(budget), seed, zoom_out,
                  prior_scales, output, plot, fmt)
         return
+    from ssdcli.prior_file import read_prior_spec_file
+    from ssdcli.priors import preset_spec
+
     if spec_file is not None:
         if prior_scales is not None:
             raise UserError("--prior-scales respreads a preset; a --spec file has its own sizes")
@@ -171,6 +182,8 @@ def priors(
 
 def _spec_text(spec: PriorSpec, fmt: Format, show: bool, to_terminal: bool) -> str:
     """The default boxes of ``spec`` as a per-layer table, every box, csv or JSON."""
+    from ssdcli.priors import generate_priors
+
     if fmt is Format.csv:
         return _boxes_csv(spec)  # csv is always one row per default box
     if fmt is Format.json:
@@ -215,7 +228,9 @@ def _run_fit(preset: str, data: Path, split: str | None, classes: Path | None, b
     """``--fit``: read the data, search, show the comparison, write the spec file."""
     from ssdcli.cli.data import progress_bar
     from ssdcli.cli.priors_fit import fit_summary, render_fit
+    from ssdcli.prior_file import save_prior_spec
     from ssdcli.prior_fit import DEFAULT_LINEAR_SCALES, FitSettings, fit_to_dataset
+    from ssdcli.priors import preset_spec
 
     target = output if output is not None else Path("priors.json")
     if target.exists():
