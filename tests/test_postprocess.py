@@ -3,6 +3,7 @@ import torch
 from torchvision.ops import nms
 
 from ssdcli import postprocess as pp
+from ssdcli import postprocess_paths as paths
 from ssdcli.boxes import cxcywh_to_xyxy
 from ssdcli.codec import decode
 from ssdcli.errors import UserError
@@ -114,8 +115,8 @@ def _flat_both(logits, deltas, priors, **settings):
         settings.get("rule", "caffe") == "torchvision",
     )
     return (
-        pp._postprocess_flat_eager(logits, deltas, priors, *args),
-        pp._postprocess_flat_traceable(logits, deltas, priors, *args),
+        paths.flat_eager(logits, deltas, priors, *args),
+        paths.flat_traceable(logits, deltas, priors, *args),
     )
 
 
@@ -221,13 +222,13 @@ def test_nms_helper_threads_belong_to_one_process_and_thread_count(monkeypatch):
     before = torch.get_num_threads()
     try:
         torch.set_num_threads(2)
-        first = pp._nms_helpers()
-        assert first is not None and pp._nms_helpers() is first
-        monkeypatch.setattr(pp.os, "getpid", lambda: -1)  # as seen from a child process
-        child = pp._nms_helpers()
+        first = paths.nms_helpers()
+        assert first is not None and paths.nms_helpers() is first
+        monkeypatch.setattr(paths.os, "getpid", lambda: -1)  # as seen from a child process
+        child = paths.nms_helpers()
         assert child is not None and child is not first
         torch.set_num_threads(1)
-        assert pp._nms_helpers() is None
+        assert paths.nms_helpers() is None
     finally:
         torch.set_num_threads(before)
 
@@ -236,7 +237,7 @@ def test_traced_postprocess_takes_the_traceable_path(monkeypatch):
     """Inside torch.jit.trace the eager function must not run: its Python loop would be frozen
     into the graph for the traced batch."""
     logits, deltas, priors = realistic_outputs(5, batch=2)
-    monkeypatch.setattr(pp, "_postprocess_flat_eager", lambda *a: pytest.fail("eager path traced"))
+    monkeypatch.setattr(paths, "flat_eager", lambda *a: pytest.fail("eager path traced"))
 
     def graph(cls_logits, box_deltas):
         return tuple(pp.postprocess_flat(cls_logits, box_deltas, priors, variances=VARIANCES))
@@ -319,7 +320,7 @@ TWO_RULES_LOGITS = torch.log(torch.tensor([[[0.1, 0.9], [0.2, 0.8]]]))
 )
 def test_caffe_runs_nms_on_unclipped_boxes_and_torchvision_clips_first(path, rule, boxes, scores):
     deltas = torch.zeros(1, 2, 4)
-    run = pp._postprocess_flat_eager if path == "eager" else pp._postprocess_flat_traceable
+    run = paths.flat_eager if path == "eager" else paths.flat_traceable
     flat = run(TWO_RULES_LOGITS, deltas, TWO_RULES_PRIORS, 0.01, 0.45, 400, 200, VARIANCES, rule == "torchvision")
     torch.testing.assert_close(flat.boxes_xyxy_norm, torch.tensor(boxes), rtol=0, atol=1e-6)
     torch.testing.assert_close(flat.scores, torch.tensor(scores), rtol=0, atol=1e-6)
