@@ -125,18 +125,9 @@ def coco_evaluate(
     # evaluateImg: ignored when crowd or when the area field is outside the range (ends inside).
     gt_ignore = gt_crowd[:, None] | (gt_areas[:, None] < AREA_RANGES[:, 0]) | (gt_areas[:, None] > AREA_RANGES[:, 1])  # (G, A)
 
-    # Detections of the scored images and categories: per group by score, stable, the best 100.
-    det_image = np.array([image_index.get(i, -1) for i in det_images], dtype=np.int64)
-    det_category = np.array([category_index.get(c, -1) for c in det_categories], dtype=np.int64)
-    scored = np.flatnonzero((det_image >= 0) & (det_category >= 0))
-    det_group_all = det_category[scored] * num_images + det_image[scored]
-    det_order = scored[np.lexsort((scored, -det_scores[scored], det_group_all))]
-    det_group = det_category[det_order] * num_images + det_image[det_order]  # (D,), nondecreasing
-    rank = np.arange(len(det_group)) - np.searchsorted(det_group, det_group, side="left")
-    keep = rank < MAX_DETECTIONS[-1]
-    det_order, det_group, rank = det_order[keep], det_group[keep], rank[keep]
-    det_category = det_category[det_order]
-    det_xywh, det_scores = det_xywh[det_order], det_scores[det_order]
+    det_group, det_category, det_xywh, det_scores, rank = _scored_detections(
+        det_images, det_categories, det_xywh, det_scores, image_index, category_index
+    )
 
     det_gt = _match(det_group, det_xywh, gt_group, gt_xywh, gt_crowd, gt_ignore)  # (D, A, T)
     # Unmatched detections point at an extra row that is neither a match nor ignored.
@@ -160,6 +151,26 @@ def coco_evaluate(
     return CocoEvaluation(
         stats=_summarize(precision, recall), precision=precision, recall=recall, category_ids=category_ids, image_ids=image_ids
     )
+
+
+def _scored_detections(
+    det_images: list, det_categories: list, det_xywh: np.ndarray, det_scores: np.ndarray,
+    image_index: dict, category_index: dict,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The detections of the scored images and categories, per (category, image) group by score
+    (stable), the best ``MAX_DETECTIONS[-1]`` of each: ``(group (D,) nondecreasing, category index,
+    xywh, score, rank in its group)``."""
+    num_images = len(image_index)
+    det_image = np.array([image_index.get(i, -1) for i in det_images], dtype=np.int64)
+    det_category = np.array([category_index.get(c, -1) for c in det_categories], dtype=np.int64)
+    scored = np.flatnonzero((det_image >= 0) & (det_category >= 0))
+    det_group_all = det_category[scored] * num_images + det_image[scored]
+    det_order = scored[np.lexsort((scored, -det_scores[scored], det_group_all))]
+    det_group = det_category[det_order] * num_images + det_image[det_order]  # (D,), nondecreasing
+    rank = np.arange(len(det_group)) - np.searchsorted(det_group, det_group, side="left")
+    keep = rank < MAX_DETECTIONS[-1]
+    det_order, det_group, rank = det_order[keep], det_group[keep], rank[keep]
+    return det_group, det_category[det_order], det_xywh[det_order], det_scores[det_order], rank
 
 
 def _read_annotations(annotations: list[dict]) -> tuple[list, list, list, np.ndarray, np.ndarray, np.ndarray]:
