@@ -13,7 +13,7 @@ set -euo pipefail
 
 OUT=${1:-runs/demo}
 SEED=${SEED:-0}
-DEVICE=${DEVICE:-cpu}       # cpu keeps the demo bit-for-bit deterministic; DEVICE=auto uses a GPU
+DEVICE=${DEVICE:-cpu}       # cpu repeats the same numbers on the same machine; DEVICE=auto uses a GPU
 EPOCHS=${EPOCHS:-18}
 MIN_MAP=${MIN_MAP:-0.8}
 start=$(date +%s)
