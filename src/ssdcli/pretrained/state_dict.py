@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from ssdcli.checkpoint import _safe_torch_load
+from ssdcli.safe_torch import safe_torch_load
 from ssdcli.errors import UserError
 
 FORMATS = ("torchvision-ssd300", "torchvision-ssdlite320", "ssd.pytorch")
@@ -56,7 +56,7 @@ def read_state_dict(path: Path) -> dict[str, Tensor]:
             f"{path}: no such file; give a .pth / .pt state-dict file or a name such as torchvision:ssd300_vgg16"
         )
     with torch.serialization.safe_globals([argparse.Namespace]):
-        obj = _safe_torch_load(
+        obj = safe_torch_load(
             path,
             "cpu",
             kind="a state-dict file",
