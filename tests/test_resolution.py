@@ -15,7 +15,7 @@ from ssdcli.data.loader import DetectionTrainDataset
 from ssdcli.data.records import ImageRecord
 from ssdcli.data.resolution import inference_side, shrink_to_side, training_side
 from ssdcli.data.transforms import EvalTransform, TrainTransform, normalize, resize_uint8
-from ssdcli.inference import ImageFiles
+from ssdcli.image_files import ImageFiles
 
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)

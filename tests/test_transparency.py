@@ -12,7 +12,7 @@ from ssdcli.data.images import read_image_rgb
 from ssdcli.data.loader import DetectionTrainDataset
 from ssdcli.data.reader import load_dataset
 from ssdcli.data.transforms import EvalTransform
-from ssdcli.inference import ImageFiles
+from ssdcli.image_files import ImageFiles
 
 MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
 

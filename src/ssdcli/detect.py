@@ -307,7 +307,8 @@ def _run_video(
     to ``target`` at ``fps``, the source's frame rate."""
     from torch.utils.data import DataLoader
 
-    from ssdcli.inference import collate_items, predict_batches, preprocessing_of_detector
+    from ssdcli.image_files import collate_items
+    from ssdcli.inference import predict_batches, preprocessing_of_detector
     from ssdcli.render import open_video_writer
     from ssdcli.sources import VideoFrames
 

@@ -366,9 +366,9 @@ def probe_video(source: VideoSource) -> VideoInfo:
 
 
 class VideoFrames(IterableDataset):
-    """Frames of one video or camera, pre-processed as :class:`ssdcli.inference.ImageFiles` does.
+    """Frames of one video or camera, pre-processed as :class:`ssdcli.image_files.ImageFiles` does.
 
-    Yields the items :func:`ssdcli.inference.collate_items` batches: ``(input float Tensor[3, S, S]
+    Yields the items :func:`ssdcli.image_files.collate_items` batches: ``(input float Tensor[3, S, S]
     normalised, (width, height), frame index, None, read seconds, original uint8 Tensor[H, W, 3]
     RGB)``. Use it with at most one DataLoader worker: a video is read sequentially, and each
     worker would read every frame.

@@ -105,8 +105,8 @@ def calibration_inputs(
     calibration: CalibrationSet, image_size: int, mean, std
 ) -> Iterator[np.ndarray]:
     """Each calibration image as the network's input: float32 [1, 3, S, S], pre-processed exactly as
-    ``ssd detect`` does it (:class:`ssdcli.inference.ImageFiles`). Unreadable images are skipped."""
-    from ssdcli.inference import ImageFiles
+    ``ssd detect`` does it (:class:`ssdcli.image_files.ImageFiles`). Unreadable images are skipped."""
+    from ssdcli.image_files import ImageFiles
 
     files = ImageFiles(calibration.images, image_size, mean, std)
     for index in range(len(files)):
