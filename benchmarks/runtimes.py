@@ -150,10 +150,10 @@ def _onnxruntime_call(path: Path) -> Callable:
 
 
 def _openvino_call(path: Path, precision: str) -> Callable:
-    import openvino as ov
+    from ssdcli.export.openvino import shared_core
 
     hint = {"fp32": "f32", "bf16": "bf16", "int8": "f32"}[precision]
-    compiled = ov.Core().compile_model(str(path), "CPU", {"INFERENCE_PRECISION_HINT": hint, "PERFORMANCE_HINT": "LATENCY"})
+    compiled = shared_core().compile_model(str(path), "CPU", {"INFERENCE_PRECISION_HINT": hint, "PERFORMANCE_HINT": "LATENCY"})
     return lambda batch: [np.asarray(v) for v in compiled(batch).values()]
 
 

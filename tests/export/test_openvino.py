@@ -132,3 +132,18 @@ def test_a_map_drop_above_the_limit_exits_1_and_keeps_nothing(lite, tmp_path, mo
                                  "--max-map-drop", "2"])
     assert result.exit_code == 0 and output.is_file() and OpenVinoDetector(output).precision == "bf16"
     assert "openvino cls_logits" in result.stdout  # bf16 is first checked at fp32 against PyTorch
+
+
+def test_every_ir_in_a_process_shares_one_openvino_core(lite_ir):
+    """OpenVINO 2026 may crash some time after a process made several Core objects
+    (openvinotoolkit/openvino#35338): loading IRs again and again must not make new ones."""
+    import openvino as ov
+
+    made = []
+    real = ov.Core
+    output, _ = lite_ir
+    first = OpenVinoDetector(output)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(ov, "Core", lambda *a: made.append(1) or real(*a))
+        again = [OpenVinoDetector(output) for _ in range(3)]
+    assert made == [] and all(d.core is first.core for d in again)

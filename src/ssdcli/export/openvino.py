@@ -53,6 +53,25 @@ def import_openvino() -> Any:
     return openvino
 
 
+_CORE: list[Any] = []  # the process's one openvino.Core (see shared_core)
+
+
+def shared_core() -> Any:
+    """The process's one ``openvino.Core``, made on first use.
+
+    OpenVINO 2026 can crash (a segmentation fault, no Python error) once a process has made
+    several ``Core`` objects and queries one (openvinotoolkit/openvino#35338; ultralytics hit it
+    after about 20 model loads, PR #25864): a test run or a long-lived program that loads many
+    IRs would die at a random later point. Every detector shares this one, as ultralytics now does.
+
+    Raises:
+        UserError: openvino is missing.
+    """
+    if not _CORE:
+        _CORE.append(import_openvino().Core())
+    return _CORE[0]
+
+
 def convert_onnx(onnx_path: Path) -> Any:
     """``openvino.convert_model`` of an ONNX file -> ``openvino.Model`` (in memory)."""
     ov = import_openvino()
@@ -157,11 +176,10 @@ class OpenVinoDetector(OnnxDetector):
     backend = "openvino"
 
     def __init__(self, path: str | os.PathLike[str], settings=None, precision: str | None = None) -> None:
-        ov = import_openvino()
         self.path = Path(path)
         if not self.path.is_file() or not self.path.with_suffix(".bin").is_file():
             raise UserError(f"{self.path}: OpenVINO model not found (an .xml with its .bin beside it); check the path")
-        self.core = ov.Core()
+        self.core = shared_core()
         try:
             self.model = self.core.read_model(str(self.path))
         except RuntimeError as exc:
