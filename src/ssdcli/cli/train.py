@@ -104,7 +104,7 @@ def train(
     workers: Annotated[int, typer.Option(help="Data-loading worker processes.")] = 2,
     amp: Annotated[Optional[bool], typer.Option("--amp/--no-amp", help="Mixed precision (default: on with CUDA).")] = None,
     seed: Annotated[int, typer.Option(help="Seed for initialisation, data order and augmentation.")] = 0,
-    backbone_weights: Annotated[Optional[str], typer.Option(help=_recipe("ImageNet backbone state dict FILE, or 'none' for scratch", "backbone_weights"))] = None,
+    backbone_weights: Annotated[Optional[str], typer.Option(help=_recipe("ImageNet backbone state dict FILE, 'imagenet' for torchvision's (cached in torch.hub's folder, downloaded once with a progress bar), or 'none' for scratch", "backbone_weights"))] = None,
     eval_every: Annotated[int, typer.Option(help="Validate every N epochs (0 = never; the last epoch always).")] = 1,
     patience: Annotated[int, typer.Option(help="Stop after N validations without a better VOC07 mAP (0 = never); best.pt keeps the best.")] = 0,
     save_every: Annotated[int, typer.Option(help="Also write last.pt every N iterations (0 = once per epoch).")] = 0,

@@ -40,7 +40,7 @@ def resolve_mobilenet_backbone_weights(
     """The MobileNetV3-Large state-dict file that ``--backbone-weights`` asks for.
 
     Args:
-        spec: a file; ``"none"`` (any case) for scratch; ``None`` / ``""`` for torchvision's
+        spec: a file; ``"none"`` (any case) for scratch; ``None`` / ``""`` / ``"imagenet"`` for torchvision's
             ImageNet weights, from torch.hub's cache or downloaded into it with ``on_progress``.
 
     Raises:
@@ -48,7 +48,7 @@ def resolve_mobilenet_backbone_weights(
     """
     if spec is not None and str(spec).strip().lower() == "none":
         return None
-    if spec is not None and str(spec).strip():
+    if spec is not None and str(spec).strip() and str(spec).strip().lower() != "imagenet":
         path = Path(spec).expanduser()
         if not path.is_file():
             raise UserError(f"--backbone-weights {path}: {NO_FILE}")

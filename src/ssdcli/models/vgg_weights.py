@@ -48,6 +48,9 @@ def default_weights_path() -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints" / filename
 
 
+IMAGENET = "imagenet"
+"""The ``--backbone-weights`` value that asks for torchvision's published ImageNet weights."""
+
 VGG_ADVICE = (
     ". Or pass --backbone-weights FILE (a torchvision vgg16 state dict) or --backbone-weights none to train "
     "from scratch"
@@ -62,7 +65,8 @@ def resolve_backbone_weights(
     """The VGG16 state-dict file that ``--backbone-weights`` asks for.
 
     Args:
-        spec: a file path; ``"none"`` (any case) to train from scratch; ``None`` or ``""`` for
+        spec: a file path; ``"none"`` (any case) to train from scratch; ``None``, ``""`` or
+            ``"imagenet"`` for
             torchvision's ImageNet weights: the torch.hub cache file if present, else a download
             into that cache (:func:`ssdcli.downloads.fetch_cached`: sha256-checked, atomic).
         on_download: called as ``on_download(url, destination)`` before a download starts, so
@@ -78,7 +82,7 @@ def resolve_backbone_weights(
     """
     if spec is not None and str(spec).strip().lower() == "none":
         return None
-    if spec is not None and str(spec).strip():
+    if spec is not None and str(spec).strip() and str(spec).strip().lower() != IMAGENET:
         path = Path(spec).expanduser()
         if not path.is_file():
             raise UserError(
@@ -86,7 +90,7 @@ def resolve_backbone_weights(
                 "file, or --backbone-weights none to train from scratch."
             )
         return path
-    cached = default_weights_path()
+    cached = default_weights_path()  # spec None, "" or "imagenet"
     if cached.is_file():
         return cached
     url = vgg16_imagenet_url()

@@ -185,7 +185,8 @@ def run_build_options(config: TrainConfig) -> dict:
     weights the full MobileNetV3 tail they were trained with; else the arch's defaults."""
     if config.init_model is not None:
         return {str(k): float(v) for k, v in dict(config.init_model.get("options") or {}).items()}
-    if config.arch == "ssdlite320" and str(config.backbone_weights).strip().lower() != "none":
+    scratch = config.backbone_weights is not None and config.backbone_weights.strip().lower() == "none"
+    if config.arch == "ssdlite320" and not scratch:
         return {"reduced_tail": 0.0}
     return {}
 
