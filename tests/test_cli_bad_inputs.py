@@ -381,7 +381,9 @@ def test_an_onnx_model_whose_metadata_disagrees_with_its_graph_is_one_line(odd_d
 
 
 def _eval(weights: Path, data: Path, *flags):
-    return ssd("eval", "--weights", weights, "--data", data, "--workers", "0", "--metric", "voc07", *flags)
+    # --backend torch: auto would time the runtimes and say so (notes that depend on the CPU)
+    return ssd("eval", "--weights", weights, "--data", data, "--workers", "0", "--metric", "voc07",
+               "--backend", "torch", *flags)
 
 
 def test_eval_of_a_model_sharing_no_class_with_the_data_is_an_error_naming_both_lists(odd_data, tmp_path):

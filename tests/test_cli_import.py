@@ -24,7 +24,7 @@ from torchvision.models.detection import ssd300_vgg16, ssdlite320_mobilenet_v3_l
 from torchvision.ops import nms
 from typer.testing import CliRunner
 
-from ssdcli.checkpoint import load_checkpoint
+from ssdcli.checkpoint import load_checkpoint, save_checkpoint
 from ssdcli.cli.app import app
 from ssdcli.codec import decode
 from ssdcli.boxes import cxcywh_to_xyxy
@@ -230,14 +230,24 @@ def test_weights_name_imports_on_first_use_into_the_cache(monkeypatch, tmp_path,
     hub_file.parent.mkdir(parents=True)
     torch.manual_seed(1)
     torch.save(ssdlite320_mobilenet_v3_large(weights=None, weights_backbone=None).state_dict(), hub_file)
-    args = ("detect", str(photo_files[0]), "--weights", name, "--backend", "torch", "--workers", "0", "--device", "cpu")
+    args = ("detect", str(photo_files[0]), "--weights", name, "--backend", "torch", "--workers", "0", "--device", "cpu",
+            "--min-score", "0.01")
     first = ssd(*args)
     assert first.exit_code == 0, first.output
     cached = tmp_path / "ssdcli" / "imports" / "torchvision-ssdlite320_mobilenet_v3_large.pt"
     assert cached.is_file() and f"imported {name} into" in first.output and "imports" in first.output
-    second = ssd(*args)
+    checkpoint = load_checkpoint(cached)
+    assert checkpoint["imported_from"]["source"] == name
+    # reused, and --coco-json writes the checkpoint's category ids (torchvision's are the labels
+    # themselves, so they are moved here to tell the two apart)
+    checkpoint["category_ids"] = [1000 + i for i in checkpoint["category_ids"]]
+    save_checkpoint(cached, {k: v for k, v in checkpoint.items() if k not in ("format", "format_version")})
+    second = ssd(*args, "--json", str(tmp_path / "d.json"), "--coco-json", str(tmp_path / "coco.json"))
     assert second.exit_code == 0 and "imported" not in second.output
-    assert load_checkpoint(cached)["imported_from"]["source"] == name
+    labels = [d["class_id"] for d in json.loads((tmp_path / "d.json").read_text())[0]["detections"]]
+    coco = json.loads((tmp_path / "coco.json").read_text())
+    assert len(coco) == len(labels) > 0
+    assert [entry["category_id"] for entry in coco] == [1000 + label for label in labels]
 
 
 def test_offline_name_names_the_url_and_the_path(monkeypatch, tmp_path):
@@ -305,3 +315,23 @@ def test_unknown_name_missing_file_existing_output_and_wrong_options(tmp_path, p
         ssd("import", "x.pth", "--classes", str(tmp_path / "empty.txt"), "--output", str(tmp_path / "n.pt")))
     assert "unknown model name" in _one_line_error(
         ssd("detect", str(photo_files[0]), "--weights", "torchvision:nope", "--backend", "torch"))
+
+
+def test_eval_scores_an_imported_coco_model_on_its_real_classes_with_the_jsons_ids(shared_data):
+    """The unused "N/A" outputs are no class to score; COCO json ids follow the names."""
+    from ssdcli.data.reader import load_dataset
+    from ssdcli.evaluation.classes import align_classes
+    from ssdcli.pretrained.labels import coco91_labels
+
+    names, category_ids, ignored = coco91_labels()
+
+    class Imported:
+        class_names, ignored_labels = list(names), ignored
+
+    dataset = load_dataset(shared_data / "coco128", check_images=False)
+    detector, scored, warnings = align_classes(Imported(), dataset, "coco128", listed=False)
+    assert scored.classes == [n for i, n in enumerate(names, 1) if i not in ignored] and len(scored.classes) == 80
+    assert not any("__unused" in w for w in warnings)
+    by_name = dict(zip(scored.classes, scored.category_ids))
+    for name, cid in zip(dataset.classes, dataset.category_ids):
+        assert by_name[name] == cid == category_ids[names.index(name)]

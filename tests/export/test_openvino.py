@@ -60,8 +60,13 @@ def test_the_ir_runs_in_detect_like_the_onnx_file(lite_ir, lite_onnx):
     images = sample_images(ir.image_size, ir.mean, ir.std)
     sizes = [(640, 480), (300, 500)]
     for a, b in zip(ir.predict(images, sizes), onnx.predict(images[:1], sizes[:1]) + onnx.predict(images[1:], sizes[1:])):
-        assert a.labels.tolist() == b.labels.tolist() and a.scores.numel() > 0
-        assert (a.boxes_xyxy - b.boxes_xyxy).abs().max() < 1e-2 and (a.scores - b.scores).abs().max() < 1e-4
+        assert sorted(a.labels.tolist()) == sorted(b.labels.tolist()) and a.scores.numel() > 0
+        assert (a.scores - b.scores).abs().max() < 1e-4
+        # Two detections whose scores differ by ~1e-8 may be listed in either order by the two
+        # runtimes (float rounding of their kernels): each detection of one is one of the other's.
+        for box, score, label in zip(a.boxes_xyxy, a.scores, a.labels):
+            close = (b.labels == label) & ((b.boxes_xyxy - box).abs().amax(1) < 1e-2) & ((b.scores - score).abs() < 1e-4)
+            assert close.any(), (box, score, label)
 
 
 @pytest.mark.slow

@@ -44,7 +44,8 @@ when none exists, exit 2. Unreadable images are reported one line each and skipp
 [bold]Outputs[/]: --json writes one entry per image (per frame for videos, with "frame"): \
 {"file", "width", "height", "detections": \\[{"class_id", "label", "score", "box": \\[x1, y1, x2, y2]}]}, \
 boxes in original-image pixels, class_id 1-based. --coco-json writes the same detections as COCO \
-results (image_id = file stem, category_id = class_id), the format `ssd eval --detections` scores. \
+results (image_id = file stem, category_id = class_id, or the COCO category id for a model \
+imported with COCO's ids), the format `ssd eval --detections` scores. \
 When nothing scores above --min-score, a warning gives the best score seen and a threshold that would show it.
 
 [bold]Weights[/]: without --weights, the newest best.pt anywhere under runs/ in the current folder \

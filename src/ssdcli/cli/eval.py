@@ -187,8 +187,9 @@ def _predict(
     weights: Path, data: Path, split: Optional[str], classes_file: Optional[Path], batch_size: int, device: str,
     workers: int, runtime=None,
 ) -> tuple[DetectionDataset, list[dict]]:
-    """Run a model over a dataset with the evaluation post-processing (score 0.01, NMS 0.45,
-    200 per image), scoring the model's classes (or the --classes file's, which it must know)."""
+    """Run a model over a dataset with its own post-processing (the evaluation settings, score
+    0.01, NMS 0.45, 200 per image, for models trained here; an import's are its source's),
+    scoring the model's classes (or the --classes file's, which it must know)."""
     from ssdcli.data.reader import load_classes_file
     from ssdcli.evaluation.classes import align_classes, check_listed_classes
     from ssdcli.inference import detect_dataset, load_detector
