@@ -364,4 +364,5 @@ class TrainTransform:
         chw, boxes, labels = self.augment(image, boxes_xyxy_px, labels)
         height, width = chw.shape[1:]
         scale = torch.tensor([width, height, width, height], dtype=torch.float32)
-        return normalize(_in_order(resize_uint8(chw, self.size), self.channel_order), self.mean, self.std), boxes / scale, labels
+        network = _in_order(resize_uint8(chw, self.size), self.channel_order)
+        return normalize(network, self.mean, self.std), boxes / scale, labels
