@@ -109,14 +109,17 @@ def test_a_malicious_checkpoint_is_refused_without_running(tmp_path):
 
 
 def test_offline_without_backbone_weights_is_a_clear_error(synth, tmp_path, monkeypatch):
-    import ssdcli.models.vgg_weights as vgg_weights
+    import torch
+
+    import ssdcli.downloads as downloads
 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
+    monkeypatch.setattr(torch.hub, "_hub_dir", None, raising=False)
 
     def offline(*args, **kwargs):
         raise OSError("network is unreachable")
 
-    monkeypatch.setattr(vgg_weights.torch.hub, "download_url_to_file", offline)
+    monkeypatch.setattr(downloads, "download_file", offline)
     result = runner.invoke(app, ["train", "--data", str(synth), "--epochs", "1", "--arch", "ssd300",
                                  "--device", "cpu", "--output", str(tmp_path / "r")])
     assert result.exit_code == 2

@@ -21,7 +21,8 @@ from ssdcli.models import (
     priors_for_model,
     resolve_backbone_weights,
 )
-from ssdcli.models import vgg_weights
+from ssdcli import downloads
+from ssdcli.models import mobilenet_weights, vgg_weights
 from ssdcli.models.ssd import SSD, measure_feature_maps
 from ssdcli.models.vgg import CONV6, CONV7, POOL3, L2Norm
 from ssdcli.priors import LayerPriors, PriorSpec, ssd300_spec, ssd512_spec
@@ -358,17 +359,18 @@ class _Payload:
 def test_the_arch_table_says_which_archs_take_imagenet_weights(tmp_path, monkeypatch, ssdlite_model) -> None:
     assert ARCHS["ssd300"].backbone_weights is vgg_weights.load_imagenet_vgg16
     assert ARCHS["ssd512"].backbone_weights is vgg_weights.load_imagenet_vgg16
-    assert ARCHS["ssdlite320"].backbone_weights is None  # trains from its own initialisation
+    assert ARCHS["ssdlite320"].backbone_weights is mobilenet_weights.load_imagenet_mobilenet_v3
     assert ARCHS["ssdlite320"].options == ("width_mult", "reduced_tail") and ARCHS["ssd300"].options == ()
 
-    # An arch without ImageNet weights: nothing is looked at, nothing changes.
+    # "none": nothing is looked at, nothing changes.
     before = {k: v.clone() for k, v in ssdlite_model.state_dict().items()}
-    assert load_backbone_weights(ssdlite_model, str(tmp_path / "missing.pth")) is False
+    assert load_backbone_weights(ssdlite_model, "none") is True
     assert all(torch.equal(v, before[k]) for k, v in ssdlite_model.state_dict().items())
 
     # A VGG16 SSD: the file --backbone-weights names is resolved and loaded; "none" loads nothing.
     loaded = []
     monkeypatch.setattr(vgg_weights, "load_vgg16_backbone", lambda model, path: loaded.append((model, path)))
+    monkeypatch.setattr(mobilenet_weights, "load_mobilenet_v3_backbone", lambda model, path: loaded.append((model, path)))
     model = build_model("ssd300", num_classes=2)
     weights = tmp_path / "vgg16.pth"
     weights.write_bytes(b"")
@@ -376,6 +378,10 @@ def test_the_arch_table_says_which_archs_take_imagenet_weights(tmp_path, monkeyp
     assert load_backbone_weights(model, "none") is True and len(loaded) == 1
     with pytest.raises(UserError, match=r"--backbone-weights .*missing.pth: no such file"):
         load_backbone_weights(model, str(tmp_path / "missing.pth"))
+
+    # An ssdlite320 at the full tail: the MobileNetV3 file is resolved and loaded the same way.
+    lite = build_model("ssdlite320", num_classes=2, reduced_tail=False)
+    assert load_backbone_weights(lite, str(weights)) is True and loaded[-1] == (lite, weights)
 
 
 # --- resolving --backbone-weights ----------------------------------------------------------------
@@ -390,7 +396,7 @@ def offline(monkeypatch, tmp_path):
     def no_network(*args, **kwargs):
         raise OSError("network is unreachable")
 
-    monkeypatch.setattr(torch.hub, "download_url_to_file", no_network)
+    monkeypatch.setattr(downloads, "download_file", no_network)
     return tmp_path
 
 
@@ -442,3 +448,19 @@ def test_forward_in_slices_equals_one_call() -> None:
             for a, b in zip(sliced, whole):
                 assert a.shape == b.shape
                 torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_the_default_download_reports_its_progress(offline, monkeypatch) -> None:
+    """The ~528 MB VGG16 download goes through ssdcli.downloads, whose progress `ssd train` draws."""
+
+    def fake_download(url, destination, on_progress=None):
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        destination.write_bytes(b"weights")
+        on_progress(0, 7)
+        on_progress(7, 7)
+
+    monkeypatch.setattr(downloads, "download_file", fake_download)
+    progress = []
+    path = resolve_backbone_weights(None, on_progress=lambda done, total: progress.append((done, total)))
+    assert path == offline / "torch" / "hub" / "checkpoints" / "vgg16-397923af.pth" and path.read_bytes() == b"weights"
+    assert progress == [(0, 7), (7, 7)]

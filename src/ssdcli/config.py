@@ -98,6 +98,11 @@ class TrainConfig:
     holds resolved values. ``amp=None`` means "on when the device is CUDA". ``prior_spec`` is a
     ``PriorSpec.to_dict()`` (``--priors FILE``'s spec, kept so the run repeats without the file).
     ``patience`` 0 = never stop early.
+    ``init`` is ``--init MODEL`` as given and ``init_model`` what the run takes from it
+    (:meth:`ssdcli.train.init_model.InitSource.settings`: arch, options, normalisation, channel
+    order, resize and post-processing rules, its classes), so that a resumed run needs no MODEL;
+    ``arch`` and ``prior_spec`` are then MODEL's. ``freeze_backbone_epochs``: the ImageNet part
+    of the backbone (:func:`ssdcli.models.backbone_modules`) is fixed for that many epochs.
     """
 
     data: str
@@ -132,6 +137,9 @@ class TrainConfig:
     limit_batches: int = 0
     prior_spec: dict | None = None
     prior_scales: tuple[float, float] | None = None
+    init: str | None = None
+    init_model: dict | None = None
+    freeze_backbone_epochs: int = 0
 
     def __post_init__(self) -> None:
         # Settings with an `ssd train` flag are named by the flag; the others (set through the
@@ -160,6 +168,8 @@ class TrainConfig:
             ),
             (self.prior_spec is None or self.prior_scales is None, PRIOR_FLAGS_CONFLICT),
             (self.prior_spec is None or isinstance(self.prior_spec, dict), "prior_spec must be a PriorSpec dict"),
+            (self.freeze_backbone_epochs >= 0, "--freeze-backbone-epochs must be >= 0"),
+            (self.init is None or self.init_model is not None, "init_model (what --init MODEL brings) is missing"),
             (self.neg_pos_ratio > 0, "neg_pos_ratio (hard negatives per positive) must be positive"),
             (0 < self.iou_threshold < 1, "iou_threshold (prior matching) must be in (0, 1)"),
             (self.max_bad_steps >= 1, "max_bad_steps must be at least 1"),

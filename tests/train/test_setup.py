@@ -10,7 +10,7 @@ from torch import nn
 from ssdcli.errors import UserError
 from ssdcli.train import Callbacks
 from ssdcli.train.checkpoints import save_last
-from ssdcli.train.setup import build_run, parameter_groups
+from ssdcli.train.setup import build_run, parameter_groups, run_build_options
 
 
 def test_weight_decay_skips_biases_and_scales():
@@ -27,9 +27,14 @@ def test_backbone_weights_are_asked_of_archs_that_have_them(synth, tmp_path, tin
     # ssd300 takes ImageNet VGG16 weights: the file is looked for, and its absence is a user error
     with pytest.raises(UserError, match=r"--backbone-weights .*vgg16.pth: no such file"):
         build_run(tiny_config(synth, tmp_path / "a", arch="ssd300", backbone_weights=missing), Callbacks())
-    # ssdlite320 has none (ssdcli.models.ARCHS): the setting is not used
-    run = build_run(tiny_config(synth, tmp_path / "b", backbone_weights=missing), Callbacks())
-    assert run.model.arch == "ssdlite320"
+    # ssdlite320 takes ImageNet MobileNetV3-Large, built with the full tail those weights have
+    with pytest.raises(UserError, match=r"--backbone-weights .*vgg16.pth: no such file"):
+        build_run(tiny_config(synth, tmp_path / "b", backbone_weights=missing), Callbacks())
+    config = tiny_config(synth, tmp_path / "c", backbone_weights=missing)
+    assert run_build_options(config) == {"reduced_tail": 0.0}
+    assert run_build_options(config.replace(backbone_weights="none")) == {}
+    run = build_run(config.replace(backbone_weights="none"), Callbacks())
+    assert run.model.arch == "ssdlite320" and run.model.backbone.reduced_tail
 
 
 @pytest.mark.parametrize(

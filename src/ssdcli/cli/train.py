@@ -28,9 +28,15 @@ EPILOG = """\
   ssd train --data my_images_and_xml/ --arch ssdlite320 --prior-scales 0.1 0.95 --epochs 30   # small objects
   ssd train --data my_images_and_xml/ --arch ssdlite320 --priors spec.json --epochs 30   # from ssd priors --fit
   ssd train --data d/ --split train --val-data d/ --val-split val --epochs 100 --patience 5   # early stop
+  ssd train --init torchvision:ssdlite320_mobilenet_v3_large --data my_data/ --epochs 10   # fine-tune COCO SSDLite
+  ssd train --init runs/shapes/best.pt --data other_shapes/ --epochs 10 --freeze-backbone-epochs 2
   ssd train --resume runs/train/last.pt                 # continue exactly where it stopped
   ssd train --resume runs/train/last.pt --epochs 40     # extend a run (the schedule is re-planned)
   torchrun --nproc_per_node 4 -m ssdcli train --data VOCdevkit --split 07+12 --epochs 120
+
+--init MODEL (an ssdcli checkpoint, a torchvision / ssd.pytorch SSD state dict, or a name) brings
+the arch, default boxes, input size, normalisation and channel order; the class head is rebuilt
+for the new classes, keeping the rows of classes MODEL has too (a table at the start lists them).
 
 Defaults are the arch's recipe (ssdcli.config.RECIPES): the paper's for ssd300/ssd512, the
 measured CPU recipe for ssdlite320; every flag given overrides it, and config.json holds the values
@@ -98,7 +104,7 @@ def train(
     workers: Annotated[int, typer.Option(help="Data-loading worker processes.")] = 2,
     amp: Annotated[Optional[bool], typer.Option("--amp/--no-amp", help="Mixed precision (default: on with CUDA).")] = None,
     seed: Annotated[int, typer.Option(help="Seed for initialisation, data order and augmentation.")] = 0,
-    backbone_weights: Annotated[Optional[str], typer.Option(help=_recipe("ImageNet backbone state dict FILE, or 'none' for scratch", "backbone_weights"))] = None,
+    backbone_weights: Annotated[Optional[str], typer.Option(help=_recipe("ImageNet backbone state dict FILE, 'imagenet' for torchvision's (cached in torch.hub's folder, downloaded once with a progress bar), or 'none' for scratch", "backbone_weights"))] = None,
     eval_every: Annotated[int, typer.Option(help="Validate every N epochs (0 = never; the last epoch always).")] = 1,
     patience: Annotated[int, typer.Option(help="Stop after N validations without a better VOC07 mAP (0 = never); best.pt keeps the best.")] = 0,
     save_every: Annotated[int, typer.Option(help="Also write last.pt every N iterations (0 = once per epoch).")] = 0,
@@ -107,26 +113,40 @@ def train(
     limit_batches: Annotated[int, typer.Option(help="Stop each epoch after N batches (smoke tests; 0 = all).")] = 0,
     prior_scales: Annotated[Optional[tuple[float, float]], typer.Option(metavar="MIN MAX", help="Default boxes spread linearly from MIN to MAX of the input (SSD paper eq. 4) in the arch's layout, instead of its preset; check them first with ssd priors --data DIR --prior-scales MIN MAX.")] = None,
     priors: Annotated[Optional[Path], typer.Option(metavar="SPEC.json", help="Default boxes from a spec file (ssd priors --fit DATA --output SPEC.json); the heads follow its boxes per location.")] = None,
+    init: Annotated[Optional[str], typer.Option(metavar="MODEL", help="Fine-tune from a trained detector: an ssdcli checkpoint, a torchvision / ssd.pytorch SSD state dict file, or a name (torchvision:ssdlite320_mobilenet_v3_large, torchvision:ssd300_vgg16). Arch, default boxes and normalisation come from it; the rows of classes it shares with the data are kept.")] = None,
+    freeze_backbone_epochs: Annotated[int, typer.Option(metavar="N", help="Keep the backbone (its weights and BatchNorm statistics) fixed for the first N epochs, then train it.")] = 0,
 ) -> None:
     from ssdcli.cli.train_progress import progress_callbacks
     from ssdcli.train import TrainingInterrupted, fit
 
+    init_source = None
     if resume is not None:
+        if init is not None:
+            raise UserError("--init starts a new run from a trained model and --resume continues a run (which "
+                            "keeps its own --init); give one of them")
         _refuse_settings_with_resume(ctx)
         config = None
     else:
         if data is None or epochs is None:
             missing = " and ".join(flag for flag, value in (("--data", data), ("--epochs", epochs)) if value is None)
             raise UserError(f"{missing} required (or --resume last.pt)")
+        arch_name, prior_spec, init_model = arch.value, None, None
+        if init is not None:
+            init_source = _load_init(ctx, init)
+            arch_name, backbone_weights = init_source.model.arch, "none"
+            prior_spec, init_model = init_source.model.prior_spec.to_dict(), init_source.settings()
+        else:
+            prior_spec = _prior_spec(priors, prior_scales, arch.value)
         config = TrainConfig(
             data=data, epochs=epochs, val_data=val_data, split=split, val_split=val_split,
-            classes_file=str(classes) if classes else None, arch=arch.value, batch_size=batch_size, lr=lr,
+            classes_file=str(classes) if classes else None, arch=arch_name, batch_size=batch_size, lr=lr,
             momentum=momentum, weight_decay=weight_decay, warmup_iters=warmup_iters,
             schedule=schedule.value if schedule else None,
             output=str(output) if output else None, device=device.value, workers=workers, amp=amp, seed=seed,
             backbone_weights=backbone_weights, eval_every=eval_every, save_every=save_every,
             use_difficult=use_difficult, augment=augment.value, limit_batches=limit_batches,
-            prior_scales=prior_scales, patience=patience, prior_spec=_prior_spec(priors, prior_scales, arch.value),
+            prior_scales=prior_scales, patience=patience, prior_spec=prior_spec, init=init, init_model=init_model,
+            freeze_backbone_epochs=freeze_backbone_epochs,
         )
 
     is_main = int(os.environ.get("RANK", "0")) == 0
@@ -135,13 +155,31 @@ def train(
                  (("device", device), ("workers", workers), ("epochs", epochs), ("patience", patience))
                  if _given(ctx, name)}
     try:
-        result = fit(config, callbacks, resume=resume, overrides=overrides)
+        result = fit(config, callbacks, resume=resume, overrides=overrides, init_source=init_source)
     except TrainingInterrupted as exc:
         err.print(f"[yellow]{escape(str(exc))}[/]; continue with: ssd train --resume {escape(str(exc.checkpoint))}",
                   highlight=False)
         raise typer.Exit(130) from None
     if is_main:
         _render(result)
+
+
+def _load_init(ctx: typer.Context, model: str):
+    """``--init MODEL`` loaded (a name downloads with a bar), refusing flags that contradict it."""
+    from ssdcli.cli.import_model import DownloadBar
+    from ssdcli.train.init_model import init_conflicts, load_init_source
+
+    bar = DownloadBar(model)
+    try:
+        source = load_init_source(model, on_progress=bar)
+    finally:
+        bar.close()
+    prior_flags = [flag for flag, name in (("--priors", "priors"), ("--prior-scales", "prior_scales")) if _given(ctx, name)]
+    conflict = init_conflicts(source, ctx.params["arch"].value if _given(ctx, "arch") else None, prior_flags,
+                              _given(ctx, "backbone_weights"))
+    if conflict is not None:
+        raise UserError(conflict)
+    return source
 
 
 def _refuse_settings_with_resume(ctx: typer.Context) -> None:

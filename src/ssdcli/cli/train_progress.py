@@ -11,6 +11,7 @@ from __future__ import annotations
 import sys
 
 from rich.markup import escape
+from rich.table import Table
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from ssdcli.cli.common import err
@@ -47,6 +48,19 @@ def epoch_end_line(epoch: int, epochs: int, row: dict, run_eta: float | None) ->
     return text
 
 
+def init_table(init: dict) -> Table:
+    """``--init``: which of the run's classes start from which of MODEL's (the rest start fresh)."""
+    carried = init["carried"]
+    kept = sum(row["from"] is not None for row in carried)
+    table = Table(title=escape(f"--init {init['source']}: {kept} of {plural(len(carried), 'class')} carried over"))
+    table.add_column("class")
+    table.add_column("class head rows")
+    for row in carried:
+        source = row["from"]
+        table.add_row(escape(row["class"]), "new (initialised)" if source is None else escape(f"from {source!r}"))
+    return table
+
+
 class _Common:
     """What both kinds share: the run's clock, the start line and warnings."""
 
@@ -54,11 +68,25 @@ class _Common:
         self.enabled = enabled
         self.epochs = 0
         self.clock = RunClock(1, 1)
+        self.download = None
+
+    def on_download(self, done: int, total: int | None) -> None:
+        if not self.enabled:
+            return
+        if self.download is None:
+            from ssdcli.cli.import_model import DownloadBar
+
+            self.download = DownloadBar("the ImageNet backbone weights")
+        self.download(done, total)
+        if total is not None and done >= total:
+            self.download.close()
 
     def on_start(self, info: dict) -> None:
         self.epochs = info["epochs"]
         self.clock = RunClock(info["epochs"], info["batches_per_epoch"])
         if self.enabled:
+            if info.get("init"):
+                err.print(init_table(info["init"]))
             self._print(start_line(info))
 
     def on_epoch_start(self, epoch: int, num_batches: int, first_batch: int) -> None:

@@ -227,12 +227,23 @@ def to_model_input(
     return normalize(torch.stack([resize_uint8(image, size) for image in batch]), mean, std)
 
 
+def _check_order(channel_order: str) -> str:
+    if channel_order not in ("rgb", "bgr"):
+        raise ValueError(f"channel order {channel_order!r}: expected rgb or bgr")
+    return channel_order
+
+
+def _in_order(chw: Tensor, channel_order: str) -> Tensor:
+    """An RGB uint8 ``Tensor[3, S, S]`` in the network's channel order (BGR: flipped)."""
+    return chw.flip(0) if channel_order == "bgr" else chw
+
+
 class EvalTransform:
     """Evaluation / validation: resize + normalise only (no randomness).
 
     Args:
         size: network input side S.
-        mean, std: per-channel RGB normalisation for pixels scaled to [0, 1].
+        mean, std: per-channel normalisation for pixels scaled to [0, 1], in ``channel_order``.
         min_box_size: boxes narrower or shorter than this many pixels (after clipping to the image)
             are dropped with their labels.
 
@@ -241,8 +252,10 @@ class EvalTransform:
             the dataset may hand over a large JPEG decoded reduced to that.
     """
 
-    def __init__(self, size: int, mean: Sequence[float], std: Sequence[float], *, min_box_size: float = 1.0):
+    def __init__(self, size: int, mean: Sequence[float], std: Sequence[float], *, min_box_size: float = 1.0,
+                 channel_order: str = "rgb"):
         self.size = size
+        self.channel_order = _check_order(channel_order)
         self.source_side = inference_side(size)
         self.mean = tuple(float(m) for m in mean)
         self.std = tuple(float(s) for s in std)
@@ -257,7 +270,8 @@ class EvalTransform:
         height, width = chw.shape[1:]
         boxes, labels = _prepare_targets(boxes_xyxy_px, labels, height, width, self.min_box_size)
         scale = torch.tensor([width, height, width, height], dtype=torch.float32)
-        return normalize(resize_uint8(chw, self.size), self.mean, self.std), boxes.as_subclass(Tensor) / scale, labels
+        network = _in_order(resize_uint8(chw, self.size), self.channel_order)
+        return normalize(network, self.mean, self.std), boxes.as_subclass(Tensor) / scale, labels
 
 
 class TrainTransform:
@@ -265,7 +279,9 @@ class TrainTransform:
 
     Args:
         size: network input side S.
-        mean, std: per-channel RGB normalisation for pixels scaled to [0, 1].
+        mean, std: per-channel normalisation for pixels scaled to [0, 1], in ``channel_order``.
+        channel_order: ``rgb``, or ``bgr`` for networks that take BGR input (ssd.pytorch's, via
+            ``ssd train --init``): the augmented RGB image is flipped before it is normalised.
         fill: RGB uint8 colour of the zoom-out canvas; default the mean colour ``round(255 * mean)``.
         photometric: apply the photometric distortion.
         zoom_out_p: probability of zooming out; ``max_zoom_out`` the largest canvas side factor.
@@ -292,11 +308,14 @@ class TrainTransform:
         crop: bool = True,
         flip_p: float = 0.5,
         min_box_size: float = 1.0,
+        channel_order: str = "rgb",
     ):
         self.size = size
+        self.channel_order = _check_order(channel_order)
         self.mean = tuple(float(m) for m in mean)
         self.std = tuple(float(s) for s in std)
-        self.fill = tuple(int(round(255 * m)) for m in self.mean) if fill is None else tuple(int(c) for c in fill)
+        rgb_mean = self.mean[::-1] if self.channel_order == "bgr" else self.mean
+        self.fill = tuple(int(round(255 * m)) for m in rgb_mean) if fill is None else tuple(int(c) for c in fill)
         self.crop = crop
         self.source_side = training_side(size, crop)
         self.min_box_size = min_box_size
@@ -345,4 +364,5 @@ class TrainTransform:
         chw, boxes, labels = self.augment(image, boxes_xyxy_px, labels)
         height, width = chw.shape[1:]
         scale = torch.tensor([width, height, width, height], dtype=torch.float32)
-        return normalize(resize_uint8(chw, self.size), self.mean, self.std), boxes / scale, labels
+        network = _in_order(resize_uint8(chw, self.size), self.channel_order)
+        return normalize(network, self.mean, self.std), boxes / scale, labels

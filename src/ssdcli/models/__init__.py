@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from ssdcli.models.mobilenet import ssdlite320
+from ssdcli.models.mobilenet_weights import load_imagenet_mobilenet_v3
 from ssdcli.models.ssd import SSD
 from ssdcli.models.vgg import ssd300, ssd512
 from ssdcli.models.vgg_weights import load_imagenet_vgg16, load_vgg16_backbone, resolve_backbone_weights
@@ -30,7 +31,7 @@ class Architecture:
     Attributes:
         build: ``build(num_classes, prior_spec, **options) -> SSD``.
         options: the build options it accepts (stored in :attr:`SSD.options` and in checkpoints).
-        backbone_weights: ``load(model, weights)``, which puts ImageNet weights into a fresh
+        backbone_weights: ``load(model, weights, on_progress)``, which puts ImageNet weights into a fresh
             network's backbone as ``ssd train --backbone-weights`` asks (a file, ``None`` for the
             default download, ``"none"`` for none); ``None`` when the arch has no such weights
             and trains from its own initialisation.
@@ -38,13 +39,16 @@ class Architecture:
 
     build: Callable[..., SSD]
     options: tuple[str, ...] = ()
-    backbone_weights: Callable[[SSD, str | None], None] | None = None
+    backbone_weights: Callable[..., None] | None = None
 
 
 ARCHS: dict[str, Architecture] = {
     "ssd300": Architecture(ssd300, backbone_weights=load_imagenet_vgg16),
     "ssd512": Architecture(ssd512, backbone_weights=load_imagenet_vgg16),
-    "ssdlite320": Architecture(ssdlite320, options=("width_mult", "reduced_tail")),  # MobileNetV3 ImageNet weights: to come
+    # ImageNet MobileNetV3-Large has the full tail: a run that takes them builds reduced_tail=False
+    # (ssdcli.train.setup.run_build_options).
+    "ssdlite320": Architecture(ssdlite320, options=("width_mult", "reduced_tail"),
+                               backbone_weights=load_imagenet_mobilenet_v3),
 }
 """Arch name -> :class:`Architecture`. The default prior preset of an arch has the same name in
 :data:`ssdcli.priors.PRESETS`; :data:`ssdcli.config.ARCH_NAMES` lists the same names."""
@@ -54,6 +58,7 @@ __all__ = [
     "Architecture",
     "SSD",
     "build_from_settings",
+    "backbone_modules",
     "build_model",
     "forward_in_slices",
     "load_backbone_weights",
@@ -89,7 +94,22 @@ def build_model(arch: str, num_classes: int, prior_spec: PriorSpec | None = None
     return ARCHS[arch].build(num_classes, spec, **options)
 
 
-def load_backbone_weights(model: SSD, weights: str | None) -> bool:
+def backbone_modules(model: SSD) -> list[nn.Module]:
+    """The part of ``model``'s backbone that ImageNet weights (or an ``--init`` detector's
+    classifier layers) fill, which ``--freeze-backbone-epochs`` fixes: VGG16's conv1_1 .. conv7
+    (not the L2Norm scale, nor the extras), MobileNetV3's features (not the extras)."""
+    from ssdcli.models.mobilenet import MobileNetV3Backbone
+    from ssdcli.models.vgg import VGG16Backbone
+
+    backbone = model.backbone
+    if isinstance(backbone, VGG16Backbone):
+        return [backbone.vgg]
+    if isinstance(backbone, MobileNetV3Backbone):
+        return [backbone.stage16, backbone.stage32]
+    raise ValueError(f"{model.arch}: no known backbone to freeze")
+
+
+def load_backbone_weights(model: SSD, weights: str | None, on_progress: Callable[[int, int | None], None] | None = None) -> bool:
     """Put the ImageNet backbone weights of ``model``'s arch into it, as ``--backbone-weights``
     asks (:attr:`Architecture.backbone_weights`).
 
@@ -99,12 +119,12 @@ def load_backbone_weights(model: SSD, weights: str | None) -> bool:
 
     Raises:
         UserError: the weights file is missing or wrong, or the default weights cannot be
-            downloaded.
+            downloaded (``on_progress(bytes_done, bytes_total)`` follows a download).
     """
     load = ARCHS[model.arch].backbone_weights
     if load is None:
         return False
-    load(model, weights)
+    load(model, weights, on_progress)
     return True
 
 

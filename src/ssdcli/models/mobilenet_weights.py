@@ -40,7 +40,7 @@ def resolve_mobilenet_backbone_weights(
     """The MobileNetV3-Large state-dict file that ``--backbone-weights`` asks for.
 
     Args:
-        spec: a file; ``"none"`` (any case) for scratch; ``None`` / ``""`` for torchvision's
+        spec: a file; ``"none"`` (any case) for scratch; ``None`` / ``""`` / ``"imagenet"`` for torchvision's
             ImageNet weights, from torch.hub's cache or downloaded into it with ``on_progress``.
 
     Raises:
@@ -48,7 +48,7 @@ def resolve_mobilenet_backbone_weights(
     """
     if spec is not None and str(spec).strip().lower() == "none":
         return None
-    if spec is not None and str(spec).strip():
+    if spec is not None and str(spec).strip() and str(spec).strip().lower() != "imagenet":
         path = Path(spec).expanduser()
         if not path.is_file():
             raise UserError(f"--backbone-weights {path}: {NO_FILE}")
@@ -118,3 +118,12 @@ def _read(source: Mapping[str, Tensor] | str | Path) -> tuple[Mapping[str, Tenso
     if not path.is_file():
         raise UserError(f"backbone weights {path}: {NO_FILE}")
     return read_state_dict(path), str(path)
+
+
+def load_imagenet_mobilenet_v3(model: SSD, weights: str | None, on_progress: ProgressCallback | None = None) -> None:
+    """What ``--backbone-weights`` asks of an ssdlite320: the file
+    :func:`resolve_mobilenet_backbone_weights` finds (or downloads, reporting ``on_progress``),
+    loaded by :func:`load_mobilenet_v3_backbone`; ``"none"`` keeps the network as initialised."""
+    path = resolve_mobilenet_backbone_weights(weights, on_progress)
+    if path is not None:
+        load_mobilenet_v3_backbone(model, path)

@@ -24,6 +24,7 @@ from urllib.parse import urlparse
 import torch
 from torch import Tensor, nn
 
+from ssdcli.downloads import ProgressCallback, fetch_cached
 from ssdcli.errors import UserError
 from ssdcli.models.ssd import SSD
 from ssdcli.models.vgg import CONV6, CONV7, VGG16Backbone
@@ -47,28 +48,41 @@ def default_weights_path() -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints" / filename
 
 
+IMAGENET = "imagenet"
+"""The ``--backbone-weights`` value that asks for torchvision's published ImageNet weights."""
+
+VGG_ADVICE = (
+    ". Or pass --backbone-weights FILE (a torchvision vgg16 state dict) or --backbone-weights none to train "
+    "from scratch"
+)
+
+
 def resolve_backbone_weights(
-    spec: str | Path | None, on_download: Callable[[str, Path], None] | None = None
+    spec: str | Path | None,
+    on_download: Callable[[str, Path], None] | None = None,
+    on_progress: ProgressCallback | None = None,
 ) -> Path | None:
     """The VGG16 state-dict file that ``--backbone-weights`` asks for.
 
     Args:
-        spec: a file path; ``"none"`` (any case) to train from scratch; ``None`` or ``""`` for
+        spec: a file path; ``"none"`` (any case) to train from scratch; ``None``, ``""`` or
+            ``"imagenet"`` for
             torchvision's ImageNet weights: the torch.hub cache file if present, else a download
-            into that cache.
+            into that cache (:func:`ssdcli.downloads.fetch_cached`: sha256-checked, atomic).
         on_download: called as ``on_download(url, destination)`` before a download starts, so
             the CLI can say what is happening.
+        on_progress: the download's progress (``on_progress(bytes_done, bytes_total)``).
 
     Returns:
         The file to pass to :func:`load_vgg16_backbone`, or ``None`` for scratch.
 
     Raises:
         UserError: the file does not exist, or the default weights are not cached and cannot be
-            downloaded (offline).
+            downloaded (offline: the message names the URL and the path to put the file at).
     """
     if spec is not None and str(spec).strip().lower() == "none":
         return None
-    if spec is not None and str(spec).strip():
+    if spec is not None and str(spec).strip() and str(spec).strip().lower() != IMAGENET:
         path = Path(spec).expanduser()
         if not path.is_file():
             raise UserError(
@@ -76,25 +90,13 @@ def resolve_backbone_weights(
                 "file, or --backbone-weights none to train from scratch."
             )
         return path
-    cached = default_weights_path()
+    cached = default_weights_path()  # spec None, "" or "imagenet"
     if cached.is_file():
         return cached
     url = vgg16_imagenet_url()
     if on_download is not None:
         on_download(url, cached)
-    try:
-        cached.parent.mkdir(parents=True, exist_ok=True)
-        match = torch.hub.HASH_REGEX.search(cached.name)
-        hash_prefix = match.group(1) if match else None
-        # Writes to a temporary file and renames, so a failed download leaves no partial file.
-        torch.hub.download_url_to_file(url, str(cached), hash_prefix=hash_prefix, progress=False)
-    except Exception as exc:  # noqa: BLE001 - any failure here means "could not fetch"
-        raise UserError(
-            f"offline: the ImageNet VGG16 weights are not cached at {cached} and downloading "
-            f"{url} failed ({type(exc).__name__}: {exc}). Pass --backbone-weights FILE (a "
-            "torchvision vgg16 state dict) or --backbone-weights none to train from scratch."
-        ) from exc
-    return cached
+    return fetch_cached(url, "the ImageNet VGG16 weights", on_progress, VGG_ADVICE)
 
 
 def _read_state_dict(source: Mapping[str, Tensor] | str | Path) -> tuple[Mapping[str, Tensor], str]:
@@ -186,10 +188,10 @@ def load_vgg16_backbone(model: SSD, state_dict_or_path: Mapping[str, Tensor] | s
         vgg[CONV7].bias.copy_(conv7_bias)
 
 
-def load_imagenet_vgg16(model: SSD, weights: str | None) -> None:
+def load_imagenet_vgg16(model: SSD, weights: str | None, on_progress: ProgressCallback | None = None) -> None:
     """What ``--backbone-weights`` asks of a VGG16 SSD: the file :func:`resolve_backbone_weights`
-    finds (or downloads), loaded by :func:`load_vgg16_backbone`; ``"none"`` keeps the network as
-    initialised."""
-    path = resolve_backbone_weights(weights)
+    finds (or downloads, reporting ``on_progress``), loaded by :func:`load_vgg16_backbone`;
+    ``"none"`` keeps the network as initialised."""
+    path = resolve_backbone_weights(weights, on_progress=on_progress)
     if path is not None:
         load_vgg16_backbone(model, path)

@@ -29,3 +29,6 @@ class Callbacks:
     def on_epoch_end(self, epoch: int, row: dict) -> None: ...
 
     def on_warning(self, message: str) -> None: ...
+
+    def on_download(self, done: int, total: int | None) -> None:
+        """Bytes of the ImageNet backbone weights downloaded so far (``total`` None: unknown)."""

@@ -14,10 +14,13 @@ from ssdcli.train.setup import TrainRun
 
 
 def _payload(run: TrainRun, metrics: dict, training: dict | None) -> dict:
+    # A run started with --init keeps MODEL's channel order, resize and post-processing rules.
+    init = run.config.init_model or {}
     return checkpoint_payload(
         run.model.state_dict(), model_settings(run.model), run.classes,
-        postprocess=PostprocessSettings().to_dict(), config=run.config.to_dict(),
-        metrics={**metrics, "epochs_done": run.state.epoch}, training=training,
+        postprocess=PostprocessSettings(rule=init.get("postprocess_rule", "caffe")).to_dict(),
+        config=run.config.to_dict(), metrics={**metrics, "epochs_done": run.state.epoch}, training=training,
+        channel_order=init.get("channel_order", "rgb"), resize=init.get("resize", "uint8"),
     )
 
 

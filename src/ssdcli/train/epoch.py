@@ -15,6 +15,7 @@ from ssdcli.models import micro_batch_size
 from ssdcli.train import distributed
 from ssdcli.train.callbacks import Callbacks
 from ssdcli.train.checkpoints import save_last
+from ssdcli.train.freeze import apply_freeze
 from ssdcli.train.guard import NonFiniteGuard, weights_finite
 from ssdcli.train.interrupts import deferred_interrupt
 from ssdcli.train.setup import TrainRun
@@ -79,6 +80,7 @@ def train_one_epoch(run: TrainRun, guard: NonFiniteGuard, callbacks: Callbacks) 
     """
     model, state, device = run.train_model, run.state, run.device
     model.train()
+    apply_freeze(run.model, run.config, state.epoch)
     micro_batch = micro_batch_size(model, device)
     sums = torch.tensor(state.epoch_sums[:4], dtype=torch.float64)  # loss*n, loc*n, conf*n, n
     skipped, seconds_before = int(state.epoch_sums[4]), state.epoch_sums[5]

@@ -28,7 +28,8 @@ from ssdcli.train.epoch import train_one_epoch
 from ssdcli.train.guard import NonFiniteGuard, weights_finite
 from ssdcli.train.interrupts import deferred_interrupt
 from ssdcli.train.resume import RunFinished
-from ssdcli.train.setup import TrainRun, build_run
+from ssdcli.train.freeze import frozen_modules
+from ssdcli.train.setup import TrainRun, build_run, run_channel_order
 from ssdcli.train.validation import PRECISE_BN_IMAGES, precise_bn_batches, recompute_batchnorm_stats, validate
 
 
@@ -60,10 +61,13 @@ def fit(
     callbacks: Callbacks | None = None,
     resume: Path | None = None,
     overrides: dict | None = None,
+    init_source=None,
 ) -> FitResult:
     """Train per ``config``, or continue the run saved in ``resume`` with its own settings
     (``overrides``: see :func:`~ssdcli.train.setup.build_run`; ``epochs`` extends the run,
     re-planning its schedule, :meth:`~ssdcli.train.schedule.SchedulePlan.extended`).
+    ``init_source``: the loaded ``--init`` MODEL (:class:`~ssdcli.train.init_model.InitSource`)
+    of ``config.init``, when the caller already has it.
 
     Raises:
         TrainingInterrupted: Ctrl-C; ``last.pt`` was saved first.
@@ -72,7 +76,7 @@ def fit(
     callbacks = callbacks or Callbacks()
     try:
         try:
-            run = build_run(config, callbacks, resume, overrides)
+            run = build_run(config, callbacks, resume, overrides, init_source)
         except RunFinished as done:
             last = Path(resume)
             best = last.parent / "best.pt"
@@ -148,7 +152,7 @@ def finish_epoch(run: TrainRun, sums: dict, callbacks: Callbacks) -> dict:
         scores = validate(
             run.model, run.val_data, run.device, batch_size=config.batch_size, workers=config.workers,
             amp=run.amp, iou_threshold=config.iou_threshold, neg_pos_ratio=config.neg_pos_ratio,
-            callbacks=callbacks, epoch=state.epoch,
+            callbacks=callbacks, epoch=state.epoch, channel_order=run_channel_order(config),
         ) if run.dist.is_main else None
         row.update(distributed.broadcast_object(scores, run.dist))  # every process takes the same decisions
         row["val_seconds"] = time.perf_counter() - begin
@@ -183,7 +187,8 @@ def _precise_bn(run: TrainRun, callbacks: Callbacks) -> float:
     if batches:
         callbacks.on_precise_bn_start(epoch, batches)
     recompute_batchnorm_stats(run.model, run.train_set, indices, batch_size, run.config.workers, run.device,
-                              on_batch=lambda done: callbacks.on_precise_bn_batch(epoch, done))
+                              on_batch=lambda done: callbacks.on_precise_bn_batch(epoch, done),
+                              frozen=frozen_modules(run.model, run.config, epoch))
     return time.perf_counter() - begin
 
 

@@ -32,6 +32,9 @@ from ssdcli.runs import MetricsLog, claim_run_dir, next_run_dir, write_json, wri
 from ssdcli.train import distributed
 from ssdcli.train.callbacks import Callbacks
 from ssdcli.train.default_boxes import run_prior_spec
+from ssdcli.train.init_model import (
+    InitSource, build_init_model, carried_over, load_init_source, match_classes, transfer_weights,
+)
 from ssdcli.train.resume import (
     RunFinished, finished_message, reconcile_metrics, restore_training, resumed_config, schedule_plan,
 )
@@ -64,6 +67,7 @@ class TrainRun:
     scaler: torch.amp.GradScaler
     state: TrainState
     metrics_log: MetricsLog | None  # rank 0 only
+    carried: list[dict] | None = None  # --init: per class the MODEL class it starts from (init_model.carried_over)
 
     @property
     def last_path(self) -> Path:
@@ -94,6 +98,7 @@ class TrainRun:
             "output": str(self.output), "device": str(self.device), "amp": self.amp,
             "world_size": self.dist.world_size, "train_images": len(self.train_data.records),
             "val_images": len(self.val_data.records) if self.val_data else 0, "classes": self.classes,
+            "init": None if self.carried is None else {"source": self.config.init, "carried": self.carried},
             "batches_per_epoch": self.batches_per_epoch, "epochs": self.config.epochs,
             "start_epoch": self.state.epoch, "lr": self.config.effective_lr,
         }
@@ -104,10 +109,12 @@ def build_run(
     callbacks: Callbacks,
     resume: Path | None = None,
     overrides: dict | None = None,
+    init_source: InitSource | None = None,
 ) -> TrainRun:
     """The run ``config`` describes, or the one saved in ``resume`` continued with its own
     settings (``overrides``: what the CLI allows with ``--resume``: ``device``, ``workers``, and
-    ``epochs`` / ``patience``, which extend or change the run).
+    ``epochs`` / ``patience``, which extend or change the run). A fresh ``--init`` run starts
+    from ``init_source`` (loaded from ``config.init`` when not given).
 
     Joins the torchrun process group when there is one (the caller tears it down).
 
@@ -137,9 +144,12 @@ def build_run(
         output = next_run_dir(Path(config.output or "runs/train")) if dist_info.is_main else None
         output = Path(distributed.broadcast_object(str(output) if output else None, dist_info))
 
-    model = build_model(config.arch, num_classes=len(classes), prior_spec=run_prior_spec(config))
-    if checkpoint is None:
-        load_backbone_weights(model, config.backbone_weights)
+    model = _build_network(config, len(classes))
+    carried = None
+    if checkpoint is None and config.init is not None:
+        carried = start_from(model, init_source or load_init_source(config.init), classes)
+    elif checkpoint is None:
+        load_backbone_weights(model, config.backbone_weights, callbacks.on_download)
     model.to(device)
     train_set, sampler, loader, batches_per_epoch = training_loader(config, model, train_data, dist_info)
     optimizer = torch.optim.SGD(
@@ -154,7 +164,9 @@ def build_run(
     state.plan = schedule_plan(state, config, batches_per_epoch, saved)
     train_model: nn.Module = model
     if dist_info.enabled:
-        train_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        # Frozen backbone epochs leave parameters without gradients, which DDP must be told of.
+        train_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
+                                              find_unused_parameters=config.freeze_backbone_epochs > 0)
 
     run = TrainRun(
         config=config, device=device, dist=dist_info, amp=amp, output=output, classes=classes,
@@ -162,9 +174,40 @@ def build_run(
         priors=priors_for_model(model).to(device), train_set=train_set, sampler=sampler, loader=loader,
         batches_per_epoch=batches_per_epoch, loss_fn=MultiBoxLoss(config.neg_pos_ratio), optimizer=optimizer,
         scaler=scaler, state=state, metrics_log=MetricsLog(output / "metrics.csv") if dist_info.is_main else None,
+        carried=carried,
     )
     _prepare_output(run, checkpoint, saved)
     return run
+
+
+def run_build_options(config: TrainConfig) -> dict:
+    """The arch options of the run's network: ``--init`` MODEL's; for ssdlite320 with ImageNet
+    weights the full MobileNetV3 tail they were trained with; else the arch's defaults."""
+    if config.init_model is not None:
+        return {str(k): float(v) for k, v in dict(config.init_model.get("options") or {}).items()}
+    scratch = config.backbone_weights is not None and config.backbone_weights.strip().lower() == "none"
+    if config.arch == "ssdlite320" and not scratch:
+        return {"reduced_tail": 0.0}
+    return {}
+
+
+def _build_network(config: TrainConfig, num_classes: int) -> SSD:
+    """A freshly initialised network for the run (weights come after: MODEL, ImageNet or a resume)."""
+    if config.init_model is not None:
+        return build_init_model(config.init_model, num_classes, run_prior_spec(config))
+    return build_model(config.arch, num_classes=num_classes, prior_spec=run_prior_spec(config),
+                       **run_build_options(config))
+
+
+def start_from(model: SSD, source: InitSource, classes: list[str]) -> list[dict]:
+    """``--init``: MODEL's weights into the fresh ``model``, its class rows for the classes it
+    shares with ``classes`` (:mod:`ssdcli.train.init_model`); returns the carry-over rows."""
+    matches = match_classes(classes, source.class_names, source.ignored_labels)
+    try:
+        transfer_weights(source.model, model, matches)
+    except ValueError as exc:
+        raise UserError(f"--init {source.source}: its network does not fit the run's ({exc})") from None
+    return carried_over(classes, source.class_names, matches)
 
 
 def _placement(config: TrainConfig) -> tuple[torch.device, distributed.DistInfo, bool]:
@@ -230,17 +273,24 @@ def _refuse_errors(dataset: DetectionDataset) -> None:
         )
 
 
+def run_channel_order(config: TrainConfig) -> str:
+    """The order of the network's input channels: ``--init`` MODEL's, else RGB."""
+    return str((config.init_model or {}).get("channel_order", "rgb"))
+
+
 def training_loader(
     config: TrainConfig, model: SSD, data: DetectionDataset, dist_info: distributed.DistInfo
 ) -> tuple[SeededSamples, EpochSampler, DataLoader, int]:
     """The augmented, seeded training set, this process's sampler, the loader over them and the
     number of batches per epoch (``--limit-batches`` applied)."""
+    order = run_channel_order(config)
     if config.augment == "paper":
-        transform = TrainTransform(model.image_size, model.mean, model.std)
+        transform = TrainTransform(model.image_size, model.mean, model.std, channel_order=order)
     elif config.augment == "light":  # colours and flips only: no zoom-out or crop
-        transform = TrainTransform(model.image_size, model.mean, model.std, zoom_out_p=0.0, crop=False)
+        transform = TrainTransform(model.image_size, model.mean, model.std, zoom_out_p=0.0, crop=False,
+                                   channel_order=order)
     else:
-        transform = EvalTransform(model.image_size, model.mean, model.std)
+        transform = EvalTransform(model.image_size, model.mean, model.std, channel_order=order)
     train_set = SeededSamples(
         DetectionTrainDataset(data.records, transform, use_difficult=config.use_difficult), seed=config.seed
     )

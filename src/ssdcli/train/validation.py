@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
@@ -39,6 +39,7 @@ def recompute_batchnorm_stats(
     workers: int,
     device: torch.device,
     on_batch: Callable[[int], None] | None = None,
+    frozen: Sequence[nn.Module] = (),
 ) -> bool:
     """Replace BatchNorm running statistics by the exact mean and (biased) variance of each
     BatchNorm input over ``indices`` with the current weights ("precise BN", Wu & Johnson 2021).
@@ -52,12 +53,15 @@ def recompute_batchnorm_stats(
     ``num_batches_tracked`` keeps its value (these passes are not training steps), and when the
     pass is interrupted (Ctrl-C, an error) every BatchNorm buffer is put back as it was, so a
     resumed run redoing it starts from the same state. ``on_batch(done)`` is called after each
-    batch (:func:`precise_bn_batches` of them).
+    batch (:func:`precise_bn_batches` of them). BatchNorms inside ``frozen`` modules (a backbone
+    under ``--freeze-backbone-epochs``) keep their statistics and normalise with them in the pass,
+    as in the frozen training steps.
     """
     from torch.nn.modules.batchnorm import _BatchNorm
     from torch.utils.data import Subset
 
-    norms = [m for m in model.modules() if isinstance(m, _BatchNorm) and m.track_running_stats]
+    fixed = {id(m) for module in frozen for m in module.modules()}
+    norms = [m for m in model.modules() if isinstance(m, _BatchNorm) and m.track_running_stats and id(m) not in fixed]
     # Batches of at least 2 (BatchNorm cannot normalise one value per channel: the 1x1 maps of the
     # last SSDLite layers), and no ragged last batch.
     batch_size = max(2, batch_size)
@@ -77,6 +81,8 @@ def recompute_batchnorm_stats(
     hooks = [norm.register_forward_pre_hook(collect) for norm in norms]
     was_training = model.training
     model.train()
+    for module in frozen:
+        module.eval()
     finished = False
     try:
         loader = make_loader(Subset(dataset, indices), batch_size, shuffle=False, workers=workers, seed=0, drop_last=True)
@@ -113,6 +119,7 @@ def validate(
     neg_pos_ratio: float,
     callbacks: Callbacks | None = None,
     epoch: int = 0,
+    channel_order: str = "rgb",
 ) -> dict:
     """Validation loss and VOC07 mAP in one pass over the (un-augmented) validation images.
 
@@ -122,13 +129,14 @@ def validate(
 
     Returns:
         ``{"val_loss": image-weighted mean loss, "val_map": VOC07 mAP in [0, 1]}``.
+        (``channel_order``: of the network's input, ``rgb`` or ``bgr``; mean and std are in it.)
     """
     from ssdcli.evaluation import evaluate
 
     callbacks = callbacks or Callbacks()
     model.eval()
     priors = priors_for_model(model).to(device)
-    transform = EvalTransform(model.image_size, model.mean, model.std)
+    transform = EvalTransform(model.image_size, model.mean, model.std, channel_order=channel_order)
     loader = make_loader(
         DetectionTrainDataset(dataset.records, transform), batch_size, shuffle=False, workers=workers, seed=0
     )
