@@ -176,10 +176,11 @@ class OpenVinoDetector(OnnxDetector):
     backend = "openvino"
 
     def __init__(self, path: str | os.PathLike[str], settings=None, precision: str | None = None) -> None:
+        core = shared_core()  # first: without openvino, say how to install it
         self.path = Path(path)
         if not self.path.is_file() or not self.path.with_suffix(".bin").is_file():
             raise UserError(f"{self.path}: OpenVINO model not found (an .xml with its .bin beside it); check the path")
-        self.core = shared_core()
+        self.core = core
         try:
             self.model = self.core.read_model(str(self.path))
         except RuntimeError as exc:
