@@ -67,8 +67,9 @@ def shared_core() -> Any:
     Raises:
         UserError: openvino is missing.
     """
+    ov = import_openvino()  # every time: an environment without openvino says so
     if not _CORE:
-        _CORE.append(import_openvino().Core())
+        _CORE.append(ov.Core())
     return _CORE[0]
 
 
