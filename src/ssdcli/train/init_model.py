@@ -111,9 +111,10 @@ def load_init_source(spec: str, on_progress: ProgressCallback | None = None) -> 
 
 def _ssdcli_checkpoint(path: Path) -> dict | None:
     """``path`` read as an ssdcli checkpoint, or ``None`` when it is another kind of torch file."""
-    from ssdcli.checkpoint import FORMAT, _safe_torch_load, load_checkpoint
+    from ssdcli.checkpoint import FORMAT, load_checkpoint
+    from ssdcli.safe_torch import safe_torch_load
 
-    obj = _safe_torch_load(path, "cpu", kind="a model file")
+    obj = safe_torch_load(path, "cpu", kind="a model file")
     if isinstance(obj, dict) and obj.get("format") == FORMAT:
         return load_checkpoint(path)
     return None
