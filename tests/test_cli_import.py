@@ -134,6 +134,7 @@ def test_ssd300_detect_matches_torchvision(ssd300_import, photo_files, photos, t
     _assert_match(ours, reference)
 
 
+@pytest.mark.slow
 def test_ssdlite_detect_and_its_onnx_export_match_torchvision(ssdlite_import, photo_files, photos, tmp_path):
     pytest.importorskip("onnxruntime")
     model, path, _ = ssdlite_import
@@ -197,6 +198,7 @@ def _ssd_pytorch_reference(network, files, min_score):
     return results
 
 
+@pytest.mark.slow
 def test_ssd_pytorch_import_and_detect_reproduce_its_forward(tmp_path, photo_files):
     torch.manual_seed(0)
     network = SsdPytorchSSD(num_classes=21).eval()

@@ -24,6 +24,7 @@ def synth(tmp_path_factory):
     return root
 
 
+@pytest.mark.slow
 def test_cli_trains_and_resume_refuses_other_flags(synth, tmp_path):
     out = tmp_path / "cli"
     args = ["train", "--data", str(synth), "--split", "train", "--epochs", "1", "--arch", "ssdlite320",

@@ -161,6 +161,7 @@ def test_exported_files_run_on_their_own_runtime_only(lite_onnx, tmp_path):
     assert load_detector(lite_onnx, "cpu", runtime=RuntimeOptions(backend="auto")).backend == "onnxruntime"
 
 
+@pytest.mark.slow
 def test_bf16_on_the_cpu_runs_the_direct_convolutions_in_bf16(monkeypatch):
     """NNPACK's Winograd path is fp32-only: under bf16 autocast it would silently run fp32."""
     from ssdcli.models import build_model

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from ssdcli.loss import MultiBoxLoss
@@ -10,6 +11,7 @@ from ssdcli.models import build_model, micro_batch_size, priors_for_model
 from ssdcli.train.epoch import forward_backward
 
 
+@pytest.mark.slow
 def test_micro_batches_give_the_loss_and_gradients_of_the_whole_batch():
     """CPU training of a BatchNorm-free network goes image by image (models.CPU_MICRO_BATCH); the
     slices' losses, divided by the batch's number of positives, must add up to the batch's."""

@@ -22,6 +22,7 @@ class StopAfter(Callbacks):
 
 
 @pytest.mark.parametrize("stop_after", [1, 2, 3])  # mid-epoch, at the epoch boundary, mid-epoch 2
+@pytest.mark.slow
 def test_resume_ends_with_the_same_weights_as_an_uninterrupted_run(synth, tmp_path, stop_after, tiny_config,
                                                                   read_metrics):
     straight = fit(tiny_config(synth, tmp_path / "straight", epochs=2))

@@ -88,6 +88,7 @@ def _broken_copy(source, target, change):
     return target
 
 
+@pytest.mark.slow
 def test_resume_of_a_checkpoint_that_does_not_fit_is_one_line_naming_it(synth, tmp_path, tiny_config):
     from typer.testing import CliRunner
 
