@@ -234,7 +234,7 @@ def test_a_read_only_file_system_at_write_time_is_one_line_exit_2(places, odd_da
 
 
 def test_detect_json_on_a_full_disk_keeps_the_earlier_file_valid(places, odd_data, odd_weights, monkeypatch):
-    from ssdcli import detect as detect_module
+    from ssdcli import detect_results as detect_module
     from ssdcli.files import JsonListWriter
 
     class FillsUp(JsonListWriter):

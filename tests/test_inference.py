@@ -18,11 +18,11 @@ from ssdcli.inference import (
     class_labels,
     detect_dataset,
     detection_entries,
-    find_default_weights,
     load_detector,
     predict_dataset,
 )
 from ssdcli.models import build_model, model_settings
+from ssdcli.runs import find_default_weights
 from ssdcli.postprocess import Detections, PostprocessSettings
 
 CLASSES = ["circle", "square", "star", "triangle"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import os
 import platform
 import socket
 import subprocess
@@ -132,3 +133,24 @@ def _csv_text(rows: list[dict]) -> str:
     writer.writeheader()
     writer.writerows(rows)
     return handle.getvalue()
+
+
+def find_default_weights(root: Path) -> Path | None:
+    """The weights ``ssd detect`` uses without ``--weights``: the newest ``best.pt`` anywhere below
+    ``root/runs`` (by modification time), else the newest ``last.pt``, else ``None``.
+
+    Runs nest (``make demo`` writes ``runs/demo/train/best.pt``), so the search is recursive.
+    Hidden files and folders (the ``.best.pt.<pid>.<random>.tmp`` files of a checkpoint being
+    written, ``.git``) are skipped, and symbolic links to folders are not followed.
+    """
+    runs = Path(root) / "runs"
+    found: dict[str, list[Path]] = {"best.pt": [], "last.pt": []}
+    for folder, subfolders, files in os.walk(runs):
+        subfolders[:] = sorted(name for name in subfolders if not name.startswith("."))
+        for name in found:
+            if name in files and (Path(folder) / name).is_file():
+                found[name].append(Path(folder) / name)
+    for name in ("best.pt", "last.pt"):
+        if found[name]:
+            return max(found[name], key=lambda p: p.stat().st_mtime)
+    return None

@@ -142,7 +142,8 @@ def detect(
     calibration_data: CalibrationOption = None,
 ) -> None:
     from ssdcli.detect import DetectOptions, plan_detection, run_detection
-    from ssdcli.inference import find_default_weights, load_detector
+    from ssdcli.inference import load_detector
+    from ssdcli.runs import find_default_weights
     from ssdcli.postprocess import PostprocessSettings
 
     # the model's own post-processing (its rule, candidates per class) with the flags given

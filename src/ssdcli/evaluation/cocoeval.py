@@ -19,8 +19,8 @@ What ``COCOeval`` does (pycocotools/cocoeval.py), and where it is done here:
 - ``accumulate``: per category, area range and max detections, the first ``maxDet`` detections
   of every image merged by score (stable: image order, then rank, on ties), cumulative TP / FP,
   precision made non-increasing from the right and read at the 101 recall thresholds; -1 where
-  the category has no ground truth that counts. :func:`_accumulate`.
-- ``summarize``: the 12 means over entries that are not -1. :func:`_summarize`.
+  the category has no ground truth that counts. :func:`~ssdcli.evaluation.coco_accumulate.accumulate`.
+- ``summarize``: the 12 means over entries that are not -1. :func:`~ssdcli.evaluation.coco_accumulate.summarize`.
 
 Two of pycocotools' quirks are kept so that the numbers stay equal: a detection matched to a
 ground-truth annotation whose ``id`` is 0 counts as unmatched (``COCOeval`` stores matches as
@@ -37,11 +37,9 @@ import numpy as np
 
 from ssdcli.errors import UserError
 
-# COCOeval's Params.setDetParams: the defaults for iouType "bbox".
-IOU_THRESHOLDS = np.linspace(0.5, 0.95, 10)  # (T,)
-RECALL_THRESHOLDS = np.linspace(0.0, 1.0, 101)  # (R,)
-MAX_DETECTIONS = (1, 10, 100)  # (M,), per image and category
-AREA_NAMES = ("all", "small", "medium", "large")
+from ssdcli.evaluation.coco_accumulate import IOU_THRESHOLDS, MAX_DETECTIONS, accumulate, summarize
+
+# COCOeval's Params.setDetParams areaRng, in AREA_NAMES order (coco_accumulate).
 AREA_RANGES = np.array([[0.0, 1e10], [0.0, 32.0**2], [32.0**2, 96.0**2], [96.0**2, 1e10]])  # (A, 2), px^2, both ends inside
 # evaluateImg: ``iou = min([t, 1 - 1e-10])``, so that IoU 1.0 still matches at threshold 1.0.
 _MATCH_THRESHOLDS = np.minimum(IOU_THRESHOLDS, 1 - 1e-10)  # (T,)
@@ -55,8 +53,8 @@ class CocoEvaluation:
         stats: float64[12], ``COCOeval.stats``: AP, AP50, AP75, AP small / medium / large, AR1,
             AR10, AR100, AR small / medium / large; -1 where there is no ground truth to score.
         precision: float64[T, R, K, A, M], ``COCOeval.eval["precision"]``: IoU thresholds
-            :data:`IOU_THRESHOLDS`, recall thresholds :data:`RECALL_THRESHOLDS`, categories
-            ``category_ids``, area ranges :data:`AREA_NAMES`, max detections
+            :data:`IOU_THRESHOLDS`, recall thresholds ``coco_accumulate.RECALL_THRESHOLDS``, categories
+            ``category_ids``, area ranges ``coco_accumulate.AREA_NAMES``, max detections
             :data:`MAX_DETECTIONS`; -1 for a category without (non-ignored) ground truth there.
         recall: float64[T, K, A, M], ``COCOeval.eval["recall"]``, -1 likewise.
         category_ids: the K scored category ids, sorted.
@@ -129,17 +127,7 @@ def coco_evaluate(
         det_images, det_categories, det_xywh, det_scores, image_index, category_index
     )
 
-    det_gt = _match(det_group, det_xywh, gt_group, gt_xywh, gt_crowd, gt_ignore)  # (D, A, T)
-    # Unmatched detections point at an extra row that is neither a match nor ignored.
-    matched_gt = np.where(det_gt >= 0, det_gt, len(gt_group))  # (D, A, T)
-    matched = np.append(gt_id_nonzero, False)[matched_gt]
-    areas = np.arange(len(AREA_RANGES))[:, None]  # (A, 1), broadcasts over (D, A, T)
-    matched_ignored = np.vstack([gt_ignore, np.zeros((1, len(AREA_RANGES)), bool)])[matched_gt, areas]
-    det_areas = det_xywh[:, 2] * det_xywh[:, 3]  # COCO.loadRes: area = w * h
-    det_outside = (det_areas[:, None] < AREA_RANGES[:, 0]) | (det_areas[:, None] > AREA_RANGES[:, 1])  # (D, A)
-    ignored = matched_ignored | (~matched & det_outside[:, :, None])
-    true_positive = matched & ~ignored  # (D, A, T)
-    false_positive = ~matched & ~ignored
+    true_positive, false_positive = _outcomes(det_group, det_xywh, gt_group, gt_xywh, gt_crowd, gt_ignore, gt_id_nonzero)
 
     # accumulate's order: per category, by score, stable over (image, rank), which is the order
     # the detections are in now.
@@ -147,9 +135,9 @@ def coco_evaluate(
     num_positive = np.stack(
         [np.bincount(gt_category[~gt_ignore[:, a]], minlength=num_categories) for a in range(len(AREA_RANGES))], axis=1
     )  # (K, A): npig, the ground truth that counts
-    precision, recall = _accumulate(det_category[order], rank[order], true_positive[order], false_positive[order], num_positive)
+    precision, recall = accumulate(det_category[order], rank[order], true_positive[order], false_positive[order], num_positive)
     return CocoEvaluation(
-        stats=_summarize(precision, recall), precision=precision, recall=recall, category_ids=category_ids, image_ids=image_ids
+        stats=summarize(precision, recall), precision=precision, recall=recall, category_ids=category_ids, image_ids=image_ids
     )
 
 
@@ -171,6 +159,24 @@ def _scored_detections(
     keep = rank < MAX_DETECTIONS[-1]
     det_order, det_group, rank = det_order[keep], det_group[keep], rank[keep]
     return det_group, det_category[det_order], det_xywh[det_order], det_scores[det_order], rank
+
+
+def _outcomes(
+    det_group: np.ndarray, det_xywh: np.ndarray, gt_group: np.ndarray, gt_xywh: np.ndarray,
+    gt_crowd: np.ndarray, gt_ignore: np.ndarray, gt_id_nonzero: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """``evaluateImg``'s outcome of every detection per area range and threshold: true positive
+    and false positive, bool[D, A, T] each (neither: ignored)."""
+    det_gt = _match(det_group, det_xywh, gt_group, gt_xywh, gt_crowd, gt_ignore)  # (D, A, T)
+    # Unmatched detections point at an extra row that is neither a match nor ignored.
+    matched_gt = np.where(det_gt >= 0, det_gt, len(gt_group))  # (D, A, T)
+    matched = np.append(gt_id_nonzero, False)[matched_gt]
+    areas = np.arange(len(AREA_RANGES))[:, None]  # (A, 1), broadcasts over (D, A, T)
+    matched_ignored = np.vstack([gt_ignore, np.zeros((1, len(AREA_RANGES)), bool)])[matched_gt, areas]
+    det_areas = det_xywh[:, 2] * det_xywh[:, 3]  # COCO.loadRes: area = w * h
+    det_outside = (det_areas[:, None] < AREA_RANGES[:, 0]) | (det_areas[:, None] > AREA_RANGES[:, 1])  # (D, A)
+    ignored = matched_ignored | (~matched & det_outside[:, :, None])
+    return matched & ~ignored, ~matched & ~ignored
 
 
 def _read_annotations(annotations: list[dict]) -> tuple[list, list, list, np.ndarray, np.ndarray, np.ndarray]:
@@ -308,142 +314,3 @@ def _best_pick(candidate: np.ndarray, iou: np.ndarray, gts: np.ndarray, starts: 
     best = np.maximum.reduceat(candidate_iou, starts, axis=0)  # (S, A, T)
     tie = candidate & (candidate_iou == best[segment])
     return np.maximum.reduceat(np.where(tie, gts[:, None, None], -1), starts, axis=0)
-
-
-def _accumulate(
-    category: np.ndarray, rank: np.ndarray, true_positive: np.ndarray, false_positive: np.ndarray, num_positive: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """``COCOeval.accumulate``: precision float64[T, R, K, A, M] and recall float64[T, K, A, M].
-
-    Args:
-        category: int64[D], category index of each detection, nondecreasing; inside a category
-            detections are by score, best first (stable over image, then rank).
-        rank: int64[D], place of each detection in its (image, category) by score.
-        true_positive, false_positive: bool[D, A, T].
-        num_positive: int64[K, A], ground-truth boxes that count (``npig``).
-    """
-    num_categories, num_areas = num_positive.shape
-    num_thresholds, num_recalls = len(IOU_THRESHOLDS), len(RECALL_THRESHOLDS)
-    precision = -np.ones((num_thresholds, num_recalls, num_categories, num_areas, len(MAX_DETECTIONS)))
-    recall = -np.ones((num_thresholds, num_categories, num_areas, len(MAX_DETECTIONS)))
-    for m, max_detections in enumerate(MAX_DETECTIONS):
-        kept = rank < max_detections
-        kept_category = category[kept]
-        length = np.bincount(kept_category, minlength=num_categories)  # (K,)
-        kept_tp = np.ascontiguousarray(true_positive[kept].transpose(1, 2, 0))  # (A, T, N)
-        kept_fp = np.ascontiguousarray(false_positive[kept].transpose(1, 2, 0))  # (A, T, N)
-        for a in range(num_areas):
-            counted = num_positive[:, a] > 0
-            if counted.any():
-                columns = np.repeat(counted, length)  # (N,), detections of those categories
-                precision[:, :, counted, a, m], recall[:, counted, a, m] = _curves(
-                    length[counted], kept_tp[a][:, columns], kept_fp[a][:, columns], num_positive[counted, a]
-                )
-    return precision, recall
-
-
-def _curves(
-    length: np.ndarray, true_positive: np.ndarray, false_positive: np.ndarray, num_positive: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """One area range and max-detections setting of ``accumulate``, for every threshold and every
-    category with ground truth.
-
-    Args:
-        length: int64[K], detections of each category.
-        true_positive, false_positive: bool[T, N], detections in accumulate order, category after
-            category, ``N = length.sum()``.
-        num_positive: int64[K], > 0, ground-truth boxes that count (``npig``).
-
-    Returns:
-        precision float64[T, R, K] at the recall thresholds, recall float64[T, K].
-    """
-    num_thresholds, num = true_positive.shape
-    num_categories, num_recalls = len(length), len(RECALL_THRESHOLDS)
-    precision = np.zeros((num_thresholds, num_categories, num_recalls))
-    recall = np.zeros((num_thresholds, num_categories))
-    present = np.flatnonzero(length > 0)
-    if num == 0:
-        return precision.transpose(0, 2, 1), recall
-    start, length = (np.cumsum(length) - length)[present], length[present]  # (K',)
-    end = start + length - 1
-    # Cumulative counts per category: one cumsum per row, less the total before the category.
-    tp_row = np.cumsum(true_positive, axis=1)  # (T, N)
-    fp_row = np.cumsum(false_positive, axis=1)
-    tp_before = np.concatenate([np.zeros((num_thresholds, 1), np.int64), tp_row], axis=1)[:, start]  # (T, K')
-    fp_before = np.concatenate([np.zeros((num_thresholds, 1), np.int64), fp_row], axis=1)[:, start]
-    tp = (tp_row - np.repeat(tp_before, length, axis=1)).astype(np.float64)
-    fp = (fp_row - np.repeat(fp_before, length, axis=1)).astype(np.float64)
-    points = tp / (fp + tp + np.spacing(1))  # (T, N): accumulate's pr
-
-    # accumulate's searchsorted(rc, recThrs, "left") with rc = tp / npig: rc >= v exactly when
-    # tp >= need, the fewest true positives whose float quotient reaches v, so the index is
-    # where the need-th true positive of the (threshold, category) is (0 for need 0; not found
-    # when there are fewer). The true positives' flat positions, in order, are grouped by
-    # (threshold, category).
-    need = _true_positives_needed(num_positive[present])[None]  # (1, K', R)
-    found = tp[:, end][:, :, None]  # (T, K', 1), true positives of each category
-    positions = np.append(np.flatnonzero(true_positive), 0)  # (TP + 1,)
-    row_before = np.cumsum(tp_row[:, -1]) - tp_row[:, -1]  # (T,)
-    first = (row_before[:, None] + tp_before)[:, :, None]  # (T, K', 1), index of the first into positions
-    offset = (np.arange(num_thresholds)[:, None] * num + start)[:, :, None]  # (T, K', 1)
-    nth = positions[first + np.clip(need - 1, 0, np.maximum(found - 1, 0)).astype(np.int64)] - offset
-    index = np.where(need == 0, 0, np.where(need <= found, nth, length[:, None]))  # (T, K', R)
-
-    # Precision made non-increasing from the right, read at those indices: the max of each run
-    # between consecutive indices (one reduceat), then a running max from the right over the R
-    # runs of each row (precision from an index on = max of its run and the runs after it).
-    last = length[:, None] - 1
-    run_starts = np.concatenate([offset + np.minimum(index, last), offset + last + 1], axis=2)  # (T, K', R + 1)
-    runs = np.maximum.reduceat(np.append(points.ravel(), 0.0), run_starts.ravel())
-    runs = runs.reshape(run_starts.shape)[:, :, :num_recalls]  # (T, K', R)
-    envelope = np.maximum.accumulate(runs[:, :, ::-1], axis=2)[:, :, ::-1]
-    precision[:, present] = np.where(index < length[:, None], envelope, 0.0)
-    recall[:, present] = tp[:, end] / num_positive[present]
-    return precision.transpose(0, 2, 1), recall  # (T, R, K), (T, K)
-
-
-def _true_positives_needed(num_positive: np.ndarray) -> np.ndarray:
-    """int64[K, R]: per category the least ``j`` in ``0..npig`` with ``j / npig >= recThr`` in
-    float64, as ``rc = tp / npig`` compares in ``accumulate``. ``ceil(recThr * npig)`` is within 1
-    of it; the loop corrects the rounding."""
-    total = num_positive[:, None].astype(np.float64)  # (K, 1)
-    need = np.ceil(RECALL_THRESHOLDS * total).astype(np.int64)  # (K, R)
-    while True:
-        lower = (need > 0) & ((need - 1) / total >= RECALL_THRESHOLDS)
-        higher = need / total < RECALL_THRESHOLDS
-        if not (lower.any() or higher.any()):
-            return need
-        need += higher.astype(np.int64) - lower.astype(np.int64)
-
-
-def _summarize(precision: np.ndarray, recall: np.ndarray) -> np.ndarray:
-    """``COCOeval.summarize``'s 12 stats, float64[12], with its indexing and means (so its float
-    sums) unchanged; -1 where every entry is -1."""
-
-    def mean(values: np.ndarray) -> float:
-        values = values[values > -1]
-        return float(np.mean(values)) if values.size else -1.0
-
-    def average_precision(iou: float | None = None, area: str = "all", max_detections: int = 100) -> float:
-        values = precision if iou is None else precision[np.where(iou == IOU_THRESHOLDS)[0]]
-        return mean(values[:, :, :, [AREA_NAMES.index(area)], [MAX_DETECTIONS.index(max_detections)]])
-
-    def average_recall(area: str = "all", max_detections: int = 100) -> float:
-        return mean(recall[:, :, [AREA_NAMES.index(area)], [MAX_DETECTIONS.index(max_detections)]])
-
-    return np.array(
-        [
-            average_precision(),
-            average_precision(iou=0.5),
-            average_precision(iou=0.75),
-            average_precision(area="small"),
-            average_precision(area="medium"),
-            average_precision(area="large"),
-            average_recall(max_detections=1),
-            average_recall(max_detections=10),
-            average_recall(),
-            average_recall(area="small"),
-            average_recall(area="medium"),
-            average_recall(area="large"),
-        ]
-    )
