@@ -62,7 +62,11 @@ def test_without_a_terminal_progress_is_whole_lines(synth, tmp_path):
     )
     assert process.returncode == 0, process.stderr
     lines = process.stderr.splitlines()
-    assert lines[0].startswith("training 4 classes on 10 images (validating on 2)")
+    # --priors auto (ssdlite320's default): the synthetic shapes are not the preset's, so they are fitted
+    assert re.fullmatch(r"default boxes: fitted to the training data, covering [\d.]+% of the \d+ training boxes at "
+                        r"IoU >= 0.5 \(the ssdlite320 preset: [\d.]+%\); kept in config.json and the checkpoints; "
+                        r"--priors preset keeps the preset", lines[0]), lines[0]
+    assert lines[1].startswith("training 4 classes on 10 images (validating on 2)")
     progress = [line for line in lines if re.match(r"epoch \d/2 +\d+% ", line)]
     assert len(progress) == 6  # 3 batches an epoch: each passes another 10 %
     for line in progress:
@@ -74,8 +78,9 @@ def test_without_a_terminal_progress_is_whole_lines(synth, tmp_path):
     assert not any("\x1b" in line or "…" in line for line in lines)
     # the defaults that were not given are ssdlite320's recipe, resolved in config.json
     config = json.loads((out / "config.json").read_text())
-    assert (config["lr"], config["schedule"], config["warmup_iters"], config["backbone_weights"]) == (
-        0.05 * 2 / 16, "cosine", 50, "none")
+    assert (config["lr"], config["schedule"], config["warmup_iters"], config["backbone_weights"], config["fit_priors"]) == (
+        0.05 * 2 / 16, "cosine", 50, "none", True)
+    assert config["prior_spec"]["name"] == "ssdlite320-fit"
     assert (out / "curves.png").stat().st_size > 0
 
 

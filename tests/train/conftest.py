@@ -22,6 +22,7 @@ def _tiny_config(data, output, **changes) -> TrainConfig:
     values = dict(
         data=str(data), split="train", epochs=1, arch="ssdlite320", batch_size=2, workers=0, device="cpu",
         backbone_weights="none", eval_every=0, warmup_iters=2, limit_batches=2, output=str(output), seed=1,
+        fit_priors=False,  # the preset's boxes: --priors auto has tests of its own (test_default_boxes.py)
     )
     values.update(changes)
     return TrainConfig(**values)
@@ -29,7 +30,8 @@ def _tiny_config(data, output, **changes) -> TrainConfig:
 
 @pytest.fixture(scope="session")
 def tiny_config():
-    """``tiny_config(data, output, **changes)``: SSDLite320 on the CPU, batch 2, 2 batches an epoch."""
+    """``tiny_config(data, output, **changes)``: SSDLite320 on the CPU, batch 2, 2 batches an epoch, the
+    preset's default boxes."""
     return _tiny_config
 
 

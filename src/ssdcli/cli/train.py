@@ -14,7 +14,7 @@ from rich.table import Table
 
 from ssdcli.cli.common import Device, err, error_boundary, out
 from ssdcli.config import (
-    ARCH_NAMES, AUGMENTATIONS, PRIOR_FLAGS_CONFLICT, SCHEDULES, TrainConfig, recipe_default_text,
+    ARCH_NAMES, AUGMENTATIONS, AUTO_FIT_UNCOVERED, PRIOR_FLAGS_CONFLICT, SCHEDULES, TrainConfig, recipe_default_text,
 )
 from ssdcli.errors import UserError
 
@@ -112,7 +112,7 @@ def train(
     augment: Annotated[Augment, typer.Option(help="paper = photometric, zoom-out, min-IoU crop, flip; light = photometric and flip; none = resize only (e.g. to overfit a few images).")] = Augment.paper,
     limit_batches: Annotated[int, typer.Option(help="Stop each epoch after N batches (smoke tests; 0 = all).")] = 0,
     prior_scales: Annotated[Optional[tuple[float, float]], typer.Option(metavar="MIN MAX", help="Default boxes spread linearly from MIN to MAX of the input (SSD paper eq. 4) in the arch's layout, instead of its preset; check them first with ssd priors --data DIR --prior-scales MIN MAX.")] = None,
-    priors: Annotated[Optional[Path], typer.Option(metavar="SPEC.json", help="Default boxes from a spec file (ssd priors --fit DATA --output SPEC.json); the heads follow its boxes per location.")] = None,
+    priors: Annotated[Optional[str], typer.Option(metavar="auto|preset|SPEC.json", help=_recipe(f"Default boxes: auto = the arch's preset unless it leaves over {AUTO_FIT_UNCOVERED:.0%} of the training boxes without a default box of IoU >= 0.5, then boxes fitted to the training data (as ssd priors --fit; said at the start, kept in config.json); preset = the arch's preset; or a spec file (ssd priors --fit DATA --output SPEC.json), whose boxes per location the heads follow", "fit_priors"))] = None,
     init: Annotated[Optional[str], typer.Option(metavar="MODEL", help="Fine-tune from a trained detector: an ssdcli checkpoint, a torchvision / ssd.pytorch SSD state dict file, or a name (torchvision:ssdlite320_mobilenet_v3_large, torchvision:ssd300_vgg16). Arch, default boxes and normalisation come from it; the rows of classes it shares with the data are kept.")] = None,
     freeze_backbone_epochs: Annotated[int, typer.Option(metavar="N", help="Keep the backbone (its weights and BatchNorm statistics) fixed for the first N epochs, then train it.")] = 0,
 ) -> None:
@@ -130,13 +130,14 @@ def train(
         if data is None or epochs is None:
             missing = " and ".join(flag for flag, value in (("--data", data), ("--epochs", epochs)) if value is None)
             raise UserError(f"{missing} required (or --resume last.pt)")
-        arch_name, prior_spec, init_model = arch.value, None, None
+        arch_name, prior_spec, init_model, fit_priors = arch.value, None, None, None
         if init is not None:
             init_source = _load_init(ctx, init)
             arch_name, backbone_weights = init_source.model.arch, "none"
             prior_spec, init_model = init_source.model.prior_spec.to_dict(), init_source.settings()
         else:
             prior_spec = _prior_spec(priors, prior_scales, arch.value)
+            fit_priors = {"auto": True, "preset": False}.get(priors) if priors is not None else None
         config = TrainConfig(
             data=data, epochs=epochs, val_data=val_data, split=split, val_split=val_split,
             classes_file=str(classes) if classes else None, arch=arch_name, batch_size=batch_size, lr=lr,
@@ -146,7 +147,7 @@ def train(
             backbone_weights=backbone_weights, eval_every=eval_every, save_every=save_every,
             use_difficult=use_difficult, augment=augment.value, limit_batches=limit_batches,
             prior_scales=prior_scales, patience=patience, prior_spec=prior_spec, init=init, init_model=init_model,
-            freeze_backbone_epochs=freeze_backbone_epochs,
+            freeze_backbone_epochs=freeze_backbone_epochs, fit_priors=fit_priors,
         )
 
     is_main = int(os.environ.get("RANK", "0")) == 0
@@ -203,9 +204,10 @@ def _render(result) -> None:
               f"curves.png, config.json, manifest.json); {result.seconds:.0f}s", highlight=False)
 
 
-def _prior_spec(priors: Path | None, prior_scales: tuple[float, float] | None, arch: str) -> dict | None:
-    """``--priors FILE``'s default boxes as the dict the config keeps (checked for ``arch``)."""
-    if priors is None:
+def _prior_spec(priors: str | None, prior_scales: tuple[float, float] | None, arch: str) -> dict | None:
+    """``--priors FILE``'s default boxes as the dict the config keeps (checked for ``arch``);
+    ``None`` for no ``--priors``, ``auto`` and ``preset``."""
+    if priors is None or priors in ("auto", "preset"):
         return None
     if prior_scales is not None:
         raise UserError(PRIOR_FLAGS_CONFLICT)

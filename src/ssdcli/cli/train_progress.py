@@ -87,6 +87,8 @@ class _Common:
         if self.enabled:
             if info.get("init"):
                 err.print(init_table(info["init"]))
+            if info.get("default_boxes"):
+                self._print(info["default_boxes"])
             self._print(start_line(info))
 
     def on_epoch_start(self, epoch: int, num_batches: int, first_batch: int) -> None:

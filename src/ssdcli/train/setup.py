@@ -31,7 +31,7 @@ from ssdcli.files import remove_stale_temps
 from ssdcli.runs import MetricsLog, claim_run_dir, next_run_dir, write_json, write_manifest
 from ssdcli.train import distributed
 from ssdcli.train.callbacks import Callbacks
-from ssdcli.train.default_boxes import run_prior_spec
+from ssdcli.train.default_boxes import auto_prior_spec, run_prior_spec
 from ssdcli.train.init_model import (
     InitSource, build_init_model, carried_over, load_init_source, match_classes, transfer_weights,
 )
@@ -68,6 +68,7 @@ class TrainRun:
     state: TrainState
     metrics_log: MetricsLog | None  # rank 0 only
     carried: list[dict] | None = None  # --init: per class the MODEL class it starts from (init_model.carried_over)
+    default_boxes: str | None = None  # --priors auto: which default boxes a new run trains with, one line
 
     @property
     def last_path(self) -> Path:
@@ -100,7 +101,7 @@ class TrainRun:
             "val_images": len(self.val_data.records) if self.val_data else 0, "classes": self.classes,
             "init": None if self.carried is None else {"source": self.config.init, "carried": self.carried},
             "batches_per_epoch": self.batches_per_epoch, "epochs": self.config.epochs,
-            "start_epoch": self.state.epoch, "lr": self.config.effective_lr,
+            "start_epoch": self.state.epoch, "lr": self.config.effective_lr, "default_boxes": self.default_boxes,
         }
 
 
@@ -144,6 +145,9 @@ def build_run(
         output = next_run_dir(Path(config.output or "runs/train")) if dist_info.is_main else None
         output = Path(distributed.broadcast_object(str(output) if output else None, dist_info))
 
+    default_boxes = None
+    if checkpoint is None and config.fit_priors and config.prior_spec is None:
+        config, default_boxes = _auto_default_boxes(config, train_data, dist_info)
     model = _build_network(config, len(classes))
     carried = None
     if checkpoint is None and config.init is not None:
@@ -174,7 +178,7 @@ def build_run(
         priors=priors_for_model(model).to(device), train_set=train_set, sampler=sampler, loader=loader,
         batches_per_epoch=batches_per_epoch, loss_fn=MultiBoxLoss(config.neg_pos_ratio), optimizer=optimizer,
         scaler=scaler, state=state, metrics_log=MetricsLog(output / "metrics.csv") if dist_info.is_main else None,
-        carried=carried,
+        carried=carried, default_boxes=default_boxes,
     )
     _prepare_output(run, checkpoint, saved)
     return run
@@ -189,6 +193,16 @@ def run_build_options(config: TrainConfig) -> dict:
     if config.arch == "ssdlite320" and not scratch:
         return {"reduced_tail": 0.0}
     return {}
+
+
+def _auto_default_boxes(config: TrainConfig, train_data: DetectionDataset,
+                        dist_info: distributed.DistInfo) -> tuple[TrainConfig, str]:
+    """``--priors auto`` at a new run's start: the config with the fitted spec in ``prior_spec``
+    (unchanged when the preset is kept) and the line saying which. Rank 0 decides for every
+    process, so all ranks build the same heads."""
+    found = auto_prior_spec(config, train_data) if dist_info.is_main else None
+    spec, note = distributed.broadcast_object(found, dist_info)
+    return (config if spec is None else config.replace(prior_spec=spec)), note
 
 
 def _build_network(config: TrainConfig, num_classes: int) -> SSD:
