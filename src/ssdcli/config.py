@@ -60,10 +60,9 @@ RECIPES: dict[str, Recipe] = {
     # 2/3 and 5/6 of the run; the 500-iteration warm-up is torchvision's detection references'.
     "ssd300": _PAPER,
     "ssd512": _PAPER,
-    # The CPU recipe measured in README "Measured accuracy" (BCCD, VOC07 58.4 % after 20 epochs):
-    # from scratch, 0.05 at batch 16, 50 warm-up iterations, cosine, decay 5e-4 (the flag's default
-    # then; torchvision's SSDLite recipe uses 4e-5, not measured here). Default boxes fitted to the
-    # data when the preset misses objects: on BCCD 58.1 % -> 64.4 % (README "Measured accuracy").
+    # The CPU recipe measured on BCCD (README "Measured accuracy"): from scratch, 0.05 at batch 16,
+    # 50 warm-up iterations, cosine, decay 5e-4 (torchvision's SSDLite recipe uses 4e-5, not
+    # measured here), default boxes fitted to the data when the preset misses objects.
     "ssdlite320": Recipe(batch_size=16, lr=0.05, lr_batch=16, weight_decay=5e-4, warmup_iters=50,
                          schedule="cosine", backbone_weights="none", fit_priors=True),
 }
