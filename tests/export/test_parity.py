@@ -46,3 +46,20 @@ def test_parity_reference_computes_convolutions_directly(lite, tmp_path, monkeyp
     report = export_checkpoint(lite, tmp_path / "lite.onnx", ExportOptions(postprocess=False))
     assert report.passed and seen == [True]
     assert not winograd._DIRECT.get()
+
+
+def test_raw_outputs_may_differ_by_a_millionth_of_their_magnitude_or_1e_4():
+    from ssdcli.export.parity import compare_raw
+
+    def outputs(logit_scale: float, shift: float) -> list[torch.Tensor]:
+        logits = torch.linspace(-logit_scale, logit_scale, 24).reshape(1, 4, 6)
+        return [logits + shift, torch.zeros(1, 4, 4), torch.full((4, 4), 0.5)]
+
+    # trained logits near 200: 1.5e-4 is 10 float32 steps there, within 1e-6 x 200 = 2e-4
+    large = compare_raw(outputs(200.0, 0.0), outputs(200.0, 1.5e-4))
+    assert [c.name for c in large] == ["cls_logits", "box_deltas", "priors"]
+    assert large[0].tolerance == pytest.approx(2e-4) and large[0].passed
+    assert large[1].tolerance == 1e-4 and large[1].max_diff == 0.0
+    # small logits keep the absolute 1e-4
+    small = compare_raw(outputs(5.0, 0.0), outputs(5.0, 1.5e-4))
+    assert small[0].tolerance == 1e-4 and not small[0].passed
