@@ -63,3 +63,17 @@ def test_raw_outputs_may_differ_by_a_millionth_of_their_magnitude_or_1e_4():
     # small logits keep the absolute 1e-4
     small = compare_raw(outputs(5.0, 0.0), outputs(5.0, 1.5e-4))
     assert small[0].tolerance == 1e-4 and not small[0].passed
+
+
+def test_several_runs_keep_the_difference_and_tolerance_of_the_run_nearest_failing():
+    from ssdcli.export.parity import OutputCheck, _merge_checks
+
+    big = OutputCheck("cls_logits", "(2, 5)", 1.5e-4, 3e-4)  # logits near 300: passes
+    small = OutputCheck("cls_logits", "(1, 5)", 0.5e-4, 1e-4)  # logits near 5
+    merged = _merge_checks([[big], [small]])[0]
+    assert (merged.max_diff, merged.tolerance, merged.shape) == (1.5e-4, 3e-4, "(2, 5); (1, 5)") and merged.passed
+    failing = OutputCheck("cls_logits", "(1, 5)", 1.2e-4, 1e-4)
+    assert not _merge_checks([[big], [failing]])[0].passed
+    assert not _merge_checks([[failing], [big]])[0].passed
+    nan = OutputCheck("cls_logits", "(1, 6)", float("nan"), 1e-4)
+    assert not _merge_checks([[big], [nan]])[0].passed

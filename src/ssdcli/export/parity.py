@@ -131,7 +131,9 @@ def compare_detections(expected: FlatDetections, got: FlatDetections) -> list[Ou
 
 
 def _merge_checks(runs: list[list[OutputCheck]]) -> list[OutputCheck]:
-    """Rows of several runs -> one row per name: worst difference, shapes joined."""
+    """Rows of several runs -> one row per name, shapes joined: the run closest to failing (largest
+    difference over its own tolerance; tolerances differ between runs when they scale with the
+    outputs), so the row's difference and tolerance are of the same run; NaN anywhere stays NaN."""
     merged: dict[str, OutputCheck] = {}
     for checks in runs:
         for check in checks:
@@ -139,11 +141,17 @@ def _merge_checks(runs: list[list[OutputCheck]]) -> list[OutputCheck]:
             if previous is None:
                 merged[check.name] = check
                 continue
-            worst = max(previous.max_diff, check.max_diff)
-            if math.isnan(check.max_diff) or math.isnan(previous.max_diff):
-                worst = float("nan")
-            merged[check.name] = OutputCheck(check.name, f"{previous.shape}; {check.shape}", worst, check.tolerance)
+            worst = max((previous, check), key=_closeness)
+            diff = float("nan") if math.isnan(check.max_diff) or math.isnan(previous.max_diff) else worst.max_diff
+            merged[check.name] = OutputCheck(check.name, f"{previous.shape}; {check.shape}", diff, worst.tolerance)
     return list(merged.values())
+
+
+def _closeness(check: OutputCheck) -> float:
+    """How near ``check`` is to failing: its difference over its tolerance (NaN: infinitely)."""
+    if math.isnan(check.max_diff):
+        return math.inf
+    return check.max_diff / check.tolerance if check.tolerance > 0 else (math.inf if check.max_diff > 0 else 0.0)
 
 
 def parity_batches(samples: Tensor, fmt: str, dynamic_batch: bool) -> list[Tensor]:
