@@ -69,6 +69,13 @@ def test_detections_export_predict_applies_a_higher_threshold_and_refuses_other_
         OnnxDetector(lite_onnx, PostprocessSettings(score_threshold=0.001))
 
 
+def test_sessions_stop_spinning_when_a_run_returns(lite_onnx):
+    """torch pre- and post-processes between two runs; idle onnxruntime workers spinning on the
+    cores made an SSDLite batch of one about twice as slow (README "CPU speed notes")."""
+    options = OnnxDetector(lite_onnx).session.get_session_options()
+    assert options.get_session_config_entry("session.force_spinning_stop") == "1"
+
+
 def test_not_an_onnx_file_or_not_an_ssdcli_export_is_a_user_error(tmp_path):
     text = tmp_path / "model.onnx"
     text.write_text("hello")

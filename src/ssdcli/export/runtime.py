@@ -29,6 +29,16 @@ from ssdcli.postprocess import (
 from ssdcli.score_hint import best_class_scores
 
 
+SESSION_CONFIG: dict[str, str] = {"session.force_spinning_stop": "1"}
+"""onnxruntime session settings of every :class:`OnnxDetector`.
+
+``session.force_spinning_stop``: onnxruntime's worker threads stop spinning as soon as a run
+returns, instead of busy-waiting for the next one. In ``ssd detect`` torch pre-processes and
+post-processes each batch between two runs, and spinning workers took the cores those steps
+need: an SSDLite batch of one took about twice as long (README "CPU speed notes").
+"""
+
+
 class OnnxDetector:
     """An exported ONNX model and its metadata, ready for batches of pre-processed images.
 
@@ -64,6 +74,8 @@ class OnnxDetector:
             raise UserError(f"{self.path}: ONNX model not found; check the path (e.g. runs/train/best.onnx)")
         options = ort.SessionOptions()
         options.log_severity_level = 3  # errors only: ORT's warnings about unused initializers are noise here
+        for key, value in SESSION_CONFIG.items():
+            options.add_session_config_entry(key, value)
         try:
             self.session = ort.InferenceSession(str(self.path), sess_options=options, providers=list(providers))
         except Exception as exc:  # onnxruntime raises its own Fail / InvalidProtobuf / InvalidGraph types
