@@ -13,6 +13,7 @@ from ssdcli.data.transforms import (
     EvalTransform,
     TrainTransform,
     crop,
+    resize_uint8,
     sample_iou_crop,
     to_model_input,
 )
@@ -283,6 +284,18 @@ def test_to_model_input_matches_eval_transform_for_lists_and_batches() -> None:
     torch.testing.assert_close(to_model_input(same_size, 50, MEAN, STD)[0], batch[0], rtol=0, atol=0)
     assert to_model_input(torch.from_numpy(same_size), 50, MEAN, STD).shape == (2, 3, 50, 50)
     assert to_model_input([], 50, MEAN, STD).shape == (0, 3, 50, 50)
+
+
+def test_the_resize_gives_the_same_pixels_on_a_channels_last_view_as_on_a_copy() -> None:
+    """Pre-processing resizes the (H, W, 3) image as a (3, H, W) view (3x faster, no copy): the
+    values must be those of the contiguous copy, down- and up-sampled, and the result contiguous."""
+    rng = np.random.default_rng(11)
+    for height, width in ((37, 1001), (300, 300), (100, 50), (1999, 2001), (321, 319)):
+        hwc = torch.from_numpy(rng.integers(0, 256, size=(height, width, 3), dtype=np.uint8))
+        view = hwc.permute(2, 0, 1)
+        for size in (300, 320, 512):
+            resized = resize_uint8(view, size)
+            assert torch.equal(resized, resize_uint8(view.contiguous(), size)) and resized.is_contiguous()
 
 
 def test_train_resize_is_the_model_input_resize() -> None:
