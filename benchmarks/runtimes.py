@@ -107,10 +107,11 @@ def our_detectors(weights: Path, cache: Path, calibration: Path, progress) -> di
     return detectors
 
 
-def default_choice(weights: Path, cache: Path, progress) -> str:
-    """What ``ssd detect``'s default (``--backend auto``, fp32) runs here: ``backend_precision``."""
+def default_choice(weights: Path, cache: Path, batch: int, progress) -> str:
+    """What ``ssd detect``'s default (``--backend auto``, fp32) runs here at ``batch`` images per
+    forward pass: ``backend_precision``."""
     detector = load_detector(weights, "cpu", PostprocessSettings(score_threshold=DETECT_MIN_SCORE),
-                             RuntimeOptions(cache_dir=cache), notes=progress)
+                             RuntimeOptions(cache_dir=cache, batch_size=batch), notes=progress)
     return f"{detector.backend}_{detector.precision}"
 
 
@@ -143,9 +144,17 @@ def external_runners(weights: Path, folder: Path, detectors: dict, progress) -> 
 
 
 def _onnxruntime_call(path: Path) -> Callable:
+    """The deployed session, with the one setting ours has (``force_spinning_stop``): without it its
+    idle workers spin after each run and bill the next configuration of the round-robin (alone
+    in its own process it measured the same either way)."""
     import onnxruntime as ort
 
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    from ssdcli.export.runtime import SESSION_CONFIG
+
+    options = ort.SessionOptions()
+    for key, value in SESSION_CONFIG.items():
+        options.add_session_config_entry(key, value)
+    session = ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
     return lambda batch: session.run(None, {"images": batch})
 
 
@@ -295,9 +304,9 @@ def arch_rows(arch: str, weights: Path, calibration: Path, images_hwc: list[torc
     """Every runtime row of one checkpoint at each batch size."""
     detectors = our_detectors(weights, cache, calibration, progress)
     runners = external_runners(weights, cache / "deployed", detectors, progress)
-    default = default_choice(weights, cache, progress)
     rows = []
     for batch in batches:
+        default = default_choice(weights, cache, batch, progress)
         progress(f"timing {arch} batch {batch}: {len(detectors)} of ours, {len(runners)} external")
         batch_images = (images_hwc * batch)[:batch]
         ours_ms, external_ms = time_configurations(detectors, runners, batch_images, timing.repeats, timing.warmup,

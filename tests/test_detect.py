@@ -316,6 +316,18 @@ def test_planning_refuses_to_overwrite_an_input_and_bad_options(synth, tmp_path)
             DetectOptions(**changes)
 
 
+def test_a_plan_names_the_batch_its_largest_forward_pass_has(synth, tmp_path):
+    """What ``--backend auto`` times: one photo runs at batch 1 whatever --batch-size says."""
+    files = images_of(synth)
+    assert plan_detection(files[:1], DetectOptions()).forward_batch(8) == 1
+    assert plan_detection(files[:3], DetectOptions()).forward_batch(8) == 3
+    assert plan_detection(files[:3], DetectOptions()).forward_batch(2) == 2
+    assert plan_detection([], DetectOptions(webcam=0)).forward_batch(8) == 1  # a webcam runs frame by frame
+    video = tmp_path / "clip.mp4"
+    video.write_bytes(b"")  # planning opens nothing
+    assert plan_detection([video], DetectOptions()).forward_batch(8) == 8
+
+
 def test_a_plan_made_beforehand_is_run_without_reporting_its_warnings_again(synth, detector, tmp_path):
     options = DetectOptions(json_file=tmp_path / "d.json", workers=0)
     plan = plan_detection([images_of(synth)[0], tmp_path / "gone.jpg"], options)

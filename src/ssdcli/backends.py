@@ -17,9 +17,10 @@ post-processing (:func:`ssdcli.postprocess.postprocess`, fp32) on the network's 
 the checkpoint's classes and pre-processing. Exports come from :mod:`ssdcli.export.cache`.
 
 ``auto`` takes the backends that compute at the requested precision and are installed; when
-there is more than one, it builds each (exports from the cache), times one image through each a
-few times, alternately, and uses the fastest. The decision is cached per checkpoint, precision
-and machine (CPU model, flags, threads, library versions), so the timing happens once.
+there is more than one, it builds each (exports from the cache), times a batch of the size the run
+will use through each, alternately, and uses the fastest (the fastest at one image is not always
+the fastest at eight). The decision is cached per checkpoint, precision, batch size and machine
+(CPU model, flags, threads, library versions), so the timing happens once.
 """
 
 from __future__ import annotations
@@ -46,8 +47,14 @@ CPU_SUPPORT: dict[str, tuple[str, ...]] = {"fp32": ("torch", "onnxruntime", "ope
 PACKAGES: dict[str, tuple[str, ...]] = {"torch": (), "onnxruntime": ("onnx", "onnxruntime"),
                                         "openvino": ("onnx", "onnxruntime", "openvino")}
 """What each backend imports (an OpenVINO IR is converted from the checked ONNX export)."""
+PROBE_WARMUP = 2
+"""Untimed calls of each candidate before ``auto`` times them (first runs allocate and compile)."""
 PROBE_ROUNDS = 3
-"""Timed calls of each candidate ``auto`` makes (after one untimed)."""
+"""Timed calls of each candidate ``auto`` makes at least."""
+PROBE_SECONDS = 2.0
+"""``auto`` goes on timing (up to :data:`PROBE_MAX_ROUNDS` rounds) until the candidates together took
+this long: three calls of a 10 ms model are within the noise of a shared machine."""
+PROBE_MAX_ROUNDS = 25
 CUDA_DEFAULT_NOTE = (
     "on CUDA the default precision is fp16 autocast: scores move by about 1e-3 from fp32 "
     "(--precision fp32 for exact fp32)"
@@ -72,6 +79,7 @@ class RuntimeOptions:
         cache_dir: the export cache; ``None``: :func:`ssdcli.export.cache.cache_root`.
         backend_given: ``False`` when ``backend`` is only a default (``$SSDCLI_BACKEND``): an
             exported model then runs on its own runtime instead of being refused.
+        batch_size: images per forward pass of the run; ``auto`` times the candidates at it.
     """
 
     backend: str = "auto"
@@ -79,8 +87,11 @@ class RuntimeOptions:
     calibration_data: Path | None = None
     cache_dir: Path | None = None
     backend_given: bool = True
+    batch_size: int = 1
 
     def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise UserError(f"--batch-size {self.batch_size}: must be >= 1")
         if self.backend not in BACKENDS:
             raise UserError(f"--backend {self.backend}: choose one of {', '.join(BACKENDS)}")
         if self.precision is not None and self.precision not in PRECISIONS:
@@ -258,7 +269,8 @@ def choose_fastest(build: _Builder, candidates: list[str], precision: str, optio
     """``auto`` among several ``candidates``: the cached decision, else build and time each."""
     from ssdcli.export.cache import cache_root
 
-    choice_file = (options.cache_dir or cache_root()) / "choices" / f"{build.sha[:16]}-{precision}-{machine_key()}.json"
+    name = f"{build.sha[:16]}-{precision}-b{options.batch_size}-{machine_key()}.json"
+    choice_file = (options.cache_dir or cache_root()) / "choices" / name
     try:
         cached = json.loads(choice_file.read_text(encoding="utf-8"))["backend"]
     except (OSError, ValueError, KeyError, TypeError):
@@ -274,31 +286,39 @@ def choose_fastest(build: _Builder, candidates: list[str], precision: str, optio
                 raise
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             notes(f"--backend auto: {backend} left out ({first})")
-    times = probe(detectors)
+    times = probe(detectors, options.batch_size)
     best = min(times, key=times.get)
     timed = ", ".join(f"{name} {ms:.1f}" for name, ms in times.items())
-    notes(f"--backend auto at {precision}: {timed} ms per image here; using {best} (decision cached in {choice_file.parent})")
+    unit = "per image" if options.batch_size == 1 else f"per batch of {options.batch_size}"
+    notes(f"--backend auto at {precision}: {timed} ms {unit} here; using {best} (decision cached in {choice_file.parent})")
     _save_choice(choice_file, best, times, notes)
     return detectors[best]
 
 
-def probe(detectors: dict) -> dict[str, float]:
-    """Median milliseconds of one image through each detector's ``predict``, timed alternately
-    (one untimed call each first)."""
+def probe(detectors: dict, batch_size: int = 1) -> dict[str, float]:
+    """Median milliseconds of a batch of ``batch_size`` images through each detector's ``predict``,
+    timed round-robin after :data:`PROBE_WARMUP` untimed calls each: at least
+    :data:`PROBE_ROUNDS` rounds, more until :data:`PROBE_SECONDS` are spent."""
     from ssdcli.export.parity import sample_images
 
     any_detector = next(iter(detectors.values()))
     image = sample_images(any_detector.image_size, any_detector.mean, any_detector.std)[1:]  # (1, 3, S, S)
     # (synthetic inputs: only the time is measured, the channel order and resize rule do not matter)
-    sizes = [(any_detector.image_size, any_detector.image_size)]
-    for detector in detectors.values():
-        detector.predict(image, sizes)
+    batch = image.expand(batch_size, -1, -1, -1).contiguous()
+    sizes = [(any_detector.image_size, any_detector.image_size)] * batch_size
+    for _ in range(PROBE_WARMUP):
+        for detector in detectors.values():
+            detector.predict(batch, sizes)
     times: dict[str, list[float]] = {name: [] for name in detectors}
-    for _ in range(PROBE_ROUNDS):
+    spent, rounds = 0.0, 0
+    while rounds < PROBE_ROUNDS or (spent < PROBE_SECONDS and rounds < PROBE_MAX_ROUNDS):
+        rounds += 1
         for name, detector in detectors.items():
             start = time.perf_counter()
-            detector.predict(image, sizes)
-            times[name].append(1000.0 * (time.perf_counter() - start))
+            detector.predict(batch, sizes)
+            elapsed = time.perf_counter() - start
+            times[name].append(1000.0 * elapsed)
+            spent += elapsed
     return {name: statistics.median(values) for name, values in times.items()}
 
 

@@ -84,6 +84,13 @@ class DetectPlan:
     video_targets: list[Path] | None = None
     warnings: list[str] = field(default_factory=list)
 
+    def forward_batch(self, batch_size: int) -> int:
+        """Images per forward pass of this plan's largest batch at ``--batch-size`` ``batch_size``:
+        fewer for a few images, 1 for the webcam alone (what ``--backend auto`` times)."""
+        if any(video.camera is None for video in self.videos):
+            return batch_size
+        return max(1, min(batch_size, len(self.images)))
+
 
 def plan_detection(sources: Sequence[str | os.PathLike[str]], options: DetectOptions) -> DetectPlan:
     """Expand the source arguments (no file is opened) and plan the outputs.

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 
 import pytest
 import torch
@@ -112,17 +113,17 @@ def test_auto_times_the_candidates_once_and_reuses_the_decision(lite, tmp_path, 
     recorder = Recorder()
     monkeypatch.setattr(backends._Builder, "__call__", lambda self, backend: recorder(self, backend))
     monkeypatch.setattr(backends, "installed", lambda backend: True)
-    monkeypatch.setattr(backends, "probe", lambda detectors: {"torch": 30.0, "onnxruntime": 10.0, "openvino": 20.0})
+    monkeypatch.setattr(backends, "probe", lambda detectors, batch: {"torch": 30.0, "onnxruntime": 10.0, "openvino": 20.0})
     notes = []
     options = RuntimeOptions(backend="auto", cache_dir=tmp_path)
     assert backends.checkpoint_detector(lite, CPU, None, options, notes.append) == "onnxruntime"
     assert recorder.built == ["torch", "onnxruntime", "openvino"]
     assert len(notes) == 1 and "torch 30.0, onnxruntime 10.0, openvino 20.0 ms per image here; using onnxruntime" in notes[0]
     [choice] = (tmp_path / "choices").iterdir()
-    assert choice.name.startswith(file_sha256(lite)[:16] + "-fp32-")
+    assert choice.name.startswith(file_sha256(lite)[:16] + "-fp32-b1-")
     assert json.loads(choice.read_text())["backend"] == "onnxruntime"
 
-    def no_probe(detectors):
+    def no_probe(detectors, batch):
         raise AssertionError("the cached decision must be used")
 
     monkeypatch.setattr(backends, "probe", no_probe)
@@ -132,11 +133,60 @@ def test_auto_times_the_candidates_once_and_reuses_the_decision(lite, tmp_path, 
     assert recorder.built == ["onnxruntime"] and notes == []  # only the chosen one is built, silently
 
 
+def test_auto_decides_per_batch_size(lite, tmp_path, monkeypatch):
+    """The fastest backend at one image is not always the fastest at eight (SSD300 on an AMD EPYC:
+    onnxruntime at batch 1, OpenVINO at batch 8), so a decision holds for its batch size only."""
+    recorder = Recorder()
+    monkeypatch.setattr(backends._Builder, "__call__", lambda self, backend: recorder(self, backend))
+    monkeypatch.setattr(backends, "installed", lambda backend: True)
+    by_batch = {1: {"torch": 30.0, "onnxruntime": 10.0, "openvino": 20.0},
+                8: {"torch": 240.0, "onnxruntime": 160.0, "openvino": 120.0}}
+    probed = []
+    monkeypatch.setattr(backends, "probe", lambda detectors, batch: probed.append(batch) or by_batch[batch])
+    notes = []
+    one = backends.checkpoint_detector(lite, CPU, None, RuntimeOptions(cache_dir=tmp_path), notes.append)
+    eight = backends.checkpoint_detector(lite, CPU, None, RuntimeOptions(cache_dir=tmp_path, batch_size=8), notes.append)
+    assert (one, eight, probed) == ("onnxruntime", "openvino", [1, 8])
+    assert "ms per batch of 8 here; using openvino" in notes[-1]
+    assert sorted(p.name.split("-")[2] for p in (tmp_path / "choices").iterdir()) == ["b1", "b8"]
+    assert backends.checkpoint_detector(lite, CPU, None, RuntimeOptions(cache_dir=tmp_path, batch_size=8)) == "openvino"
+    assert probed == [1, 8]  # cached
+    with pytest.raises(UserError, match="--batch-size 0: must be >= 1"):
+        RuntimeOptions(batch_size=0)
+
+
+class FakeDetector:
+    """Sleeps ``ms`` per call and records the batch shapes it was given."""
+
+    image_size, mean, std = 32, [0.5, 0.5, 0.5], [0.25, 0.25, 0.25]
+
+    def __init__(self, ms):
+        self.ms, self.shapes = ms, []
+
+    def predict(self, images, sizes):
+        assert len(sizes) == images.shape[0]
+        self.shapes.append(tuple(images.shape))
+        time.sleep(self.ms / 1000.0)
+
+
+def test_probe_times_batches_of_the_run_round_robin_after_a_warm_up(monkeypatch):
+    monkeypatch.setattr(backends, "PROBE_SECONDS", 0.0)
+    slow, fast = FakeDetector(6.0), FakeDetector(1.0)
+    times = backends.probe({"slow": slow, "fast": fast}, 4)
+    assert slow.shapes == fast.shapes == [(4, 3, 32, 32)] * (backends.PROBE_WARMUP + backends.PROBE_ROUNDS)
+    assert times["fast"] < times["slow"] and times["slow"] >= 6.0
+    monkeypatch.setattr(backends, "PROBE_SECONDS", 0.05)  # more rounds until the time is spent, within a cap
+    monkeypatch.setattr(backends, "PROBE_MAX_ROUNDS", 6)
+    slow.shapes.clear()
+    backends.probe({"slow": slow}, 1)
+    assert len(slow.shapes) == backends.PROBE_WARMUP + 6
+
+
 def test_auto_leaves_out_a_backend_that_fails_and_says_why(lite, tmp_path, monkeypatch):
     recorder = Recorder(failing={"openvino"})
     monkeypatch.setattr(backends._Builder, "__call__", lambda self, backend: recorder(self, backend))
     monkeypatch.setattr(backends, "installed", lambda backend: True)
-    monkeypatch.setattr(backends, "probe", lambda detectors: {name: 1.0 + i for i, name in enumerate(detectors)})
+    monkeypatch.setattr(backends, "probe", lambda detectors, batch: {name: 1.0 + i for i, name in enumerate(detectors)})
     notes = []
     chosen = backends.checkpoint_detector(lite, CPU, None, RuntimeOptions(cache_dir=tmp_path), notes.append)
     assert chosen == "torch"  # ties broken in CPU_SUPPORT order: torch first

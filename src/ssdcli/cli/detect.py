@@ -166,7 +166,7 @@ def detect(
     from ssdcli.cli.import_model import resolve_weights_option
 
     weights = resolve_weights_option(weights)
-    runtime = runtime_options(backend, precision, calibration_data)
+    runtime = runtime_options(backend, precision, calibration_data, plan.forward_batch(options.batch_size))
     detector = load_detector(weights, device.value, settings, runtime, notes=print_note)
 
     columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())

@@ -274,7 +274,7 @@ def eval_command(
 
     settings = analysis_settings(analysis, similar, conf_threshold, worst)
     if weights is not None:
-        runtime = runtime_options(backend, precision, calibration_data)
+        runtime = runtime_options(backend, precision, calibration_data, batch_size)
         dataset, scored = _predict(weights, data, split, classes, batch_size, device.value, workers, runtime)
     else:
         dataset = _read_dataset(data, split, classes, need_pixels=False)

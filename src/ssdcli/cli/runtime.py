@@ -71,9 +71,10 @@ OpenVINO is an extra: pip install 'ssdcli\\[openvino]'.
 """
 
 
-def runtime_options(backend: Optional[Backend], precision: Optional[Precision], calibration_data: Optional[Path]):
+def runtime_options(backend: Optional[Backend], precision: Optional[Precision], calibration_data: Optional[Path],
+                    batch_size: int = 1):
     """The flags as :class:`ssdcli.backends.RuntimeOptions` (checked there); without ``--backend``,
-    ``$SSDCLI_BACKEND`` or ``auto``."""
+    ``$SSDCLI_BACKEND`` or ``auto``. ``batch_size``: images per forward pass of the run."""
     from ssdcli.backends import RuntimeOptions
 
     if backend is not None:
@@ -86,6 +87,7 @@ def runtime_options(backend: Optional[Backend], precision: Optional[Precision], 
             precision=precision.value if precision is not None else None,
             calibration_data=calibration_data,
             backend_given=given,
+            batch_size=batch_size,
         )
     except UserError as exc:
         if given:
