@@ -115,7 +115,9 @@ def compare_many(
     min_seconds: float = 0.0,
 ) -> dict[str, float]:
     """Median milliseconds of each of ``calls``, measured round-robin (one call of each per round),
-    as :func:`compare` does for two: a burst of foreign load hits every side alike.
+    as :func:`compare` does for two: a burst of foreign load hits every side alike. Each round
+    starts one call further along the list, so no side always runs right after the same other
+    side (whatever one leaves behind in caches or busy threads is spread over all).
 
     Rounds go on past ``repeats`` (up to :data:`MAX_REPEATS`) until all sides together took
     ``min_seconds``.
@@ -124,11 +126,13 @@ def compare_many(
         for fn in calls.values():
             fn()
     times: dict[str, list[float]] = {name: [] for name in calls}
+    names = list(calls)
     rounds = 0
     while rounds < repeats or (
         sum(sum(t) for t in times.values()) < min_seconds * 1000.0 and rounds < MAX_REPEATS
     ):
-        for name, fn in calls.items():
-            times[name].append(time_ms(fn, device))
+        shift = rounds % len(names)
+        for name in names[shift:] + names[:shift]:
+            times[name].append(time_ms(calls[name], device))
         rounds += 1
     return {name: statistics.median(values) for name, values in times.items()}

@@ -165,6 +165,18 @@ def test_compare_times_fast_cases_for_min_seconds_and_slow_ones_repeats_times():
     assert calls["ours"] == timing.MAX_REPEATS
 
 
+def test_compare_many_rotates_the_order_so_no_side_always_follows_the_same_one():
+    from benchmarks import timing
+
+    order = []
+    calls = {name: (lambda n=name: order.append(n)) for name in "abc"}
+    times = timing.compare_many(calls, 3, torch.device("cpu"), warmup=0)
+    assert sorted(times) == ["a", "b", "c"]
+    assert order == list("abc" "bca" "cab")
+    followers = {(order[i - 1], order[i]) for i in range(1, len(order))}
+    assert {("c", "a"), ("a", "b"), ("b", "c"), ("a", "c")} <= followers
+
+
 @pytest.mark.slow
 def test_quick_runtime_rows_time_every_backend_and_score_the_precisions(shared_data, tmp_path, monkeypatch):
     pytest.importorskip("openvino")

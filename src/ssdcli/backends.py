@@ -47,8 +47,8 @@ CPU_SUPPORT: dict[str, tuple[str, ...]] = {"fp32": ("torch", "onnxruntime", "ope
 PACKAGES: dict[str, tuple[str, ...]] = {"torch": (), "onnxruntime": ("onnx", "onnxruntime"),
                                         "openvino": ("onnx", "onnxruntime", "openvino")}
 """What each backend imports (an OpenVINO IR is converted from the checked ONNX export)."""
-PROBE_WARMUP = 2
-"""Untimed calls of each candidate before ``auto`` times them (first runs allocate and compile)."""
+PROBE_WARMUP = 1
+"""Untimed calls of each candidate before ``auto`` times them (a first run allocates and compiles)."""
 PROBE_ROUNDS = 3
 """Timed calls of each candidate ``auto`` makes at least."""
 PROBE_SECONDS = 2.0
