@@ -16,14 +16,13 @@ from ssdcli.data.transforms import normalize, resize_uint8
 from ssdcli.errors import UserError
 from ssdcli.sources import (
     ImageSource,
-    VideoFrames,
     VideoSource,
     _glob_root,
     _match_parts,
     expand_sources,
     plan_outputs,
-    probe_video,
 )
+from ssdcli.videos import VideoFrames, probe_video
 
 
 def touch_image(path: Path, value: int = 100) -> Path:

@@ -214,7 +214,7 @@ def _run_source_video(
 ) -> None:
     """One video or the camera; an unreadable video file is skipped with a warning, and Ctrl-C
     stops a camera cleanly (a file is interrupted)."""
-    from ssdcli.sources import probe_video
+    from ssdcli.videos import probe_video
 
     try:
         fps = probe_video(video).fps
@@ -247,7 +247,7 @@ def _run_video(
     from ssdcli.image_files import collate_items
     from ssdcli.inference import predict_batches, preprocessing_of_detector
     from ssdcli.render import open_video_writer
-    from ssdcli.sources import VideoFrames
+    from ssdcli.videos import VideoFrames
 
     prep = preprocessing_of_detector(detector)
     frames = VideoFrames(video, prep.image_size, prep.mean, prep.std, prep)

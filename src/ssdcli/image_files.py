@@ -64,7 +64,7 @@ class ImageFiles(Dataset):
 
 
 def collate_items(batch):
-    """Batch :class:`ImageFiles` / :class:`ssdcli.sources.VideoFrames` items:
+    """Batch :class:`ImageFiles` / :class:`ssdcli.videos.VideoFrames` items:
     ``(inputs Tensor[B, 3, S, S], sizes, indices, errors, read seconds summed, originals)``."""
     images = torch.stack([item[0] for item in batch])  # (B, 3, S, S)
     return (
