@@ -55,6 +55,7 @@ PROBE_SECONDS = 2.0
 """``auto`` goes on timing (up to :data:`PROBE_MAX_ROUNDS` rounds) until the candidates together took
 this long: three calls of a 10 ms model are within the noise of a shared machine."""
 PROBE_MAX_ROUNDS = 25
+"""Most rounds ``auto`` times to fill :data:`PROBE_SECONDS` (a 10 ms model needs a few dozen calls)."""
 CUDA_DEFAULT_NOTE = (
     "on CUDA the default precision is fp16 autocast: scores move by about 1e-3 from fp32 "
     "(--precision fp32 for exact fp32)"
