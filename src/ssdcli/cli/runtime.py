@@ -38,7 +38,7 @@ BackendOption = Annotated[
     typer.Option(
         "--backend",
         help="auto = the fastest installed runtime that computes at --precision here (timed once per "
-        "checkpoint and machine); torch; onnxruntime / openvino run a cached export of the checkpoint. "
+        "checkpoint, batch size and machine); torch; onnxruntime / openvino run a cached export of the checkpoint. "
         f"Default: auto, or ${BACKEND_ENV} when set (an exported model always runs on its own runtime).",
         show_default=False,
     ),
@@ -64,8 +64,8 @@ RUNTIME_EPILOG = """\
 [bold]Backends and precision[/]: --backend onnxruntime / openvino export the checkpoint once (raw outputs, \
 checked against PyTorch) into the export cache ($SSDCLI_CACHE_DIR, else $XDG_CACHE_HOME/ssdcli, else \
 ~/.cache/ssdcli) and run it there with ssdcli's own post-processing, classes and pre-processing. \
---backend auto (the default unless $SSDCLI_BACKEND says otherwise) times the installed runtimes that compute at --precision once per checkpoint and \
-machine, and uses the fastest; what it chose is said on stderr. bf16 and int8 change scores slightly \
+--backend auto (the default unless $SSDCLI_BACKEND says otherwise) times the installed runtimes that compute at --precision once per checkpoint, batch \
+size and machine, and uses the fastest; what it chose is said on stderr. bf16 and int8 change scores slightly \
 (int8 needs --calibration-data; ssd export --format openvino --precision int8 also checks the mAP change). \
 OpenVINO is an extra: pip install 'ssdcli\\[openvino]'.
 """
