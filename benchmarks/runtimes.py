@@ -149,12 +149,9 @@ def _onnxruntime_call(path: Path) -> Callable:
     in its own process it measured the same either way)."""
     import onnxruntime as ort
 
-    from ssdcli.export.runtime import SESSION_CONFIG
+    from ssdcli.export.runtime import session_options
 
-    options = ort.SessionOptions()
-    for key, value in SESSION_CONFIG.items():
-        options.add_session_config_entry(key, value)
-    session = ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(str(path), sess_options=session_options(), providers=["CPUExecutionProvider"])
     return lambda batch: session.run(None, {"images": batch})
 
 

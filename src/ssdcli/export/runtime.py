@@ -39,6 +39,16 @@ need: an SSDLite batch of one took about twice as long (README "CPU speed notes"
 """
 
 
+def session_options():
+    """``onnxruntime.SessionOptions`` with :data:`SESSION_CONFIG` applied."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    for key, value in SESSION_CONFIG.items():
+        options.add_session_config_entry(key, value)
+    return options
+
+
 class OnnxDetector:
     """An exported ONNX model and its metadata, ready for batches of pre-processed images.
 
@@ -72,10 +82,8 @@ class OnnxDetector:
         self.path = Path(path)
         if not self.path.is_file():
             raise UserError(f"{self.path}: ONNX model not found; check the path (e.g. runs/train/best.onnx)")
-        options = ort.SessionOptions()
+        options = session_options()
         options.log_severity_level = 3  # errors only: ORT's warnings about unused initializers are noise here
-        for key, value in SESSION_CONFIG.items():
-            options.add_session_config_entry(key, value)
         try:
             self.session = ort.InferenceSession(str(self.path), sess_options=options, providers=list(providers))
         except Exception as exc:  # onnxruntime raises its own Fail / InvalidProtobuf / InvalidGraph types
