@@ -298,7 +298,7 @@ def choose_fastest(build: _Builder, candidates: list[str], precision: str, optio
 
 def probe(detectors: dict, batch_size: int = 1) -> dict[str, float]:
     """Median milliseconds of a batch of ``batch_size`` images through each detector's ``predict``,
-    timed round-robin after :data:`PROBE_WARMUP` untimed calls each: at least
+    timed round-robin (the order rotating) after :data:`PROBE_WARMUP` untimed calls each: at least
     :data:`PROBE_ROUNDS` rounds, more until :data:`PROBE_SECONDS` are spent."""
     from ssdcli.export.parity import sample_images
 
@@ -311,10 +311,13 @@ def probe(detectors: dict, batch_size: int = 1) -> dict[str, float]:
         for detector in detectors.values():
             detector.predict(batch, sizes)
     times: dict[str, list[float]] = {name: [] for name in detectors}
+    names = list(detectors)
     spent, rounds = 0.0, 0
     while rounds < PROBE_ROUNDS or (spent < PROBE_SECONDS and rounds < PROBE_MAX_ROUNDS):
+        shift = rounds % len(names)  # each round starts one further along: no one always runs after the same other
         rounds += 1
-        for name, detector in detectors.items():
+        for name in names[shift:] + names[:shift]:
+            detector = detectors[name]
             start = time.perf_counter()
             detector.predict(batch, sizes)
             elapsed = time.perf_counter() - start

@@ -175,6 +175,12 @@ def test_probe_times_batches_of_the_run_round_robin_after_a_warm_up(monkeypatch)
     times = backends.probe({"slow": slow, "fast": fast}, 4)
     assert slow.shapes == fast.shapes == [(4, 3, 32, 32)] * (backends.PROBE_WARMUP + backends.PROBE_ROUNDS)
     assert times["fast"] < times["slow"] and times["slow"] >= 6.0
+    order = []
+    slow.predict = lambda images, sizes: order.append("slow")
+    fast.predict = lambda images, sizes: order.append("fast")
+    backends.probe({"slow": slow, "fast": fast}, 1)
+    assert order[2:] == ["slow", "fast", "fast", "slow", "slow", "fast"]  # after the warm-up, rotating
+    del slow.predict, fast.predict
     monkeypatch.setattr(backends, "PROBE_SECONDS", 0.05)  # more rounds until the time is spent, within a cap
     monkeypatch.setattr(backends, "PROBE_MAX_ROUNDS", 6)
     slow.shapes.clear()
