@@ -54,7 +54,24 @@ def decode(deltas: Tensor, priors_cxcywh: Tensor, variances: tuple[float, float]
         Tensor[..., P, 4]: boxes, cxcywh, in the units of ``priors_cxcywh``. Size deltas are
         clamped at ``MAX_LOG_SIZE_DELTA / v_size`` so an untrained network cannot produce inf.
     """
+    return torch.cat(_centre_and_size(deltas, priors_cxcywh, variances), dim=-1)
+
+
+def decode_xyxy(deltas: Tensor, priors_cxcywh: Tensor, variances: tuple[float, float]) -> Tensor:
+    """:func:`decode` as corners: bit for bit ``cxcywh_to_xyxy(decode(...))`` (the same
+    operations on each number), with three fewer tensor operations, for post-processing, which
+    decodes a few thousand candidates per batch and pays per operation.
+
+    Returns:
+        Tensor[..., P, 4]: boxes, xyxy, in the units of ``priors_cxcywh``.
+    """
+    centre, size = _centre_and_size(deltas, priors_cxcywh, variances)
+    half = size * 0.5
+    return torch.cat((centre - half, centre + half), dim=-1)
+
+
+def _centre_and_size(deltas: Tensor, priors_cxcywh: Tensor, variances: tuple[float, float]) -> tuple[Tensor, Tensor]:
     v_centre, v_size = variances
     centre = priors_cxcywh[:, :2] + deltas[..., :2] * v_centre * priors_cxcywh[:, 2:]
     size = priors_cxcywh[:, 2:] * torch.exp((deltas[..., 2:] * v_size).clamp(max=MAX_LOG_SIZE_DELTA))
-    return torch.cat((centre, size), dim=-1)
+    return centre, size
