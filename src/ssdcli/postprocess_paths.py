@@ -5,6 +5,7 @@ only operators ONNX has."""
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -14,8 +15,7 @@ import torch
 from torch import Tensor
 from torchvision.ops import batched_nms, nms
 
-from ssdcli.boxes import cxcywh_to_xyxy
-from ssdcli.codec import decode
+from ssdcli.codec import decode_xyxy
 
 COORDINATE_BOUND = 4.0
 """Unclipped decoded coordinates (``caffe`` rule) are clamped to [-bound, bound] before NMS."""
@@ -65,16 +65,12 @@ def flat_eager(
     suppresses nothing). The per-image NMS calls of a round run on a thread pool: torchvision's
     ``nms`` releases the GIL.
     """
-    batch, num_priors, num_logits = cls_logits.shape
-    num_classes = num_logits - 1
+    batch, num_priors = cls_logits.shape[:2]
     device = cls_logits.device
     scores = torch.softmax(cls_logits.float(), dim=-1)[..., 1:]  # (B, P, C), background dropped
     candidate = scores > score_threshold  # (B, P, C)
     _keep_top_k_per_class(candidate, scores, min(top_k_candidates, num_priors))
-    flat = candidate.reshape(-1).nonzero().squeeze(1)  # (M,), by image, prior, class
-    image_idx = flat // (num_priors * num_classes)
-    prior_idx = flat // num_classes % num_priors
-    class_idx = flat % num_classes
+    image_idx, prior_idx, class_idx = candidate.nonzero().unbind(1)  # (M,) each, by image, prior, class
     cand_scores = scores[image_idx, prior_idx, class_idx]  # (M,)
 
     starts, num_candidates, grid = _score_grid(image_idx, cand_scores, batch)
@@ -180,8 +176,9 @@ def _decode_candidates(
 ) -> Tensor:
     """Tensor[n, 4]: the boxes of candidates (image, prior), xyxy normalised, as NMS sees them:
     clipped to the image (``torchvision`` rule) or within +-:data:`COORDINATE_BOUND` (``caffe``)."""
-    deltas = box_deltas[image_idx, prior_idx].float()  # (n, 4)
-    return _nms_input(cxcywh_to_xyxy(decode(deltas, priors_cxcywh[prior_idx].float(), variances)), clip_first)
+    rows = image_idx * box_deltas.shape[1] + prior_idx  # (n,): one gather of rows, cheaper than a 2-d index
+    deltas = box_deltas.reshape(-1, 4).index_select(0, rows).float()  # (n, 4)
+    return _nms_input(decode_xyxy(deltas, priors_cxcywh.index_select(0, prior_idx).float(), variances), clip_first)
 
 
 def _nms_input(boxes_xyxy: Tensor, clip_first: bool) -> Tensor:
@@ -221,28 +218,32 @@ def _separated_boxes(boxes_xyxy: Tensor, classes: Tensor) -> Tensor:
 def _nms_each(jobs: list[tuple[Tensor, Tensor]], nms_iou: float) -> list[Tensor]:
     """``torchvision.ops.nms`` on each ``(boxes_xyxy Tensor[n, 4], scores Tensor[n])``.
 
-    On the CPU the jobs are dealt round-robin to ``torch.get_num_threads()`` threads, this one
-    included: ``nms`` releases the GIL, so two threads run two images at once (one submission per
-    helper thread, not per job: a submission costs about as much as a small ``nms``).
+    On the CPU ``torch.get_num_threads()`` threads, this one included, take the jobs from one
+    queue, the next job to whichever thread is free (an image's cost varies with its overlaps):
+    ``nms`` releases the GIL, so two threads run two images at once (one submission per helper
+    thread, not per job: a submission costs about as much as a small ``nms``).
 
     Returns:
         For each job, Tensor[s] int64: positions of the survivors, score-descending (ties in
         input order).
     """
     results: list[Tensor | None] = [None] * len(jobs)
+    queue = itertools.count()  # next() is atomic under the GIL: each position is taken once
 
-    def run(positions: range) -> None:
-        for position in positions:
+    def run() -> None:
+        for position in iter(queue.__next__, None):
+            if position >= len(jobs):
+                return
             boxes, scores = jobs[position]
             results[position] = nms(boxes, scores, nms_iou)
 
     helpers = nms_helpers() if len(jobs) > 1 and jobs[0][0].device.type == "cpu" else None
     if helpers is None:
-        run(range(len(jobs)))
+        run()
         return results
     hands = min(len(jobs), torch.get_num_threads())  # the helpers and this thread
-    futures = [helpers.submit(run, range(hand, len(jobs), hands)) for hand in range(1, hands)]
-    run(range(0, len(jobs), hands))
+    futures = [helpers.submit(run) for _ in range(1, hands)]
+    run()
     for future in futures:
         future.result()
     return results
@@ -293,7 +294,7 @@ def flat_traceable(
     cand_scores = cand_scores[image_idx, class_idx, slot]  # (M,)
 
     deltas = box_deltas[image_idx, prior_idx].float()  # (M, 4)
-    boxes_xyxy_norm = cxcywh_to_xyxy(decode(deltas, priors_cxcywh[prior_idx].float(), variances))
+    boxes_xyxy_norm = decode_xyxy(deltas, priors_cxcywh[prior_idx].float(), variances)
     boxes_xyxy_norm = _nms_input(boxes_xyxy_norm, clip_first)  # (M, 4): clipped, or bounded (caffe)
 
     # One NMS call over every image and class: a box only suppresses boxes of its own group.
