@@ -81,6 +81,25 @@ def gemm_peak_gflops(device: torch.device, size: int = 2048, repeats: int = 5) -
     return 2.0 * size**3 / (best / 1000.0) / 1e9
 
 
+def conv_peak_gflops(device: torch.device, size: int = 75, channels: int = 256, repeats: int = 5) -> float:
+    """fp32 throughput of one 3x3 convolution, ``channels`` -> ``channels`` on a ``size x size``
+    map (SSD300's conv3 stage at the defaults), channels-last on the CPU, GFLOP/s (best of ``repeats``).
+
+    The forward pass is convolutions, which torch runs through oneDNN, not through the BLAS that
+    ``torch.matmul`` uses; on an AMD CPU with MKL as the BLAS the matmul reaches less than half of
+    what oneDNN's convolutions do, so a matmul alone understates the machine.
+    """
+    x = torch.randn(1, channels, size, size, device=device)
+    if device.type == "cpu":
+        x = x.contiguous(memory_format=torch.channels_last)
+    weight = torch.randn(channels, channels, 3, 3, device=device)
+    conv = torch.nn.functional.conv2d
+    with torch.inference_mode():
+        conv(x, weight, padding=1)  # warm-up: primitive creation
+        best = min(time_ms(lambda: conv(x, weight, padding=1), device) for _ in range(repeats))
+    return 2.0 * channels * channels * 9 * size * size / (best / 1000.0) / 1e9
+
+
 def conv_gflops(model: nn.Module, image_size: int) -> float:
     """GFLOP of one image through every ``nn.Conv2d`` of ``model`` (a multiply-add = 2 FLOP).
 

@@ -128,7 +128,36 @@ def test_quick_suite_writes_the_json_rows(shared_data, tmp_path, capsys):
         assert row["ours_ms"] > 0 and row["reference_ms"] > 0
         assert row["ratio"] == pytest.approx(row["ours_ms"] / row["reference_ms"])
     printed = capsys.readouterr().out
-    assert "eval_metrics" in printed and "GEMM peak" in printed
+    assert "eval_metrics" in printed and "fp32 peak" in printed
+
+
+@pytest.mark.parametrize("winograd", ["", "1"])
+def test_share_of_peak_uses_the_better_of_matmul_and_convolution(monkeypatch, winograd):
+    # 62.7 GFLOP in 200 ms is 313.5 GFLOP/s: over the matmul's 150 but under the convolution's 400
+    from rich.console import Console
+
+    monkeypatch.setenv("SSDCLI_WINOGRAD", winograd)
+    report = run.Report(
+        rows=[run.Row("forward_ssd300", 200.0, 300.0)], device="cpu", gemm_gflops=150.0,
+        conv_peak_gflops=400.0, forward_gflop_per_image=62.7, forward_batch=1, notes=[],
+    )
+    assert report.peak_gflops == 400.0
+    assert report.forward_share_of_peak() == pytest.approx(62.7 / 0.2 / 400.0)
+    console = Console(record=True, width=200)
+    run.render(report, console)
+    printed = console.export_text()
+    assert "fp32 peak 400.0 GFLOP/s" in printed and "matmul, 150.0" in printed and "runs at 78% of it" in printed
+    assert "Winograd" not in printed  # 78 %: no note, whichever path was asked for
+    slow_matmul_only = run.Report(
+        rows=[run.Row("forward_ssd300", 100.0, 300.0)], device="cpu", gemm_gflops=150.0,
+        conv_peak_gflops=150.0, forward_gflop_per_image=62.7, forward_batch=1, notes=[],
+    )
+    console = Console(record=True, width=200)
+    run.render(slow_matmul_only, console)
+    # above 100 % the note blames Winograd only when Winograd was on
+    printed = console.export_text()
+    assert ("ran as Winograd" in printed) == bool(winograd)
+    assert ("both peak measurements fell short" in printed) == (not winograd)
 
 
 def test_eval_case_scores_like_pycocotools(coco128):
