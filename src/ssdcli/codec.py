@@ -59,7 +59,7 @@ def decode(deltas: Tensor, priors_cxcywh: Tensor, variances: tuple[float, float]
 
 def decode_xyxy(deltas: Tensor, priors_cxcywh: Tensor, variances: tuple[float, float]) -> Tensor:
     """:func:`decode` as corners: bit for bit ``cxcywh_to_xyxy(decode(...))`` (the same
-    operations on each number), with three fewer tensor operations, for post-processing, which
+    operations on each number) in four tensor operations instead of nine, for post-processing, which
     decodes a few thousand candidates per batch and pays per operation.
 
     Returns:

@@ -231,7 +231,7 @@ def _nms_each(jobs: list[tuple[Tensor, Tensor]], nms_iou: float) -> list[Tensor]
     queue = itertools.count()  # next() is atomic under the GIL: each position is taken once
 
     def run() -> None:
-        for position in iter(queue.__next__, None):
+        for position in queue:
             if position >= len(jobs):
                 return
             boxes, scores = jobs[position]
