@@ -21,6 +21,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from ssdcli.models.packed import PackedConv2d, run_sequential, sequential_outputs
 from ssdcli.models.ssd import IMAGENET_MEAN, IMAGENET_STD, SSD
 from ssdcli.models.winograd import WinogradConv2d
 from ssdcli.priors import PriorSpec
@@ -96,9 +97,9 @@ def _vgg16_layers() -> nn.Sequential:
             layers.append(ChannelsLastMaxPool2d(2, stride=2, ceil_mode=stage == 2))
     layers.append(ChannelsLastMaxPool2d(3, stride=1, padding=1))  # pool5: keeps fc6 at stride 16
     layers += [
-        nn.Conv2d(512, 1024, 3, padding=6, dilation=6),  # fc6, atrous (dilation 6)
+        PackedConv2d(512, 1024, 3, padding=6, dilation=6),  # fc6, atrous (dilation 6)
         nn.ReLU(inplace=True),
-        nn.Conv2d(1024, 1024, 1),  # fc7
+        PackedConv2d(1024, 1024, 1),  # fc7
         nn.ReLU(inplace=True),
     ]
     return nn.Sequential(*layers)
@@ -106,9 +107,9 @@ def _vgg16_layers() -> nn.Sequential:
 
 def _extra_block(in_channels: int, mid: int, out: int, kernel: int, stride: int, padding: int) -> nn.Sequential:
     return nn.Sequential(
-        nn.Conv2d(in_channels, mid, 1),
+        PackedConv2d(in_channels, mid, 1),
         nn.ReLU(inplace=True),
-        nn.Conv2d(mid, out, kernel, stride=stride, padding=padding),
+        PackedConv2d(mid, out, kernel, stride=stride, padding=padding),
         nn.ReLU(inplace=True),
     )
 
@@ -156,14 +157,14 @@ class VGG16Backbone(nn.Module):
         # NHWC: oneDNN's convolutions run faster on it on CPU than on NCHW (README "CPU speed
         # notes"), and the heads' (N, H, W, C) permute becomes a view. A no-op when the input is
         # already channels-last; the weights are converted when the model is built.
+        # Each convolution + ReLU runs as one call (ssdcli.models.packed).
         x = images.contiguous(memory_format=torch.channels_last)
-        for index, layer in enumerate(self.vgg):
-            x = layer(x)
+        for index, x in sequential_outputs(self.vgg, x):
             if index == self.conv4_3_index:
                 sources.append(self.conv4_3_norm(x))
         sources.append(x)  # fc7
         for block in self.extras:
-            x = block(x)
+            x = run_sequential(block, x)
             sources.append(x)
         return sources
 

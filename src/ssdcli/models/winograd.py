@@ -32,7 +32,9 @@ import os
 from collections.abc import Iterator
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
+
+from ssdcli.models.packed import PackedConv2d
 
 MIN_SIDE = 32
 """Smallest input height and width (pixels) that goes through Winograd."""
@@ -105,8 +107,10 @@ def _nnpack_conv(x: Tensor, weight: Tensor, bias: Tensor | None, padding: list[i
     return torch._nnpack_spatial_convolution(x.contiguous(), weight.contiguous(), bias, padding, [1, 1])
 
 
-class WinogradConv2d(nn.Conv2d):
-    """``nn.Conv2d`` that can run as Winograd (NNPACK) in CPU float32 inference, when asked to.
+class WinogradConv2d(PackedConv2d):
+    """``nn.Conv2d`` that can run as Winograd (NNPACK) in CPU float32 inference, when asked to,
+    and otherwise as :class:`~ssdcli.models.packed.PackedConv2d` (``forward(x, relu=True)``
+    applies the ReLU after either).
 
     Same parameters, state-dict keys and results (to float rounding) as ``nn.Conv2d``; the
     Winograd path is taken only when requested (:func:`winograd_requested`), for a 3x3, stride 1,
@@ -129,10 +133,11 @@ class WinogradConv2d(nn.Conv2d):
             and min(in_channels, out_channels) >= MIN_CHANNELS
         )
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, relu: bool = False) -> Tensor:
         if self._winograd_applies(x):
-            return _nnpack_conv(x, self.weight, self.bias, list(self.padding))
-        return super().forward(x)
+            y = _nnpack_conv(x, self.weight, self.bias, list(self.padding))
+            return y.relu_() if relu else y
+        return super().forward(x, relu)
 
     def _winograd_applies(self, x: Tensor) -> bool:
         # Tracing first: under a trace, sizes are tensors and comparing them would warn.
