@@ -29,6 +29,7 @@ from ssdcli.inference import TorchDetector
 from ssdcli.loss import MultiBoxLoss
 from ssdcli.matching import assign_targets
 from ssdcli.models import SSD, micro_batch_size, priors_for_model
+from ssdcli.models.packed import unpacked_convolutions
 from ssdcli.models.winograd import winograd_convolutions
 from ssdcli.postprocess import PostprocessSettings, postprocess
 from ssdcli.train.epoch import forward_backward
@@ -92,15 +93,18 @@ def detect_case(model: SSD, images_hwc: list[Tensor], device: torch.device) -> C
     return ours, theirs
 
 
-def forward_case(model: SSD, inputs: Tensor, winograd: bool = False) -> Case:
+def forward_case(model: SSD, inputs: Tensor, winograd: bool = False, unpacked: bool = False) -> Case:
     """Raw head outputs of a normalised batch: our ``forward`` vs torchvision's backbone + head.
-    ``winograd``: ours with ``SSDCLI_WINOGRAD=1``'s path (:mod:`ssdcli.models.winograd`)."""
+    ``winograd``: ours with ``SSDCLI_WINOGRAD=1``'s path (:mod:`ssdcli.models.winograd`);
+    ``unpacked``: ours with ``SSDCLI_UNPACKED_CONV=1``'s (:mod:`ssdcli.models.packed`), to show
+    what the packed weights and fused ReLUs give on the machine."""
     reference = build_reference(model).eval().to(inputs.device)
     model = model.eval()
+    switch = winograd_convolutions if winograd else unpacked_convolutions if unpacked else contextlib.nullcontext
 
     @torch.inference_mode()
     def ours():
-        with winograd_convolutions() if winograd else contextlib.nullcontext():
+        with switch():
             return model(inputs)
 
     @torch.inference_mode()

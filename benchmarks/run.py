@@ -32,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `benchmarks` imp
 from benchmarks import cases, runtimes, workloads  # noqa: E402
 from benchmarks.timing import compare, conv_gflops, conv_peak_gflops, gemm_peak_gflops  # noqa: E402
 from ssdcli.data.transforms import to_model_input  # noqa: E402
+from ssdcli.models.packed import packed_ready  # noqa: E402
 from ssdcli.models.winograd import nnpack_ready, winograd_requested  # noqa: E402
 
 RUNTIME_GROUPS = ("runtimes_ssd300", "runtimes_ssdlite320", "map_change")
@@ -121,6 +122,8 @@ def run_suite(
     measure(f"detect_ssd300_b{batch}", lambda: cases.detect_case(model, images, device))
     inputs = to_model_input(images[:1], model.image_size, model.mean, model.std, device=device)
     measure("forward_ssd300", lambda: cases.forward_case(model.to(device), inputs))
+    if device.type == "cpu" and packed_ready():  # what the packed weights give on this machine
+        measure("forward_ssd300_unpacked", lambda: cases.forward_case(model, inputs, unpacked=True))
     if device.type == "cpu" and nnpack_ready():  # is SSDCLI_WINOGRAD=1 worth it on this machine?
         measure("forward_ssd300_winograd", lambda: cases.forward_case(model, inputs, winograd=True))
     model = model.cpu()
