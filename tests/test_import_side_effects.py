@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from ssdcli.cli import process
-from ssdcli.models import winograd
+from ssdcli.models import packed, winograd
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 OPENMP_PREFIXES = ("GOMP_", "OMP_", "KMP_", "MKL_")
@@ -22,7 +22,7 @@ OPENMP_PREFIXES = ("GOMP_", "OMP_", "KMP_", "MKL_")
 
 def _python(code: str, env: dict[str, str] | None = None, timeout: float = 300) -> str:
     """Run ``code`` in a fresh interpreter with this checkout's ``src`` first on the path; its stdout."""
-    switches = (winograd.EXACT_ENV, winograd.WINOGRAD_ENV)
+    switches = (winograd.EXACT_ENV, winograd.WINOGRAD_ENV, packed.UNPACKED_ENV)
     environ = {k: v for k, v in os.environ.items() if not k.startswith(OPENMP_PREFIXES) and k not in switches}
     environ["PYTHONPATH"] = os.pathsep.join([str(SRC), *filter(None, [os.environ.get("PYTHONPATH")])])
     environ.update(env or {})
