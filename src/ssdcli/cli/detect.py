@@ -55,7 +55,7 @@ Pre-processing (channel order, normalisation, resize rule), class names, COCO ca
 torchvision:ssdlite320_mobilenet_v3_large are imported on first use (`ssd import`) into the cache.
 
 """ + RUNTIME_EPILOG + """
-[bold]CPU speed[/]: large JPEGs are decoded at 1/2-1/8 scale while they keep twice the network's input size (detections stay in the file's pixels). SSDCLI_WINOGRAD=1 in the environment computes SSD300 / SSD512's large 3x3 convolutions with Winograd's algorithm (NNPACK, inside torch): faster on some CPUs, slower on others (measure: benchmarks/run.py --only forward_ssd300,forward_ssd300_winograd); outputs move by ~1e-5 of their largest value. SSDCLI_EXACT_CONV=1 computes every convolution directly.
+[bold]CPU speed[/]: large JPEGs are decoded at 1/2-1/8 scale while they keep twice the network's input size (detections stay in the file's pixels). SSDCLI_WINOGRAD=1 in the environment computes SSD300 / SSD512's large 3x3 convolutions with Winograd's algorithm (NNPACK, inside torch): faster on some CPUs, slower on others (measure: benchmarks/run.py --only forward_ssd300,forward_ssd300_winograd); outputs move by ~1e-5 of their largest value. SSDCLI_EXACT_CONV=1 computes every convolution directly. SSD300 / SSD512 run with their convolution weights packed for oneDNN once and the ReLUs fused (the same outputs; SSDCLI_UNPACKED_CONV=1 turns it off).
 """
 
 
