@@ -7,7 +7,7 @@ weights, reordered for every image); the ``nn.ReLU`` after it is one more pass o
 runs the ReLU as a post-op of the convolution (``mkldnn._convolution_pointwise``).
 :class:`PackedConv2d` does the same in eager mode, with no compilation: it is the same oneDNN
 convolution, so the outputs are those of ``nn.Conv2d`` + ``nn.ReLU`` bit for bit (tested on the
-whole SSD300 and SSD512), and the SSD300 forward ran 12-15 % faster on the AMD EPYC (README "CPU
+whole SSD300 and SSD512), and the SSD300 forward ran 12 % faster on the AMD EPYC (README "CPU
 speed notes"). :func:`run_sequential` runs an ``nn.Sequential`` with each ``PackedConv2d``
 followed by an ``nn.ReLU`` as one fused call.
 
