@@ -188,6 +188,28 @@ def test_probe_times_batches_of_the_run_round_robin_after_a_warm_up(monkeypatch)
     assert len(slow.shapes) == backends.PROBE_WARMUP + 6
 
 
+class BurstyDetector(FakeDetector):
+    """Sleeps ``ms`` per call, plus ``burst_ms`` on the calls numbered in ``bursts`` (foreign load)."""
+
+    def __init__(self, ms, burst_ms=0.0, bursts=()):
+        super().__init__(ms)
+        self.burst_ms, self.bursts = burst_ms, set(bursts)
+
+    def predict(self, images, sizes):
+        extra = self.burst_ms if len(self.shapes) in self.bursts else 0.0
+        super().predict(images, sizes)
+        time.sleep(extra / 1000.0)
+
+
+def test_probe_keeps_each_candidates_fastest_call_so_a_burst_of_load_does_not_decide(monkeypatch):
+    monkeypatch.setattr(backends, "PROBE_SECONDS", 0.0)
+    # the quicker backend had two of its three timed calls (calls 1 and 2, after the warm-up 0) hit
+    hit = BurstyDetector(4.0, burst_ms=30.0, bursts={1, 2})
+    steady = BurstyDetector(12.0)
+    times = backends.probe({"hit": hit, "steady": steady}, 1)
+    assert 4.0 <= times["hit"] < 12.0 <= times["steady"]  # a median would have read 34 ms and chosen "steady"
+
+
 def test_auto_leaves_out_a_backend_that_fails_and_says_why(lite, tmp_path, monkeypatch):
     recorder = Recorder(failing={"openvino"})
     monkeypatch.setattr(backends._Builder, "__call__", lambda self, backend: recorder(self, backend))
