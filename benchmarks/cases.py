@@ -66,24 +66,28 @@ TARGETS.update({
 fastest setting <= 1.1x OpenVINO's fastest (benchmarks/runtimes.py)."""
 
 
-def detect_case(model: SSD, images_hwc: list[Tensor], device: torch.device) -> Case:
+def detect_case(model: SSD, images_hwc: list[Tensor], device: torch.device, detector=None) -> Case:
     """Decoded uint8 images (their own sizes) in, final detections in image pixels out.
 
-    Ours: ``to_model_input`` (uint8 resize, normalise) + :class:`~ssdcli.inference.TorchDetector`
-    (the network, image by image on the CPU as ``ssd detect`` runs it, + :func:`postprocess`).
+    Ours: ``to_model_input`` (uint8 resize, normalise) + ``detector.predict``: by default a
+    :class:`~ssdcli.inference.TorchDetector` on ``model`` (the torch backend: the network image by
+    image on the CPU, + :func:`postprocess`); ``detector`` is another of the same weights, such as
+    what ``ssd detect``'s default ``--backend auto`` runs on the machine
+    (:func:`benchmarks.runtimes.default_detector`).
     Reference: torchvision's model in eval mode on a list of float [0, 1] CHW tensors (the
     conversion from uint8 is part of its work), which runs its own transform, head and
     ``postprocess_detections`` + rescaling.
     """
     reference = build_reference(model, score_thresh=DETECT_MIN_SCORE).eval().to(device)
-    model = model.eval().to(device)
-    detector = TorchDetector(model, device, PostprocessSettings(score_threshold=DETECT_MIN_SCORE))
+    if detector is None:
+        model = model.eval().to(device)
+        detector = TorchDetector(model, device, PostprocessSettings(score_threshold=DETECT_MIN_SCORE))
     sizes = [(int(image.shape[1]), int(image.shape[0])) for image in images_hwc]  # (W, H)
     images_hwc = [image.to(device) for image in images_hwc]
 
     @torch.inference_mode()
     def ours():
-        inputs = to_model_input(images_hwc, model.image_size, model.mean, model.std, device=device)
+        inputs = to_model_input(images_hwc, detector.image_size, detector.mean, detector.std, device=device)
         return detector.predict(inputs, sizes)
 
     @torch.inference_mode()

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -51,13 +52,15 @@ class Row:
     name: str
     ours_ms: float
     reference_ms: float | None
+    note: str = ""  # what ran ours, where a row says (``= onnxruntime_fp32``)
 
     @property
     def ratio(self) -> float | None:
         return None if self.reference_ms is None else self.ours_ms / self.reference_ms
 
     def to_json(self) -> dict:
-        return {"name": self.name, "ours_ms": self.ours_ms, "reference_ms": self.reference_ms, "ratio": self.ratio}
+        return {"name": self.name, "ours_ms": self.ours_ms, "reference_ms": self.reference_ms, "ratio": self.ratio,
+                "note": self.note}
 
 
 @dataclass
@@ -101,7 +104,8 @@ def run_suite(
     def wanted(name: str) -> bool:
         return only is None or name in only or (name in RUNTIME_GROUPS and "runtimes" in only)
 
-    def measure(name: str, case: Callable[[], cases.Case], case_device: torch.device = device) -> None:
+    def measure(name: str, case: Callable[[], cases.Case], case_device: torch.device = device,
+                note: Callable[[], str] = str) -> None:
         if not wanted(name):
             return
         progress(name)
@@ -109,7 +113,7 @@ def run_suite(
         ours, reference = compare(
             *case, repeats=repeats, device=case_device, warmup=warmup, min_seconds=0.0 if quick else MIN_SECONDS
         )
-        rows.append(Row(name, ours, reference))
+        rows.append(Row(name, ours, reference, note()))
 
     progress("workloads")
     model = workloads.ssd300()
@@ -118,8 +122,12 @@ def run_suite(
     boxes_norm, labels = workloads.batch_targets(dataset, batch)
 
     cpu = torch.device("cpu")
-    measure("detect_ssd300_b1", lambda: cases.detect_case(model, images[:1], device))
-    measure(f"detect_ssd300_b{batch}", lambda: cases.detect_case(model, images, device))
+    defaults = ("detect_ssd300_b1", f"detect_ssd300_b{batch}", "runtimes_ssd300", "runtimes_ssdlite320")
+    if device.type == "cpu" and any(wanted(name) for name in defaults):
+        # `default` rows, here and in the runtime rows, are what auto picks in this run
+        shutil.rmtree(workloads.CACHE / "choices", ignore_errors=True)
+    for count in (1, batch):
+        detect_rows(measure, model, images[:count], device, progress)
     inputs = to_model_input(images[:1], model.image_size, model.mean, model.std, device=device)
     measure("forward_ssd300", lambda: cases.forward_case(model.to(device), inputs))
     if device.type == "cpu" and packed_ready():  # what the packed weights give on this machine
@@ -178,6 +186,26 @@ def run_suite(
         notes=notes,
         runtime_rows=runtime_rows,
     )
+
+
+def detect_rows(measure: Callable, model, images: list, device: torch.device, progress) -> None:
+    """``detect_ssd300_bN``: ``ssd detect`` as it runs by default, against torchvision. On the CPU
+    that is ``--backend auto`` at fp32 (the fastest of torch / onnxruntime / OpenVINO as timed on
+    this machine, the runtime rows' ``default``), with ``detect_ssd300_bN_torch``, the torch
+    backend alone, beside it; on CUDA, the torch backend at fp32."""
+    name = f"detect_ssd300_b{len(images)}"
+    if device.type != "cpu":
+        measure(name, lambda: cases.detect_case(model, images, device))
+        return
+    chosen = {}
+
+    def default_case() -> cases.Case:
+        detector = runtimes.default_detector(runtimes.ssd300_checkpoint(), workloads.CACHE, len(images), progress)
+        chosen["note"] = f"= {detector.backend}_{detector.precision}"
+        return cases.detect_case(model, images, device, detector)
+
+    measure(name, default_case, note=lambda: chosen["note"])
+    measure(f"{name}_torch", lambda: cases.detect_case(model, images, device))
 
 
 def cuda_throughput(model, dataset, repeats: int, quick: bool, progress) -> list[Row]:
@@ -248,14 +276,16 @@ def render(report: Report, console) -> None:
     """The results as a rich table plus the GEMM-peak lines."""
     from rich.table import Table
 
+    console = runtimes.wide_console(console, 110)
     table = Table(title=f"ssdcli vs torchvision SSD300 ({report.device})")
-    for column in ("name", "ours_ms", "reference_ms", "ratio", "target", "met?"):
-        table.add_column(column, justify="left" if column == "name" else "right")
+    for column in ("name", "runs", "ours_ms", "reference_ms", "ratio", "target", "met?"):
+        table.add_column(column, justify="left" if column in ("name", "runs") else "right")
     for row in report.rows:
         target = cases.TARGETS.get(row.name)
         met = target.met(row.ratio) if target else None
         table.add_row(
             row.name,
+            row.note,
             f"{row.ours_ms:.2f}",
             "-" if row.reference_ms is None else f"{row.reference_ms:.2f}",
             "-" if row.ratio is None else f"{row.ratio:.3f}",

@@ -21,7 +21,6 @@ native bf16 (AVX512-BF16 or AMX); elsewhere they read "n/a".
 from __future__ import annotations
 
 import hashlib
-import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -107,12 +106,24 @@ def our_detectors(weights: Path, cache: Path, calibration: Path, progress) -> di
     return detectors
 
 
+def default_detector(weights: Path, cache: Path, batch: int, progress):
+    """The detector ``ssd detect``'s default (``--backend auto``, fp32) runs here at ``batch``
+    images per forward pass (exports and the decision cached in ``cache``)."""
+    return load_detector(weights, "cpu", PostprocessSettings(score_threshold=DETECT_MIN_SCORE),
+                         RuntimeOptions(cache_dir=cache, batch_size=batch), notes=progress)
+
+
 def default_choice(weights: Path, cache: Path, batch: int, progress) -> str:
-    """What ``ssd detect``'s default (``--backend auto``, fp32) runs here at ``batch`` images per
-    forward pass: ``backend_precision``."""
-    detector = load_detector(weights, "cpu", PostprocessSettings(score_threshold=DETECT_MIN_SCORE),
-                             RuntimeOptions(cache_dir=cache, batch_size=batch), notes=progress)
+    """What :func:`default_detector` runs: ``backend_precision``."""
+    detector = default_detector(weights, cache, batch, progress)
     return f"{detector.backend}_{detector.precision}"
+
+
+def ssd300_checkpoint() -> Path:
+    """The SSD300 of the other rows (seeded weights) as a checkpoint, for ``ssd detect``'s paths."""
+    from benchmarks import workloads
+
+    return saved_checkpoint(workloads.ssd300(), workloads.CACHE / "ssd300-seed0.pt")
 
 
 def external_runners(weights: Path, folder: Path, detectors: dict, progress) -> dict[str, Callable]:
@@ -321,13 +332,12 @@ def runtime_suite(images_hwc: list[torch.Tensor], quick: bool, timing: Timing, w
     from ssdcli.hardware import describe_cpu
 
     cache = workloads.CACHE  # exports in runs/bench/exports, the auto decisions in runs/bench/choices
-    shutil.rmtree(cache / "choices", ignore_errors=True)  # `default` is what auto picks in this run
     batches = (1, 2) if quick else (1, 8)
     count = 8 if quick else CALIBRATION_IMAGES
     rows: list = []
     notes = [f"runtime rows: {describe_cpu()}; bf16 native: {'yes' if native_bf16() else 'no (bf16 rows n/a)'}"]
     if wanted("runtimes_ssd300"):
-        weights = saved_checkpoint(workloads.ssd300(), workloads.CACHE / "ssd300-seed0.pt")
+        weights = ssd300_checkpoint()
         dataset, _ = workloads.coco128_dataset()
         calibration = calibration_folder([r.image_path for r in dataset.records[:count]],
                                          workloads.CACHE / "calibration" / f"coco128-{count}")
@@ -349,12 +359,19 @@ def runtime_suite(images_hwc: list[torch.Tensor], quick: bool, timing: Timing, w
     return rows, notes
 
 
+def wide_console(console, width: int):
+    """``console`` at least ``width`` columns wide: the row names are long, and a table squeezed to
+    a pipe's 80 columns truncates them."""
+    from rich.console import Console
+
+    return Console(file=console.file, width=max(console.width, width), force_terminal=console.is_terminal)
+
+
 def render(rows: list, console) -> None:
     """The runtime and mAP rows as two rich tables, at least 150 columns wide (names are long)."""
-    from rich.console import Console
     from rich.table import Table
 
-    console = Console(file=console.file, width=max(console.width, 150), force_terminal=console.is_terminal)
+    console = wide_console(console, 150)
 
     from benchmarks.cases import TARGETS
 

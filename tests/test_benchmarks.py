@@ -124,11 +124,51 @@ def test_quick_suite_writes_the_json_rows(shared_data, tmp_path, capsys):
     rows = json.loads(out.read_text())
     assert [row["name"] for row in rows] == ["target_assignment", "eval_metrics"]
     for row in rows:
-        assert set(row) == {"name", "ours_ms", "reference_ms", "ratio"}
+        assert set(row) == {"name", "ours_ms", "reference_ms", "ratio", "note"}
         assert row["ours_ms"] > 0 and row["reference_ms"] > 0
         assert row["ratio"] == pytest.approx(row["ours_ms"] / row["reference_ms"])
     printed = capsys.readouterr().out
     assert "eval_metrics" in printed and "fp32 peak" in printed
+
+
+@pytest.mark.slow
+def test_detect_rows_time_what_ssd_detect_runs_by_default_and_the_torch_backend_beside_it(
+        shared_data, tmp_path, monkeypatch, capsys):
+    from benchmarks import runtimes
+    from ssdcli.inference import TorchDetector
+
+    monkeypatch.setattr(workloads, "CACHE", tmp_path / "bench")
+    stale = tmp_path / "bench" / "choices" / "old.json"
+    stale.parent.mkdir(parents=True)
+    stale.write_text("{}")
+    made = []
+
+    class Chosen(TorchDetector):  # stands in for the exported model auto would pick (no export here)
+        backend = "onnxruntime"
+
+        def predict(self, images, sizes, timings=None):
+            self.calls += 1
+            return super().predict(images, sizes, timings)
+
+    def default_detector(weights, cache, batch, progress):
+        assert cache == tmp_path / "bench" and weights.is_file() and not stale.exists()  # decided afresh
+        detector = Chosen(workloads.ssd300(), torch.device("cpu"))
+        detector.calls = 0
+        made.append((batch, detector))
+        return detector
+
+    monkeypatch.setattr(runtimes, "default_detector", default_detector)
+    out = tmp_path / "bench.json"
+    names = "detect_ssd300_b1,detect_ssd300_b1_torch,detect_ssd300_b2,detect_ssd300_b2_torch"
+    assert run.main(["--quick", "--only", names, "--json", str(out)]) == 0
+    rows = {row["name"]: row for row in json.loads(out.read_text())}
+    assert list(rows) == names.split(",")
+    assert [batch for batch, _ in made] == [1, 2] and all(d.calls >= 1 for _, d in made)
+    assert rows["detect_ssd300_b1"]["note"] == rows["detect_ssd300_b2"]["note"] == "= onnxruntime_fp32"
+    assert rows["detect_ssd300_b1_torch"]["note"] == ""
+    for row in rows.values():
+        assert row["ours_ms"] > 0 and row["ratio"] == pytest.approx(row["ours_ms"] / row["reference_ms"])
+    assert "= onnxruntime_fp32" in capsys.readouterr().out  # the table says what ran ours
 
 
 @pytest.mark.parametrize("winograd", ["", "1"])
