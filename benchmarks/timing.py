@@ -8,6 +8,7 @@ foreign load then hits both sides instead of whichever happened to run during it
 from __future__ import annotations
 
 import copy
+import random
 import statistics
 import time
 from collections.abc import Callable
@@ -137,8 +138,10 @@ def compare_many(
 ) -> dict[str, float]:
     """Median milliseconds of each of ``calls``, measured round-robin (one call of each per round),
     as :func:`compare` does for two: a burst of foreign load hits every side alike. Each round
-    starts one call further along the list, so no side always runs right after the same other
-    side (whatever one leaves behind in caches or busy threads is spread over all).
+    runs the calls in a new order (a seeded shuffle), so no side mostly runs right after the same
+    other side: whatever one leaves behind (caches, busy threads, a core's lowered clock after
+    AMX / AVX-512 work) is spread over all. A rotation of the list, as this did before, still put
+    nine tenths of a ten-call round's calls after the same neighbour every round.
 
     Rounds go on past ``repeats`` (up to :data:`MAX_REPEATS`) until all sides together took
     ``min_seconds``.
@@ -148,12 +151,13 @@ def compare_many(
             fn()
     times: dict[str, list[float]] = {name: [] for name in calls}
     names = list(calls)
+    shuffler = random.Random(0)
     rounds = 0
     while rounds < repeats or (
         sum(sum(t) for t in times.values()) < min_seconds * 1000.0 and rounds < MAX_REPEATS
     ):
-        shift = rounds % len(names)
-        for name in names[shift:] + names[:shift]:
+        shuffler.shuffle(names)
+        for name in names:
             times[name].append(time_ms(calls[name], device))
         rounds += 1
     return {name: statistics.median(values) for name, values in times.items()}
