@@ -276,7 +276,6 @@ def render(report: Report, console) -> None:
     """The results as a rich table plus the GEMM-peak lines."""
     from rich.table import Table
 
-    console = runtimes.wide_console(console, 110)
     table = Table(title=f"ssdcli vs torchvision SSD300 ({report.device})")
     for column in ("name", "runs", "ours_ms", "reference_ms", "ratio", "target", "met?"):
         table.add_column(column, justify="left" if column in ("name", "runs") else "right")
@@ -292,7 +291,7 @@ def render(report: Report, console) -> None:
             f"<= {target.limit}" if target else "",
             "" if met is None else ("[green]yes[/]" if met else "[red]no[/]"),
         )
-    console.print(table)
+    runtimes.wide_console(console, 110).print(table)
     runtimes.render(report.runtime_rows, console)
     for row in report.rows:
         if row.name.startswith("cuda_"):

@@ -361,9 +361,12 @@ def runtime_suite(images_hwc: list[torch.Tensor], quick: bool, timing: Timing, w
 
 def wide_console(console, width: int):
     """``console`` at least ``width`` columns wide: the row names are long, and a table squeezed to
-    a pipe's 80 columns truncates them."""
+    a pipe's 80 columns truncates them. A console already that wide is returned as it is (one
+    that records keeps what is printed)."""
     from rich.console import Console
 
+    if console.width >= width:
+        return console
     return Console(file=console.file, width=max(console.width, width), force_terminal=console.is_terminal)
 
 
