@@ -367,7 +367,7 @@ def wide_console(console, width: int):
 
     if console.width >= width:
         return console
-    return Console(file=console.file, width=max(console.width, width), force_terminal=console.is_terminal)
+    return Console(file=console.file, width=width, force_terminal=console.is_terminal)
 
 
 def render(rows: list, console) -> None:
