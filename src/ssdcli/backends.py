@@ -25,10 +25,10 @@ the fastest at eight). The decision is cached per checkpoint, precision, batch s
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
 import json
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -297,38 +297,19 @@ def choose_fastest(build: _Builder, candidates: list[str], precision: str, optio
 
 def probe(detectors: dict, batch_size: int = 1) -> dict[str, float]:
     """The fastest of the timed calls of a batch of ``batch_size`` images through each detector's
-    ``predict``, in milliseconds, timed round-robin (the order rotating) after :data:`PROBE_WARMUP`
-    untimed calls each: at least :data:`PROBE_ROUNDS` rounds, more until :data:`PROBE_SECONDS`
-    are spent.
-
-    The fastest call, not the median: other load on the machine (another guest on the host, its
-    hyperthread sibling) only ever adds time, so a candidate's quickest call is the closest to its
-    own cost. A median of three SSD300 batches of 8 flips between backends 15 % apart when two of
-    one candidate's calls land in a burst (README, CPU speed notes)."""
+    ``predict``, in milliseconds (:func:`ssdcli.timing.fastest_calls`: round-robin after
+    :data:`PROBE_WARMUP` untimed calls each, at least :data:`PROBE_ROUNDS` rounds, more until
+    :data:`PROBE_SECONDS` are spent)."""
     from ssdcli.export.parity import sample_images
+    from ssdcli.timing import fastest_calls
 
     any_detector = next(iter(detectors.values()))
     image = sample_images(any_detector.image_size, any_detector.mean, any_detector.std)[1:]  # (1, 3, S, S)
     # (synthetic inputs: only the time is measured, the channel order and resize rule do not matter)
     batch = image.expand(batch_size, -1, -1, -1).contiguous()
     sizes = [(any_detector.image_size, any_detector.image_size)] * batch_size
-    for _ in range(PROBE_WARMUP):
-        for detector in detectors.values():
-            detector.predict(batch, sizes)
-    times: dict[str, list[float]] = {name: [] for name in detectors}
-    names = list(detectors)
-    spent, rounds = 0.0, 0
-    while rounds < PROBE_ROUNDS or (spent < PROBE_SECONDS and rounds < PROBE_MAX_ROUNDS):
-        shift = rounds % len(names)  # each round starts one further along: no one always runs after the same other
-        rounds += 1
-        for name in names[shift:] + names[:shift]:
-            detector = detectors[name]
-            start = time.perf_counter()
-            detector.predict(batch, sizes)
-            elapsed = time.perf_counter() - start
-            times[name].append(1000.0 * elapsed)
-            spent += elapsed
-    return {name: min(values) for name, values in times.items()}
+    calls = {name: functools.partial(detector.predict, batch, sizes) for name, detector in detectors.items()}
+    return fastest_calls(calls, PROBE_WARMUP, PROBE_ROUNDS, PROBE_SECONDS, PROBE_MAX_ROUNDS)
 
 
 def machine_key() -> str:
