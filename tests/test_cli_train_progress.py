@@ -48,8 +48,17 @@ def test_other_ranks_print_nothing(capsys):
         callbacks.on_epoch_start(0, 50, 0)
         callbacks.on_batch_end(0, 50, STATS)
         callbacks.on_warning("x")
+        callbacks.on_note("timing training passes")
         callbacks.on_epoch_end(0, ROW)
     assert capsys.readouterr().err == ""
+
+
+def test_notes_are_plain_lines_without_a_warning_prefix(capsys):
+    callbacks = PlainCallbacks(enabled=True)
+    callbacks.on_note("timing training passes of 1 and 2 images on [this] machine")
+    callbacks.on_warning("w")
+    assert capsys.readouterr().err.splitlines() == [
+        "timing training passes of 1 and 2 images on [this] machine", "warning: w"]
 
 
 def test_the_epoch_line_names_where_the_time_went():

@@ -32,8 +32,9 @@ Layout (``format_version`` 2), as :func:`checkpoint_payload` builds it::
     epoch, iteration  ints: epochs finished, batches trained (steps skipped included)
     rng               ssdcli.train.rng.capture_rng_state()
     train_state       {"batch_in_epoch", "lr_scale", "best_metric", "best_epoch",
-                      "stale_validations", "epoch_sums"}: the loop's position (the last three
-                      absent in older files; ssdcli.train.state.TrainState)
+                      "stale_validations", "epoch_sums", "micro_batch"}: the loop's position
+                      and the images per training pass (the last four absent in older files;
+                      ssdcli.train.state.TrainState)
 
 Keys marked [2] are new in version 2 and optional at load. A version-1 file loads with
 :data:`VERSION_1_DEFAULTS`

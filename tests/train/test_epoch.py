@@ -13,8 +13,9 @@ from ssdcli.train.epoch import forward_backward
 
 @pytest.mark.slow
 def test_micro_batches_give_the_loss_and_gradients_of_the_whole_batch():
-    """CPU training of a BatchNorm-free network goes image by image (models.CPU_MICRO_BATCH); the
-    slices' losses, divided by the batch's number of positives, must add up to the batch's."""
+    """CPU training of a BatchNorm-free network may go a few images at a time
+    (ssdcli.train.micro_batch); the slices' losses, divided by the batch's number of positives,
+    must add up to the batch's."""
     torch.manual_seed(0)
     model = build_model("ssd300", num_classes=3)
     images = torch.randn(2, 3, 300, 300)

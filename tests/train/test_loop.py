@@ -57,7 +57,8 @@ def test_validation_writes_best_and_map(synth, tmp_path, tiny_config, read_metri
     assert last["metrics"]["epochs_done"] == 1
     assert last["metrics"]["val_map"] == pytest.approx(float(row["val_map"]), rel=1e-5)  # the csv keeps 6 digits
     assert set(last["train_state"]) == {"batch_in_epoch", "lr_scale", "best_metric", "best_epoch",
-                                        "stale_validations", "epoch_sums"}
+                                        "stale_validations", "epoch_sums", "micro_batch"}
+    assert last["train_state"]["micro_batch"] == 2  # ssdlite320 (BatchNorm): its whole batch in one pass
     assert last["train_state"]["best_epoch"] == 1 and last["train_state"]["epoch_sums"] == [0.0] * 6  # next epoch
     # ssdlite320's recipe schedule; the plan of a fresh 2-step run with 2 warm-up steps
     assert last["scheduler"] == {"kind": "cosine", "iteration": 2, "lr_scale": 1.0, "plan": {

@@ -112,6 +112,10 @@ class _Common:
         if self.enabled:
             self._print(f"warning: {message}")
 
+    def on_note(self, message: str) -> None:
+        if self.enabled:
+            self._print(message)
+
     def _print(self, text: str) -> None:
         print(text, file=sys.stderr, flush=True)
 

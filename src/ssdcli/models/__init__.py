@@ -129,17 +129,20 @@ def load_backbone_weights(model: SSD, weights: str | None, on_progress: Callable
 
 
 CPU_MICRO_BATCH = 1
-"""Images per forward (and backward) call for networks of full convolutions on the CPU."""
+"""Images per inference call for networks of full convolutions on the CPU."""
 
 
 def micro_batch_size(model: nn.Module, device: torch.device) -> int | None:
-    """How many images at a time ``model`` should see on ``device``; ``None`` = the whole batch.
+    """How many images at a time ``model`` should see on ``device`` in inference; ``None`` = the
+    whole batch, always (training then takes whole batches too).
 
     On the CPU, VGG16 SSDs (no BatchNorm, no depthwise convolutions) go image by image: one
     image's activations stay closer to the caches than a batch's, and there is plenty of work per
-    layer for the threads even so. MobileNet SSDLite keeps whole batches: one image leaves its
-    thin depthwise layers too little work, and in training its BatchNorm statistics depend on the
-    images seen together. GPUs get whole batches. Measurements: README "CPU speed notes".
+    layer for the threads even so. Training times its slices on the machine instead, where this
+    is not ``None`` (:mod:`ssdcli.train.micro_batch`). MobileNet SSDLite keeps whole batches: one
+    image leaves its thin depthwise layers too little work, and in training its BatchNorm
+    statistics depend on the images seen together. GPUs get whole batches. Measurements: README
+    "CPU speed notes".
     """
     if device.type != "cpu":
         return None

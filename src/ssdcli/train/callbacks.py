@@ -30,5 +30,8 @@ class Callbacks:
 
     def on_warning(self, message: str) -> None: ...
 
+    def on_note(self, message: str) -> None:
+        """A line on how the run is set up, not a problem (e.g. timing the CPU's training passes)."""
+
     def on_download(self, done: int, total: int | None) -> None:
         """Bytes of the ImageNet backbone weights downloaded so far (``total`` None: unknown)."""

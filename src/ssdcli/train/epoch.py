@@ -11,7 +11,6 @@ from torch import nn
 from ssdcli.data.loader import iterate_loader, pad_targets
 from ssdcli.loss import LossOutput, MultiBoxLoss
 from ssdcli.matching import assign_targets
-from ssdcli.models import micro_batch_size
 from ssdcli.train import distributed
 from ssdcli.train.callbacks import Callbacks
 from ssdcli.train.checkpoints import save_last
@@ -78,10 +77,10 @@ def train_one_epoch(run: TrainRun, guard: NonFiniteGuard, callbacks: Callbacks) 
         Sums for the epoch's metrics row: ``loss``, ``loc``, ``conf`` (image-weighted), ``images``,
         ``seconds`` (training time of the whole epoch, over resumes), ``skipped``.
     """
-    model, state, device = run.train_model, run.state, run.device
+    model, state = run.train_model, run.state
     model.train()
     apply_freeze(run.model, run.config, state.epoch)
-    micro_batch = micro_batch_size(model, device)
+    micro_batch = state.micro_batch  # images per pass (ssdcli.train.micro_batch)
     sums = torch.tensor(state.epoch_sums[:4], dtype=torch.float64)  # loss*n, loc*n, conf*n, n
     skipped, seconds_before = int(state.epoch_sums[4]), state.epoch_sums[5]
     images_before = sums[3].item()

@@ -32,6 +32,7 @@ from ssdcli.runs import MetricsLog, claim_run_dir, next_run_dir, write_json, wri
 from ssdcli.train import distributed
 from ssdcli.train.callbacks import Callbacks
 from ssdcli.train.default_boxes import auto_prior_spec, run_prior_spec
+from ssdcli.train.micro_batch import run_micro_batch
 from ssdcli.train.init_model import (
     InitSource, build_init_model, carried_over, load_init_source, match_classes, transfer_weights,
 )
@@ -166,6 +167,10 @@ def build_run(
         if not dist_info.is_main:  # the saved partial sums are rank 0's: counted once
             state.epoch_sums = [0.0] * len(state.epoch_sums)
     state.plan = schedule_plan(state, config, batches_per_epoch, saved)
+    priors = priors_for_model(model).to(device)
+    loss_fn = MultiBoxLoss(config.neg_pos_ratio)
+    state.micro_batch = _micro_batch(model, device, config.batch_size, loss_fn, priors, state.micro_batch,
+                                     dist_info, callbacks)
     train_model: nn.Module = model
     if dist_info.enabled:
         # Frozen backbone epochs leave parameters without gradients, which DDP must be told of.
@@ -175,8 +180,8 @@ def build_run(
     run = TrainRun(
         config=config, device=device, dist=dist_info, amp=amp, output=output, classes=classes,
         train_data=train_data, val_data=val_data, model=model, train_model=train_model,
-        priors=priors_for_model(model).to(device), train_set=train_set, sampler=sampler, loader=loader,
-        batches_per_epoch=batches_per_epoch, loss_fn=MultiBoxLoss(config.neg_pos_ratio), optimizer=optimizer,
+        priors=priors, train_set=train_set, sampler=sampler, loader=loader,
+        batches_per_epoch=batches_per_epoch, loss_fn=loss_fn, optimizer=optimizer,
         scaler=scaler, state=state, metrics_log=MetricsLog(output / "metrics.csv") if dist_info.is_main else None,
         carried=carried, default_boxes=default_boxes,
     )
@@ -203,6 +208,15 @@ def _auto_default_boxes(config: TrainConfig, train_data: DetectionDataset,
     found = auto_prior_spec(config, train_data) if dist_info.is_main else None
     spec, note = distributed.broadcast_object(found, dist_info)
     return (config if spec is None else config.replace(prior_spec=spec)), note
+
+
+def _micro_batch(model: SSD, device: torch.device, batch_size: int, loss_fn: MultiBoxLoss, priors: torch.Tensor,
+                 saved: int | None, dist_info: distributed.DistInfo, callbacks: Callbacks) -> int:
+    """Images per pass of the run's training steps (:mod:`ssdcli.train.micro_batch`): a resumed
+    run's own, else timed on this machine. Rank 0 decides for every process."""
+    found = run_micro_batch(model, device, batch_size, loss_fn, priors, saved, callbacks.on_note) \
+        if dist_info.is_main else None
+    return int(distributed.broadcast_object(found, dist_info))
 
 
 def _build_network(config: TrainConfig, num_classes: int) -> SSD:

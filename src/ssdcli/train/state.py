@@ -8,6 +8,9 @@ from ssdcli.train.schedule import SchedulePlan
 
 EPOCH_SUMS = ("loss_n", "loc_n", "conf_n", "images", "skipped", "seconds")
 """What :attr:`TrainState.epoch_sums` adds up over the epoch so far (losses weighted by images)."""
+LEGACY_MICRO_BATCH = 1
+"""Images per training pass of a checkpoint saved before the number was: runs on the CPU went image
+by image then (GPU runs took whole batches, which their device still gives them)."""
 
 
 @dataclass
@@ -17,7 +20,9 @@ class TrainState:
     ``plan`` is the learning-rate schedule's position (set by :func:`ssdcli.train.setup.build_run`);
     ``stale_validations`` counts validations since the best mAP (``--patience``); ``epoch_sums``
     (:data:`EPOCH_SUMS`) hold this process's training sums of the epoch under way, so an epoch
-    resumed part-way (or after its last batch) still reports the whole epoch.
+    resumed part-way (or after its last batch) still reports the whole epoch. ``micro_batch`` is
+    how many images each pass of a training step takes (:mod:`ssdcli.train.micro_batch`; ``None``
+    until a new run decides), kept by a resume so its steps compute as before.
     """
 
     epoch: int = 0
@@ -29,6 +34,7 @@ class TrainState:
     stale_validations: int = 0
     plan: SchedulePlan | None = None
     epoch_sums: list[float] = field(default_factory=lambda: [0.0] * len(EPOCH_SUMS))
+    micro_batch: int | None = None
 
     def next_epoch(self) -> None:
         """Move to the start of the next epoch."""
@@ -41,13 +47,14 @@ class TrainState:
         return {
             "batch_in_epoch": self.batch_in_epoch, "lr_scale": self.lr_scale, "best_metric": self.best_metric,
             "best_epoch": self.best_epoch, "stale_validations": self.stale_validations,
-            "epoch_sums": list(self.epoch_sums),
+            "epoch_sums": list(self.epoch_sums), "micro_batch": self.micro_batch,
         }
 
     @classmethod
     def from_checkpoint(cls, checkpoint: dict) -> TrainState:
         """Raises ``KeyError`` / ``TypeError`` / ``ValueError`` on a malformed entry. Entries newer
-        than the checkpoint (``best_epoch``, ``stale_validations``, ``epoch_sums``, the plan) default."""
+        than the checkpoint (``best_epoch``, ``stale_validations``, ``epoch_sums``, the plan) default;
+        ``micro_batch`` to what the CPU did then (:data:`LEGACY_MICRO_BATCH`)."""
         saved = checkpoint["train_state"]
         plan = checkpoint.get("scheduler", {}).get("plan")
         sums = [float(v) for v in saved.get("epoch_sums", [0.0] * len(EPOCH_SUMS))]
@@ -63,4 +70,5 @@ class TrainState:
             stale_validations=int(saved.get("stale_validations", 0)),
             plan=None if plan is None else SchedulePlan.from_dict(plan),
             epoch_sums=sums,
+            micro_batch=int(saved.get("micro_batch") or LEGACY_MICRO_BATCH),
         )
