@@ -28,7 +28,7 @@ from ssdcli.data.transforms import to_model_input
 from ssdcli.inference import TorchDetector
 from ssdcli.loss import MultiBoxLoss
 from ssdcli.matching import assign_targets
-from ssdcli.models import SSD, micro_batch_size, priors_for_model
+from ssdcli.models import SSD, priors_for_model
 from ssdcli.models.packed import unpacked_convolutions
 from ssdcli.models.winograd import winograd_convolutions
 from ssdcli.postprocess import PostprocessSettings, postprocess
@@ -140,11 +140,13 @@ def postprocess_case(
     return ours, theirs
 
 
-def train_step_case(model: SSD, inputs_01: Tensor, boxes_xyxy_norm: Tensor, labels: Tensor) -> Case:
+def train_step_case(model: SSD, inputs_01: Tensor, boxes_xyxy_norm: Tensor, labels: Tensor,
+                    micro_batch: int | None = None) -> Case:
     """One SGD step on a batch: forward, loss, backward, step.
 
     Ours: :func:`assign_targets` + :func:`ssdcli.train.epoch.forward_backward` (model +
-    :class:`MultiBoxLoss`, image by image on the CPU as ``ssd train`` does) + SGD step; torchvision:
+    :class:`MultiBoxLoss`, ``micro_batch`` images per pass: what ``ssd train`` chose on this
+    machine, :func:`ssdcli.train.micro_batch.run_micro_batch`; ``None``: the whole batch) + SGD step; torchvision:
     the model in train mode with targets (its transform, matching, encoding and hard-negative loss
     inside). Each side trains its own copy of the same starting weights with the same SGD settings.
 
@@ -167,8 +169,6 @@ def train_step_case(model: SSD, inputs_01: Tensor, boxes_xyxy_norm: Tensor, labe
     loss_fn = MultiBoxLoss()
     ours_opt = torch.optim.SGD(model.parameters(), lr=LEARNING_RATE, momentum=0.9, weight_decay=5e-4)
     their_opt = torch.optim.SGD(reference.parameters(), lr=LEARNING_RATE, momentum=0.9, weight_decay=5e-4)
-
-    micro_batch = micro_batch_size(model, device)
 
     def ours():
         with torch.no_grad():

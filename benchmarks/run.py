@@ -33,8 +33,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `benchmarks` imp
 from benchmarks import cases, runtimes, workloads  # noqa: E402
 from benchmarks.timing import compare, conv_gflops, conv_peak_gflops, gemm_peak_gflops  # noqa: E402
 from ssdcli.data.transforms import to_model_input  # noqa: E402
+from ssdcli.loss import MultiBoxLoss  # noqa: E402
+from ssdcli.models import priors_for_model  # noqa: E402
 from ssdcli.models.packed import packed_ready  # noqa: E402
 from ssdcli.models.winograd import nnpack_ready, winograd_requested  # noqa: E402
+from ssdcli.train.micro_batch import run_micro_batch  # noqa: E402
 
 RUNTIME_GROUPS = ("runtimes_ssd300", "runtimes_ssdlite320", "map_change")
 """``--only`` names of the runtime rows' groups (CPU only)."""
@@ -122,9 +125,11 @@ def run_suite(
     boxes_norm, labels = workloads.batch_targets(dataset, batch)
 
     cpu = torch.device("cpu")
-    defaults = ("detect_ssd300_b1", f"detect_ssd300_b{batch}", "runtimes_ssd300", "runtimes_ssdlite320")
+    defaults = ("detect_ssd300_b1", f"detect_ssd300_b{batch}", "runtimes_ssd300", "runtimes_ssdlite320",
+                "train_step_ssd300")
     if device.type == "cpu" and any(wanted(name) for name in defaults):
-        # `default` rows, here and in the runtime rows, are what auto picks in this run
+        # `default` rows, here and in the runtime rows, are what auto picks in this run, and the
+        # training step's images per pass what `ssd train` times in it
         shutil.rmtree(workloads.CACHE / "choices", ignore_errors=True)
     for count in (1, batch):
         detect_rows(measure, model, images[:count], device, progress)
@@ -155,7 +160,15 @@ def run_suite(
         )
 
     inputs_01 = to_model_input(images, model.image_size, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), device=device)
-    measure("train_step_ssd300", lambda: cases.train_step_case(model, inputs_01, boxes_norm, labels))
+    passes = {}
+
+    def train_case() -> cases.Case:
+        # the images per pass `ssd train` times on this machine (cleared with the other decisions above)
+        passes["images"] = run_micro_batch(model.to(device), device, len(images), MultiBoxLoss(),
+                                           priors_for_model(model).to(device), notes=progress, cache_dir=workloads.CACHE)
+        return cases.train_step_case(model, inputs_01, boxes_norm, labels, passes["images"])
+
+    measure("train_step_ssd300", train_case, note=lambda: f"{passes['images']} img/pass")
     model = model.cpu()
     measure("target_assignment", lambda: cases.target_assignment_case(model, boxes_norm, labels), cpu)
 

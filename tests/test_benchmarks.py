@@ -15,7 +15,7 @@ from torchvision.ops import box_convert
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks import run, workloads  # noqa: E402
+from benchmarks import cases, run, workloads  # noqa: E402
 from benchmarks.reference import (  # noqa: E402
     anchors_xyxy_px,
     build_reference,
@@ -169,6 +169,29 @@ def test_detect_rows_time_what_ssd_detect_runs_by_default_and_the_torch_backend_
     for row in rows.values():
         assert row["ours_ms"] > 0 and row["ratio"] == pytest.approx(row["ours_ms"] / row["reference_ms"])
     assert "= onnxruntime_fp32" in capsys.readouterr().out  # the table says what ran ours
+
+
+@pytest.mark.slow
+def test_the_training_row_runs_the_images_per_pass_ssd_train_times_on_this_machine(shared_data, tmp_path, monkeypatch):
+    from ssdcli.train import micro_batch
+
+    monkeypatch.setattr(workloads, "CACHE", tmp_path / "bench")
+    monkeypatch.delenv(micro_batch.MICRO_BATCH_ENV, raising=False)
+    timed = []
+
+    def probe(model, sizes, loss_fn, priors):
+        timed.append(list(sizes))
+        return {1: 5.0, 2: 7.0}  # image by image is the faster here
+
+    monkeypatch.setattr(micro_batch, "probe", probe)
+    given = []
+    real_case = cases.train_step_case
+    monkeypatch.setattr(cases, "train_step_case", lambda *args: given.append(args[-1]) or real_case(*args))
+    out = tmp_path / "bench.json"
+    assert run.main(["--quick", "--only", "train_step_ssd300", "--json", str(out)]) == 0
+    (row,) = json.loads(out.read_text())
+    assert timed == [[1, 2]] and given == [1] and row["note"] == "1 img/pass"
+    assert json.loads(next((tmp_path / "bench" / "choices").glob("train-*.json")).read_text())["images_per_pass"] == 1
 
 
 @pytest.mark.parametrize("winograd", ["", "1"])
