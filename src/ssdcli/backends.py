@@ -268,13 +268,11 @@ class _Builder:
 def choose_fastest(build: _Builder, candidates: list[str], precision: str, options: RuntimeOptions, notes: Notes):
     """``auto`` among several ``candidates``: the cached decision, else build and time each."""
     from ssdcli.export.cache import cache_root
+    from ssdcli.timing import read_decision, save_decision
 
     name = f"{build.sha[:16]}-{precision}-b{options.batch_size}-{machine_key()}.json"
     choice_file = (options.cache_dir or cache_root()) / "choices" / name
-    try:
-        cached = json.loads(choice_file.read_text(encoding="utf-8"))["backend"]
-    except (OSError, ValueError, KeyError, TypeError):
-        cached = None
+    cached = read_decision(choice_file, "backend")
     if cached in candidates:
         return build(cached)
     detectors = {}
@@ -291,7 +289,7 @@ def choose_fastest(build: _Builder, candidates: list[str], precision: str, optio
     timed = ", ".join(f"{name} {ms:.1f}" for name, ms in times.items())
     unit = "per image" if options.batch_size == 1 else f"per batch of {options.batch_size}"
     notes(f"--backend auto at {precision}: {timed} ms {unit} here; using {best} (decision cached in {choice_file.parent})")
-    _save_choice(choice_file, best, times, notes)
+    save_decision(choice_file, {"backend": best, "ms_per_image": times}, notes, "--backend auto: cannot save the decision")
     return detectors[best]
 
 
@@ -320,15 +318,3 @@ def machine_key() -> str:
 
     text = json.dumps([cpu_model(), sorted(cpu_flags()), torch.get_num_threads(), library_versions()])
     return hashlib.sha256(text.encode()).hexdigest()[:10]
-
-
-def _save_choice(path: Path, backend: str, times: dict[str, float], notes: Notes) -> None:
-    """Write the decision; failing to is only said (it is timed again next run)."""
-    from ssdcli.files import atomic_write_json
-    from ssdcli.hardware import describe_cpu
-
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(path, {"backend": backend, "ms_per_image": times, "machine": describe_cpu()})
-    except OSError as exc:
-        notes(f"--backend auto: cannot save the decision in {path.parent} ({exc.strerror}); it is timed again next run")

@@ -2,13 +2,16 @@
 
 Used where a fast path is chosen by measurement on the machine that runs it: ``--backend auto``
 (:func:`ssdcli.backends.probe`) and the images per pass of a CPU training step
-(:mod:`ssdcli.train.micro_batch`).
+(:mod:`ssdcli.train.micro_batch`); and their decisions, cached per machine as small JSON files
+(:func:`read_decision`, :func:`save_decision`).
 """
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Mapping
+from pathlib import Path
 
 
 def fastest_calls(
@@ -42,3 +45,24 @@ def fastest_calls(
             times[name].append(1000.0 * elapsed)
             spent += elapsed
     return {name: min(values) for name, values in times.items()}
+
+
+def read_decision(path: Path, key: str) -> object | None:
+    """``key`` of the decision cached in ``path``; ``None`` when there is none readable."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))[key]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def save_decision(path: Path, decision: dict, notes: Callable[[str], None], what: str) -> None:
+    """Write ``decision`` (with this machine's description added) to ``path``; failing to is
+    only said, as ``what`` the decision is (it is timed again next run)."""
+    from ssdcli.files import atomic_write_json
+    from ssdcli.hardware import describe_cpu
+
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(path, {**decision, "machine": describe_cpu()})
+    except OSError as exc:
+        notes(f"{what} in {path.parent} ({exc.strerror}); it is timed again next run")

@@ -34,6 +34,7 @@ from ssdcli.errors import UserError
 from ssdcli.loss import MultiBoxLoss
 from ssdcli.matching import assign_targets
 from ssdcli.models import SSD, micro_batch_size, model_settings
+from ssdcli.timing import fastest_calls, read_decision, save_decision
 
 MICRO_BATCH_ENV = "SSDCLI_MICRO_BATCH"
 """A number of images per pass, ``whole`` or ``auto`` (the default: timed)."""
@@ -88,10 +89,7 @@ def run_micro_batch(
     if len(sizes) == 1:
         return sizes[0]
     choice_file = _choice_file(model, batch_size, cache_dir)
-    try:
-        cached = json.loads(choice_file.read_text(encoding="utf-8"))["images_per_pass"]
-    except (OSError, ValueError, KeyError, TypeError):
-        cached = None
+    cached = read_decision(choice_file, "images_per_pass")
     if cached in sizes:
         return int(cached)
     notes(f"timing training passes of {_listed(sizes)} images on this machine, to send the batch of {batch_size} "
@@ -101,7 +99,9 @@ def run_micro_batch(
     timed = " / ".join(f"{ms_per_image[k]:.0f}" for k in sizes)
     notes(f"{timed} ms per image at {_listed(sizes, ' / ')} images per pass: training {best} at a time "
           f"(decision cached in {choice_file.parent})")
-    _save_choice(choice_file, best, ms_per_image, batch_size, notes)
+    save_decision(choice_file, {"images_per_pass": best, "batch_size": batch_size,
+                                "ms_per_image": {str(k): v for k, v in ms_per_image.items()}},
+                  notes, "cannot save the training pass decision")
     return best
 
 
@@ -129,8 +129,6 @@ def probe(model: nn.Module, sizes: list[int], loss_fn: MultiBoxLoss, priors: tor
     images (:func:`ssdcli.timing.fastest_calls`), in training mode on synthetic inputs with one
     box each. The model's weights, mode and gradients, and the random number generators, are as
     they were before."""
-    from ssdcli.timing import fastest_calls
-
     device = priors.device
     generator = torch.Generator().manual_seed(0)
     size = int(model.image_size)
@@ -164,20 +162,6 @@ def _choice_file(model: SSD, batch_size: int, cache_dir: Path | None) -> Path:
     text = json.dumps([model_settings(model), batch_size, machine_key()], sort_keys=True)
     digest = hashlib.sha256(text.encode()).hexdigest()[:16]
     return (cache_dir or cache_root()) / "choices" / f"train-{model.arch}-b{batch_size}-{digest}.json"
-
-
-def _save_choice(path: Path, best: int, ms_per_image: dict[int, float], batch_size: int, notes: Notes) -> None:
-    """Write the decision; failing to is only said (it is timed again next run)."""
-    from ssdcli.files import atomic_write_json
-    from ssdcli.hardware import describe_cpu
-
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(path, {"images_per_pass": best, "batch_size": batch_size,
-                                 "ms_per_image": {str(k): v for k, v in ms_per_image.items()},
-                                 "machine": describe_cpu()})
-    except OSError as exc:
-        notes(f"cannot save the training pass decision in {path.parent} ({exc.strerror}); it is timed again next run")
 
 
 def _listed(sizes: list[int], joiner: str | None = None) -> str:
