@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Hashable, Mapping
 from pathlib import Path
+from typing import TypeVar
+
+Key = TypeVar("Key", bound=Hashable)
 
 
 def fastest_calls(
-    calls: Mapping[str, Callable[[], object]], warmup: int, min_rounds: int, min_seconds: float, max_rounds: int
-) -> dict[str, float]:
+    calls: Mapping[Key, Callable[[], object]], warmup: int, min_rounds: int, min_seconds: float, max_rounds: int
+) -> dict[Key, float]:
     """The fastest timed call of each of ``calls``, in milliseconds.
 
     Each is called ``warmup`` times untimed first (a first run allocates and compiles), then all
@@ -32,7 +35,7 @@ def fastest_calls(
     for _ in range(warmup):
         for call in calls.values():
             call()
-    times: dict[str, list[float]] = {name: [] for name in calls}
+    times: dict[Key, list[float]] = {name: [] for name in calls}
     names = list(calls)
     spent, rounds = 0.0, 0
     while rounds < min_rounds or (spent < min_seconds and rounds < max_rounds):

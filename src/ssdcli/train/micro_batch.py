@@ -97,7 +97,7 @@ def run_micro_batch(
     ms_per_image = probe(model, sizes, loss_fn, priors)
     best = min(ms_per_image, key=ms_per_image.get)
     timed = " / ".join(f"{ms_per_image[k]:.0f}" for k in sizes)
-    notes(f"{timed} ms per image at {_listed(sizes, ' / ')} images per pass: training {best} at a time "
+    notes(f"{timed} ms per image at {' / '.join(map(str, sizes))} images per pass: training {best} at a time "
           f"(decision cached in {choice_file.parent})")
     save_decision(choice_file, {"images_per_pass": best, "batch_size": batch_size,
                                 "ms_per_image": {str(k): v for k, v in ms_per_image.items()}},
@@ -129,6 +129,8 @@ def probe(model: nn.Module, sizes: list[int], loss_fn: MultiBoxLoss, priors: tor
     images (:func:`ssdcli.timing.fastest_calls`), in training mode on synthetic inputs with one
     box each. The model's weights, mode and gradients, and the random number generators, are as
     they were before."""
+    from ssdcli.train.epoch import forward_backward  # (epoch -> setup -> this module at import)
+
     device = priors.device
     generator = torch.Generator().manual_seed(0)
     size = int(model.image_size)
@@ -139,20 +141,18 @@ def probe(model: nn.Module, sizes: list[int], loss_fn: MultiBoxLoss, priors: tor
         target_labels, target_deltas = assign_targets(boxes, labels, priors, variances=model.prior_spec.variances)
 
     def one_pass(count: int) -> None:
-        from ssdcli.train.epoch import forward_backward
-
         forward_backward(model, images[:count], target_labels[:count], target_deltas[:count], loss_fn)
         model.zero_grad(set_to_none=True)
 
     was_training = model.training
     model.train()
     try:
-        times = fastest_calls({str(k): functools.partial(one_pass, k) for k in sizes},
+        times = fastest_calls({k: functools.partial(one_pass, k) for k in sizes},
                               PROBE_WARMUP, PROBE_ROUNDS, PROBE_SECONDS, PROBE_MAX_ROUNDS)
     finally:
         model.zero_grad(set_to_none=True)
         model.train(was_training)
-    return {k: times[str(k)] / k for k in sizes}
+    return {k: times[k] / k for k in sizes}
 
 
 def _choice_file(model: SSD, batch_size: int, cache_dir: Path | None) -> Path:
@@ -164,8 +164,7 @@ def _choice_file(model: SSD, batch_size: int, cache_dir: Path | None) -> Path:
     return (cache_dir or cache_root()) / "choices" / f"train-{model.arch}-b{batch_size}-{digest}.json"
 
 
-def _listed(sizes: list[int], joiner: str | None = None) -> str:
+def _listed(sizes: list[int]) -> str:
+    """``1, 2 and 4``."""
     words = [str(k) for k in sizes]
-    if joiner is not None:
-        return joiner.join(words)
     return words[0] if len(words) == 1 else ", ".join(words[:-1]) + " and " + words[-1]
